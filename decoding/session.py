@@ -1,0 +1,252 @@
+"""The core state machine: a prompt, the tokens chosen after it, and the model's KV cache.
+
+Each step runs the model on the one new token (never the whole sequence again). Undo crops the cache
+and restores the distribution that was stored for that position, so it is exactly what it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from decoding.distribution import Distribution, rank_of, summarize
+from decoding.engine import Engine
+from decoding.errors import SessionError, SettingsError
+from decoding.processors import build_processors
+from decoding.settings import Strategy
+from decoding.tokens import bytes_to_text
+
+DEFAULT_CHOICES = 10
+
+
+@dataclass(frozen=True)
+class PathToken:
+    """A token on the chosen path, with what the raw model thought of it."""
+
+    token_id: int
+    text: str
+    prob: float
+    logprob: float
+    rank: int  # 0-based, in the whole raw distribution
+    forced: bool  # picked by the person rather than by the strategy
+    processed_prob: float | None = None  # under the strategy's processors, when they reshape
+
+
+class Session:
+    def __init__(self, engine: Engine, strategy: Strategy = Strategy(), choices: int = DEFAULT_CHOICES) -> None:
+        self.engine = engine
+        self._strategy = strategy
+        self._processors = build_processors(strategy)
+        self._choices = _checked_choices(choices, engine.vocab_size)
+        self.prompt = ""
+        self.prompt_ids: list[int] = []
+        self._path: list[PathToken] = []
+        self._logits: list[torch.Tensor] = []  # _logits[i]: raw logits that predicted path token i
+        self._rng_states: list[torch.Tensor] = []  # sampler state before path token i was chosen
+        self._rng = torch.Generator()  # made again on the logits' device at each reset
+        self._distribution: Distribution | None = None
+        self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
+
+    # --- state -----------------------------------------------------------------------------------
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def choices(self) -> int:
+        return self._choices
+
+    @property
+    def path(self) -> tuple[PathToken, ...]:
+        return tuple(self._path)
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return [token.token_id for token in self._path]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt_ids + self.generated_ids
+
+    @property
+    def text(self) -> str:
+        """Prompt and generation, decoded as one sequence so multi-token characters come out whole."""
+        return self.engine.decode(self.ids)
+
+    @property
+    def generated_text(self) -> str:
+        prompt_text, full = self.engine.decode(self.prompt_ids), self.text
+        return full[len(prompt_text) :] if full.startswith(prompt_text) else self.engine.decode(self.generated_ids)
+
+    @property
+    def sequence_logprob(self) -> float:
+        """Sum of the chosen tokens' raw-model log-probabilities (the chapter's `sequence_logprob`)."""
+        return sum(token.logprob for token in self._path)
+
+    @property
+    def distribution(self) -> Distribution | None:
+        """The next token's candidates; None before a prompt is set or once the generation has ended."""
+        if not self.prompt_ids or self.finished:
+            return None
+        if self._distribution is None:
+            logits = self._logits[-1]
+            processed = self._processed(logits) if self._processors else None
+            self._distribution = summarize(logits, processed, self._choices, self.token_text)
+        return self._distribution
+
+    def token_text(self, token_id: int) -> str:
+        """One token's own text; bytes that are only part of a UTF-8 character show as `<0xE2>`."""
+        return bytes_to_text(self.engine.token_bytes(token_id))
+
+    # --- settings --------------------------------------------------------------------------------
+
+    def set_strategy(self, strategy: Strategy) -> None:
+        """Switch strategy; the path stays, the current distribution is recomputed under the new one.
+
+        A new seed restarts the sampler from here, as if generation had been seeded at this point.
+        """
+        self._processors = build_processors(strategy)
+        if strategy.seed != self._strategy.seed:
+            self._rng.manual_seed(strategy.seed)
+        self._strategy = strategy
+        self._distribution = None
+
+    def set_choices(self, choices: int) -> None:
+        self._choices = _checked_choices(choices, self.engine.vocab_size)
+        self._distribution = None
+
+    # --- commands --------------------------------------------------------------------------------
+
+    def reset(self, prompt: str) -> None:
+        """Start again from `prompt`. An invalid prompt is refused and the current path is kept."""
+        prompt_ids = self._checked_prompt(prompt)
+        old_ids = self.ids
+        self.engine.crop(0)
+        try:
+            logits = self.engine.feed(prompt_ids)
+        except BaseException:
+            self._refeed(old_ids)
+            raise
+        self.prompt, self.prompt_ids = prompt, prompt_ids
+        self._path, self._logits, self._rng_states = [], [logits], []
+        # Sample on the logits' device, as generate() does, so the same seed gives the same tokens.
+        self._rng = torch.Generator(device=logits.device)
+        self._rng.manual_seed(self._strategy.seed)
+        self._distribution, self.finished = None, None
+
+    def step(self) -> PathToken:
+        """Choose the next token by the strategy and append it."""
+        logits = self._current_logits()
+        rng_state = self._rng.get_state()
+        scores = self._processed(logits)
+        if self._strategy.do_sample:
+            token_id = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self._rng))
+        else:
+            token_id = int(torch.argmax(scores))
+        try:
+            return self._append(token_id, False, scores if self._processors else None, rng_state)
+        except BaseException:
+            self._rng.set_state(rng_state)
+            raise
+
+    def force(self, token_id: int) -> PathToken:
+        """Append any token of the vocabulary, whatever the strategy would have chosen."""
+        logits = self._current_logits()
+        if not isinstance(token_id, int) or not 0 <= token_id < self.engine.vocab_size:
+            raise SessionError(f"token id {token_id!r} is not in the vocabulary (0 to {self.engine.vocab_size - 1}).")
+        processed = self._processed(logits) if self._processors else None
+        return self._append(token_id, True, processed, self._rng.get_state())
+
+    def undo(self) -> PathToken:
+        """Take back the last token: crop the cache (no recomputation) and restore its distribution."""
+        if not self._path:
+            raise SessionError("Nothing to undo: the path is back at the prompt.")
+        token = self._path.pop()
+        self._rng.set_state(self._rng_states.pop())
+        if self.finished:
+            self.finished = None  # the ending token was never fed, so cache and logits already fit
+        else:
+            self._logits.pop()
+            self.engine.crop(len(self.ids))
+        self._distribution = None
+        return token
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _checked_prompt(self, prompt: str) -> list[int]:
+        if not prompt:
+            raise SessionError("The prompt is empty: type some text for the model to continue.")
+        ids = self.engine.encode(prompt)
+        if not ids:
+            raise SessionError("The prompt gives no tokens: type some text for the model to continue.")
+        if len(ids) >= self.engine.context_limit:
+            raise SessionError(
+                f"The prompt is {len(ids)} tokens long; this model reads at most {self.engine.context_limit}, "
+                "and needs room for at least one new token. Shorten the prompt."
+            )
+        return ids
+
+    def _current_logits(self) -> torch.Tensor:
+        if not self.prompt_ids:
+            raise SessionError("There is no prompt yet: set one first.")
+        if self.finished == "eos":
+            raise SessionError("The generation has ended (the model chose end-of-sequence). Undo to go on.")
+        if self.finished:
+            raise SessionError(
+                f"The context limit of {self.engine.context_limit} tokens is reached. Undo, or start a shorter prompt."
+            )
+        return self._logits[-1]
+
+    def _processed(self, logits: torch.Tensor) -> torch.Tensor:
+        """The strategy's processors applied to a copy of `logits` (some processors write in place)."""
+        if not self._processors:
+            return logits
+        input_ids = torch.tensor([self.ids], dtype=torch.long, device=logits.device)
+        return self._processors(input_ids, logits.clone()[None])[0]
+
+    def _append(
+        self, token_id: int, forced: bool, processed: torch.Tensor | None, rng_state: torch.Tensor
+    ) -> PathToken:
+        """Record `token_id` (scored by the raw model) and run it to get the next distribution."""
+        logits = self._logits[-1]
+        logprobs = torch.log_softmax(logits, dim=-1)
+        token = PathToken(
+            token_id=token_id,
+            text=self.token_text(token_id),
+            prob=float(logprobs[token_id].exp()),
+            logprob=float(logprobs[token_id]),
+            rank=rank_of(logits, token_id),
+            forced=forced,
+            processed_prob=None if processed is None else float(torch.softmax(processed, dim=-1)[token_id]),
+        )
+        ending = self._ending_after(token_id)
+        if ending is None:
+            next_logits = self.engine.feed([token_id])  # may raise: nothing has changed yet
+            self._logits.append(next_logits)
+        self._path.append(token)
+        self._rng_states.append(rng_state)
+        self.finished = ending
+        self._distribution = None
+        return token
+
+    def _ending_after(self, token_id: int) -> str | None:
+        if token_id in self.engine.eos_token_ids:
+            return "eos"
+        if len(self.ids) + 1 >= self.engine.context_limit:
+            return "context limit"
+        return None
+
+    def _refeed(self, ids: list[int]) -> None:
+        """Rebuild the cache for `ids` after a failed reset, so the old path stays usable."""
+        self.engine.crop(0)
+        if ids:
+            self.engine.feed(ids)
+
+
+def _checked_choices(choices: int, vocab_size: int) -> int:
+    if isinstance(choices, bool) or not isinstance(choices, int) or not 1 <= choices <= vocab_size:
+        raise SettingsError(f"the number of candidates shown must be a whole number from 1 to {vocab_size} (got {choices!r}).")
+    return choices
+

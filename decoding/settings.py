@@ -1,0 +1,122 @@
+"""Decoding strategy settings, named and validated as transformers' `GenerationConfig` names them.
+
+Pure Python (no torch), so the command line can check options before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from decoding.errors import SettingsError
+
+STRATEGY_KINDS = ("greedy", "sample")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How the next token is chosen. Defaults switch every processor off (plain greedy).
+
+    `top_k=0`, `top_p=1.0`, `temperature=1.0`, `repetition_penalty=1.0` and `no_repeat_ngram_size=0`
+    mean "off", exactly as in `GenerationConfig`.
+    """
+
+    kind: str = "greedy"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = list(_problems(self))
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    @property
+    def do_sample(self) -> bool:
+        return self.kind == "sample"
+
+    @property
+    def reshapes(self) -> bool:
+        """True when some processor changes the model's distribution before the choice."""
+        return bool(self.active_processors())
+
+    def active_processors(self) -> list[str]:
+        """Names of the processors this strategy applies, in the order `generate()` applies them."""
+        active = []
+        if self.repetition_penalty != 1.0:
+            active.append("repetition_penalty")
+        if self.no_repeat_ngram_size > 0:
+            active.append("no_repeat_ngram_size")
+        if self.do_sample:
+            if self.temperature != 1.0:
+                active.append("temperature")
+            if self.top_k > 0:
+                active.append("top_k")
+            if self.top_p < 1.0:
+                active.append("top_p")
+        return active
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The `generate()` / `GenerationConfig` arguments that give this strategy."""
+        kwargs: dict[str, Any] = {
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return kwargs
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_changes(self, **changes: Any) -> Strategy:
+        """A copy with some settings changed; raises SettingsError (and changes nothing) if invalid."""
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        """A short label for a status line, e.g. 'sample T=0.7 top-k=50 seed=0'."""
+        parts = [self.kind]
+        if self.do_sample:
+            if self.temperature != 1.0:
+                parts.append(f"T={self.temperature:g}")
+            if self.top_k:
+                parts.append(f"top-k={self.top_k}")
+            if self.top_p < 1.0:
+                parts.append(f"top-p={self.top_p:g}")
+        if self.repetition_penalty != 1.0:
+            parts.append(f"rep={self.repetition_penalty:g}")
+        if self.no_repeat_ngram_size:
+            parts.append(f"no-repeat-{self.no_repeat_ngram_size}gram")
+        if self.do_sample:
+            parts.append(f"seed={self.seed}")
+        return " ".join(parts)
+
+
+def _problems(s: Strategy):
+    if s.kind not in STRATEGY_KINDS:
+        yield f"strategy must be one of {', '.join(STRATEGY_KINDS)} (got {s.kind!r})"
+    if not _is_number(s.temperature) or s.temperature <= 0:
+        yield f"temperature must be a number greater than 0 (got {s.temperature!r})"
+    if not _is_int(s.top_k) or s.top_k < 0:
+        yield f"top_k must be a whole number >= 0; 0 turns top-k off (got {s.top_k!r})"
+    if not _is_number(s.top_p) or not 0 < s.top_p <= 1:
+        yield f"top_p must be greater than 0 and at most 1; 1 turns top-p off (got {s.top_p!r})"
+    if not _is_number(s.repetition_penalty) or s.repetition_penalty <= 0:
+        yield f"repetition_penalty must be a number greater than 0; 1 turns it off (got {s.repetition_penalty!r})"
+    if not _is_int(s.no_repeat_ngram_size) or s.no_repeat_ngram_size < 0:
+        yield f"no_repeat_ngram_size must be a whole number >= 0; 0 turns it off (got {s.no_repeat_ngram_size!r})"
+    if not _is_int(s.seed) or s.seed < 0:
+        yield f"seed must be a whole number >= 0 (got {s.seed!r})"

@@ -1,0 +1,64 @@
+"""How token text is shown: literally, safely, with invisible characters made visible.
+
+No raw control character or escape sequence from a model ever reaches the terminal through these.
+"""
+
+from __future__ import annotations
+
+import codecs
+import unicodedata
+
+VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥"}
+
+
+def _hex_bytes(error: UnicodeDecodeError) -> tuple[str, int]:
+    bad = error.object[error.start : error.end]
+    return "".join(f"<0x{b:02X}>" for b in bad), error.end
+
+
+codecs.register_error("tokenstep-hex", _hex_bytes)
+
+
+def bytes_to_text(raw: bytes) -> str:
+    """Decode UTF-8, showing bytes that are not valid on their own (a partial character) as `<0xE2>`."""
+    return raw.decode("utf-8", errors="tokenstep-hex")
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _is_control(ch: str) -> bool:
+    # Cc: C0/C1 controls (ESC, BEL, CR...); Cf: invisible format characters (bidi overrides, ZWJ...).
+    return unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t"
+
+
+def escape_controls(text: str) -> str:
+    """Keep newlines and tabs; write every other control or format character as a `\\x1b`-style escape."""
+    return "".join(_escape_char(ch) if _is_control(ch) else ch for ch in text)
+
+
+def token_label(text: str, *, visible_spaces: bool = True) -> str:
+    """One token's text for a candidate list: whitespace visible (␣ ↵ ⇥), controls escaped.
+
+    With `visible_spaces=False` spaces stay spaces (the chapter's table style: ' most').
+    """
+    shown = []
+    for ch in text:
+        if ch == " " and not visible_spaces:
+            shown.append(ch)
+        elif ch in VISIBLE_WHITESPACE:
+            shown.append(VISIBLE_WHITESPACE[ch])
+        elif _is_control(ch) or ch == "\r":
+            shown.append(_escape_char(ch))
+        else:
+            shown.append(ch)
+    return "".join(shown)
+
+
+def one_line(text: str) -> str:
+    """Running text squeezed onto one line (for tables): newlines and tabs visible, controls escaped."""
+    return token_label(text, visible_spaces=False)
