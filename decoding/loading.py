@@ -23,6 +23,8 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
 Progress = Callable[[str], None]
 
 
@@ -108,7 +110,15 @@ def load_engine(options: LoadOptions | None = None, progress: Progress = lambda 
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     progress("importing torch and transformers")
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
     from decoding.hf_engine import TransformersEngine
+
+    # Progress goes through `progress`; transformers' own bars and advice would garble a terminal app.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()  # its retry chatter while offline
 
     source, model_id = _locate(options.model, progress)
     progress(f"loading {model_id} on {device} ({str(dtype).removeprefix('torch.')})")
@@ -152,7 +162,6 @@ def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map:
 
     try:
         config = AutoConfig.from_pretrained(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as error:
         raise LoadError(_not_found_message(model_id, error)) from None
     except ValueError as error:
@@ -163,6 +172,10 @@ def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map:
             f"--model {model_id} is a {kind!r} model, which is not a causal (next-token) language model, "
             "so it cannot generate text token by token. Choose a causal LM such as SmolLM2, GPT-2, Llama or Qwen."
         )
+    if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would quietly make an empty tokenizer; every prompt would become unknown tokens.
+        raise LoadError(f"--model {model_id}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}). Save one beside the weights.")
+    tokenizer = AutoTokenizer.from_pretrained(source)
     placement = {"device_map": "auto"} if device_map == "auto" else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
@@ -182,16 +195,16 @@ def _is_causal_lm(config) -> bool:
 def _not_found_message(model_id: str, error: Exception) -> str:
     from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
 
-    how = (
-        "tokenstep is offline (HF_HUB_OFFLINE=1), so it only looks in the local Hugging Face cache"
-        if HF_HUB_OFFLINE
-        else "it is not in the local Hugging Face cache and could not be fetched from the Hub"
-    )
+    if HF_HUB_OFFLINE:
+        where = f"tokenstep is offline (HF_HUB_OFFLINE=1), so it looked only in the local Hugging Face cache ({HF_HUB_CACHE})"
+        fix = f"run `hf download {model_id}` on a machine with network (or unset HF_HUB_OFFLINE)"
+    else:
+        where = f"it is not in the local Hugging Face cache ({HF_HUB_CACHE}) and the Hub did not provide it"
+        fix = "check the id's spelling and that this machine can reach the Hub"
+    said = str(error).splitlines()[0] if str(error) else type(error).__name__
     return (
-        f"--model {model_id}: no such model was found: {how} ({HF_HUB_CACHE}). "
-        f"Fix: on a machine with network, run `hf download {model_id}` (or unset HF_HUB_OFFLINE), "
-        "or pass a local folder or a .gguf file with --model. "
-        f"(transformers said: {str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        f"--model {model_id}: no such model was found: {where}. To fix it, {fix}, "
+        f"or pass a local folder or a .gguf file with --model. (transformers said: {said})"
     )
 
 

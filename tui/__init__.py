@@ -1,0 +1,1 @@
+"""tokenstep's terminal app (Textual) and its `tokenstep` command."""

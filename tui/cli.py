@@ -1,0 +1,149 @@
+"""The `tokenstep` command: `tokenstep [PROMPT]` opens the explorer, `tokenstep trace PROMPT` prints a trace.
+
+Options are checked before anything heavy is imported, so a typo is answered at once, in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from decoding.errors import TokenstepError
+from decoding.loading import DTYPES, LoadOptions
+from decoding.settings import STRATEGY_KINDS, Strategy
+
+DEFAULT_PROMPT = "Transformers are the"
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", help="Hub id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    group.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on a GPU that supports it, else float32")
+    group.add_argument("--device-map", choices=["auto"], help="auto: let accelerate place a model too large for one device")
+
+
+def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("strategy (transformers' GenerationConfig names)")
+    group.add_argument("--strategy", default="greedy", choices=STRATEGY_KINDS)
+    group.add_argument("--temperature", type=float, default=1.0, help="> 0; sampling only (default 1.0)")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off (default)")
+    group.add_argument("--top-p", type=float, default=1.0, help="keep the smallest set with this much probability; 1 = off")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    group.add_argument("--repetition-penalty", type=float, default=1.0, help="> 0; 1 = off (default)")
+    group.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeating n-grams of this size; 0 = off")
+
+
+def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    app = argparse.ArgumentParser(
+        prog="tokenstep",
+        description="Step through a language model's text generation one token at a time. "
+        "`tokenstep trace --help` for the headless trace.",
+    )
+    app.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
+    app.add_argument("--choices", type=int, default=10, help="candidates shown (default 10)")
+    app.add_argument("--max-new-tokens", type=int, default=256, help="where play stops (default 256)")
+    _add_model_options(app)
+    _add_strategy_options(app)
+
+    trace = argparse.ArgumentParser(prog="tokenstep trace", description="Run N steps headless and print the trace.")
+    trace.add_argument("prompt")
+    trace.add_argument("--steps", type=int, default=8, help="steps to take (default 8)")
+    trace.add_argument("--choices", type=int, default=5, help="candidates per step (default 5)")
+    trace.add_argument("--format", default="table", choices=["table", "json", "csv", "markdown"])
+    trace.add_argument("--picks", default="", help="ranks to force, one per step, e.g. 0,2,1 (0 = the top one)")
+    _add_model_options(trace)
+    _add_strategy_options(trace)
+    return app, trace
+
+
+def strategy_from(args: argparse.Namespace) -> Strategy:
+    return Strategy(
+        kind=args.strategy,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+    )
+
+
+def load_options_from(args: argparse.Namespace) -> LoadOptions:
+    return LoadOptions(model=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+
+
+def parse_picks(text: str, choices: int) -> list[int]:
+    try:
+        picks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise TokenstepError(f"--picks takes ranks separated by commas, such as 0,2,1 (got {text!r}).") from None
+    for rank in picks:
+        if not 0 <= rank < choices:
+            raise TokenstepError(f"--picks rank {rank} is outside the {choices} choices shown (0 to {choices - 1}); raise --choices.")
+    return picks
+
+
+def run_trace_command(argv: Sequence[str]) -> int:
+    from decoding.trace import TracePlan
+
+    args = build_parsers()[1].parse_args(argv)
+    if not args.prompt:
+        raise TokenstepError("The prompt is empty: give some text for the model to continue.")
+    if args.steps < 1:
+        raise TokenstepError(f"--steps must be at least 1 (got {args.steps}).")
+    if args.choices < 1:
+        raise TokenstepError(f"--choices must be at least 1 (got {args.choices}).")
+    plan = TracePlan(args.prompt, args.steps, parse_picks(args.picks, args.choices))
+    strategy, options = strategy_from(args), load_options_from(args)
+
+    from decoding.loading import load_engine
+    from decoding.session import Session
+    from decoding.trace import format_trace, run_trace
+
+    session = Session(load_engine(options, _progress_on_terminal), strategy, choices=args.choices)
+    print(format_trace(run_trace(session, plan), args.format))
+    return 0
+
+
+def _progress_on_terminal(message: str) -> None:
+    """Loading news for a person watching (a GGUF conversion takes a while); pipes stay clean."""
+    if sys.stderr.isatty():
+        print(f"tokenstep: {message}", file=sys.stderr)
+
+
+def run_app_command(argv: Sequence[str]) -> int:
+    args = build_parsers()[0].parse_args(argv)
+    if args.choices < 1:
+        raise TokenstepError(f"--choices must be at least 1 (got {args.choices}).")
+    if args.max_new_tokens < 1:
+        raise TokenstepError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens}).")
+    from tui.app import TokenstepApp
+
+    app = TokenstepApp(
+        load_options_from(args),
+        strategy_from(args),
+        prompt=args.prompt,
+        choices=args.choices,
+        max_new_tokens=args.max_new_tokens,
+    )
+    app.run()
+    return app.return_code or 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["trace"]:
+            return run_trace_command(argv[1:])
+        return run_app_command(argv)
+    except TokenstepError as error:
+        print(f"tokenstep: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
