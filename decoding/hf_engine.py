@@ -40,7 +40,7 @@ class TransformersEngine:
             return bytes([int(match[1], 16)])
         if self._byte_decoder and all(ch in self._byte_decoder for ch in piece):
             return bytes(self._byte_decoder[ch] for ch in piece)
-        return self.tokenizer.decode([token_id]).encode("utf-8")
+        return piece.replace("\u2581", " ").encode("utf-8")  # sentencepiece writes a leading space as ▁
 
     @property
     def cached_length(self) -> int:

@@ -6,7 +6,7 @@ and restores the distribution that was stored for that position, so it is exactl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,7 +15,7 @@ from decoding.engine import Engine
 from decoding.errors import SessionError, SettingsError
 from decoding.processors import build_processors
 from decoding.settings import Strategy
-from decoding.tokens import bytes_to_text
+from decoding.tokens import bytes_to_text, whole_characters
 
 DEFAULT_CHOICES = 10
 
@@ -31,6 +31,25 @@ class PathToken:
     rank: int  # 0-based, in the whole raw distribution
     forced: bool  # picked by the person rather than by the strategy
     processed_prob: float | None = None  # under the strategy's processors, when they reshape
+    raw: bytes = field(default=b"", repr=False)  # the bytes it stands for (may be part of a character)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a view shows, frozen: safe to hand from the model's thread to the UI."""
+
+    prompt: str
+    path: tuple[PathToken, ...]
+    pieces: tuple[str, ...]  # each path token's share of the running text (whole characters)
+    distribution: Distribution | None
+    finished: str | None
+    strategy: Strategy
+    choices: int
+    context_limit: int
+
+    @property
+    def sequence_logprob(self) -> float:
+        return sum(token.logprob for token in self.path)
 
 
 class Session:
@@ -42,6 +61,7 @@ class Session:
         self.prompt = ""
         self.prompt_ids: list[int] = []
         self._path: list[PathToken] = []
+        self._panels: list[Distribution] = []  # _panels[i]: the candidates shown when path token i was chosen
         self._logits: list[torch.Tensor] = []  # _logits[i]: raw logits that predicted path token i
         self._rng_states: list[torch.Tensor] = []  # sampler state before path token i was chosen
         self._rng = torch.Generator()  # made again on the logits' device at each reset
@@ -61,6 +81,23 @@ class Session:
     @property
     def path(self) -> tuple[PathToken, ...]:
         return tuple(self._path)
+
+    @property
+    def panels(self) -> tuple[Distribution, ...]:
+        """The candidates that were on offer before each path token."""
+        return tuple(self._panels)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            prompt=self.prompt,
+            path=self.path,
+            pieces=tuple(whole_characters([token.raw for token in self._path])),
+            distribution=self.distribution,
+            finished=self.finished,
+            strategy=self._strategy,
+            choices=self._choices,
+            context_limit=self.engine.context_limit,
+        )
 
     @property
     def generated_ids(self) -> list[int]:
@@ -130,7 +167,7 @@ class Session:
             self._refeed(old_ids)
             raise
         self.prompt, self.prompt_ids = prompt, prompt_ids
-        self._path, self._logits, self._rng_states = [], [logits], []
+        self._path, self._panels, self._logits, self._rng_states = [], [], [logits], []
         # Sample on the logits' device, as generate() does, so the same seed gives the same tokens.
         self._rng = torch.Generator(device=logits.device)
         self._rng.manual_seed(self._strategy.seed)
@@ -164,6 +201,7 @@ class Session:
         if not self._path:
             raise SessionError("Nothing to undo: the path is back at the prompt.")
         token = self._path.pop()
+        self._panels.pop()
         self._rng.set_state(self._rng_states.pop())
         if self.finished:
             self.finished = None  # the ending token was never fed, so cache and logits already fit
@@ -210,22 +248,25 @@ class Session:
         self, token_id: int, forced: bool, processed: torch.Tensor | None, rng_state: torch.Tensor
     ) -> PathToken:
         """Record `token_id` (scored by the raw model) and run it to get the next distribution."""
-        logits = self._logits[-1]
+        logits, panel = self._logits[-1], self.distribution
         logprobs = torch.log_softmax(logits, dim=-1)
+        raw = self.engine.token_bytes(token_id)
         token = PathToken(
             token_id=token_id,
-            text=self.token_text(token_id),
+            text=bytes_to_text(raw),
             prob=float(logprobs[token_id].exp()),
             logprob=float(logprobs[token_id]),
             rank=rank_of(logits, token_id),
             forced=forced,
             processed_prob=None if processed is None else float(torch.softmax(processed, dim=-1)[token_id]),
+            raw=raw,
         )
         ending = self._ending_after(token_id)
         if ending is None:
             next_logits = self.engine.feed([token_id])  # may raise: nothing has changed yet
             self._logits.append(next_logits)
         self._path.append(token)
+        self._panels.append(panel)
         self._rng_states.append(rng_state)
         self.finished = ending
         self._distribution = None

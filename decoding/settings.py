@@ -39,9 +39,9 @@ class Strategy:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = list(_problems(self))
+        problems = field_problems(self)
         if problems:
-            raise SettingsError("; ".join(problems))
+            raise SettingsError("; ".join(problems.values()))
 
     @property
     def do_sample(self) -> bool:
@@ -105,18 +105,30 @@ class Strategy:
         return " ".join(parts)
 
 
-def _problems(s: Strategy):
-    if s.kind not in STRATEGY_KINDS:
-        yield f"strategy must be one of {', '.join(STRATEGY_KINDS)} (got {s.kind!r})"
-    if not _is_number(s.temperature) or s.temperature <= 0:
-        yield f"temperature must be a number greater than 0 (got {s.temperature!r})"
-    if not _is_int(s.top_k) or s.top_k < 0:
-        yield f"top_k must be a whole number >= 0; 0 turns top-k off (got {s.top_k!r})"
-    if not _is_number(s.top_p) or not 0 < s.top_p <= 1:
-        yield f"top_p must be greater than 0 and at most 1; 1 turns top-p off (got {s.top_p!r})"
-    if not _is_number(s.repetition_penalty) or s.repetition_penalty <= 0:
-        yield f"repetition_penalty must be a number greater than 0; 1 turns it off (got {s.repetition_penalty!r})"
-    if not _is_int(s.no_repeat_ngram_size) or s.no_repeat_ngram_size < 0:
-        yield f"no_repeat_ngram_size must be a whole number >= 0; 0 turns it off (got {s.no_repeat_ngram_size!r})"
-    if not _is_int(s.seed) or s.seed < 0:
-        yield f"seed must be a whole number >= 0 (got {s.seed!r})"
+def field_problems(s: Strategy | Any) -> dict[str, str]:
+    """What is wrong with each setting of `s` (any object with Strategy's fields), by field name."""
+    checks = {
+        "kind": (s.kind in STRATEGY_KINDS, f"strategy must be one of {', '.join(STRATEGY_KINDS)} (got {s.kind!r})"),
+        "temperature": (
+            _is_number(s.temperature) and s.temperature > 0,
+            f"temperature must be a number greater than 0 (got {s.temperature!r})",
+        ),
+        "top_k": (
+            _is_int(s.top_k) and s.top_k >= 0,
+            f"top_k must be a whole number >= 0; 0 turns top-k off (got {s.top_k!r})",
+        ),
+        "top_p": (
+            _is_number(s.top_p) and 0 < s.top_p <= 1,
+            f"top_p must be greater than 0 and at most 1; 1 turns top-p off (got {s.top_p!r})",
+        ),
+        "repetition_penalty": (
+            _is_number(s.repetition_penalty) and s.repetition_penalty > 0,
+            f"repetition_penalty must be a number greater than 0; 1 turns it off (got {s.repetition_penalty!r})",
+        ),
+        "no_repeat_ngram_size": (
+            _is_int(s.no_repeat_ngram_size) and s.no_repeat_ngram_size >= 0,
+            f"no_repeat_ngram_size must be a whole number >= 0; 0 turns it off (got {s.no_repeat_ngram_size!r})",
+        ),
+        "seed": (_is_int(s.seed) and s.seed >= 0, f"seed must be a whole number >= 0 (got {s.seed!r})"),
+    }
+    return {name: message for name, (ok, message) in checks.items() if not ok}

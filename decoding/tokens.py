@@ -24,6 +24,19 @@ def bytes_to_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="tokenstep-hex")
 
 
+def whole_characters(pieces: list[bytes]) -> list[str]:
+    """Each token's share of the running text: the characters its bytes complete.
+
+    A character split over several tokens is given to the token that completes it, so tinting
+    text token by token never shows half a character.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    shares = [decoder.decode(piece) for piece in pieces]
+    if shares:
+        shares[-1] += decoder.decode(b"", final=True)
+    return shares
+
+
 def _escape_char(ch: str) -> str:
     code = ord(ch)
     if code < 0x100:

@@ -30,25 +30,29 @@ class TracePlan:
 def run_trace(session: Session, plan: TracePlan) -> dict[str, Any]:
     """Reset `session` to the plan's prompt, take its steps, and return the full JSON-ready record."""
     session.reset(plan.prompt)
-    steps = []
     for index in range(plan.steps):
         distribution = session.distribution
         if distribution is None:  # end of sequence or context limit
             break
-        input_text = session.text
         if index < len(plan.picks):
-            chosen = session.force(distribution.candidates[plan.picks[index]].token_id)
+            session.force(distribution.candidates[plan.picks[index]].token_id)
         else:
-            chosen = session.step()
-        steps.append(
-            {
-                "input_text": input_text,
-                "candidates": [_candidate_record(c) for c in distribution.candidates],
-                "chosen": _chosen_record(chosen),
-                "entropy": distribution.entropy,
-            }
-        )
+            session.step()
+    return trace_record(session)
+
+
+def trace_record(session: Session) -> dict[str, Any]:
+    """The session's current path as a trace record: what was on offer at each step and what was chosen."""
     engine, strategy = session.engine, session.strategy
+    steps = [
+        {
+            "input_text": engine.decode(session.ids[: len(session.prompt_ids) + index]),
+            "candidates": [_candidate_record(c) for c in panel.candidates],
+            "chosen": _chosen_record(chosen),
+            "entropy": panel.entropy,
+        }
+        for index, (panel, chosen) in enumerate(zip(session.panels, session.path))
+    ]
     return {
         "model": engine.model_id,
         "engine": engine.name,
@@ -56,7 +60,7 @@ def run_trace(session: Session, plan: TracePlan) -> dict[str, Any]:
         "dtype": engine.dtype,
         "strategy": strategy.generation_kwargs(),
         "seed": strategy.seed,
-        "prompt": plan.prompt,
+        "prompt": session.prompt,
         "prompt_ids": session.prompt_ids,
         "choices": session.choices,
         "steps": steps,
@@ -106,7 +110,8 @@ def format_trace(record: dict[str, Any], fmt: str) -> str:
 
 
 def _table_cells(record: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["Input"] + [f"Choice {i}" for i in range(record["choices"])]
+    width = max([len(step["candidates"]) for step in record["steps"]], default=record["choices"])
+    header = ["Input"] + [f"Choice {i}" for i in range(width)]
     rows = []
     for step in record["steps"]:
         cells = [f"{one_line(c['text'])} ({100 * c['prob']:.2f}%)" for c in step["candidates"]]

@@ -1,0 +1,390 @@
+"""The explorer: type a prompt, step token by token, force-pick from the live candidate panel.
+
+The app only renders frozen `Snapshot`s and sends commands. All model work runs, one command at a time
+and in the order asked, in a thread worker that posts messages; no widget is touched from that thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label, LoadingIndicator
+from textual.worker import Worker, get_current_worker
+
+from decoding.errors import SessionError, TokenstepError
+from decoding.loading import EMBEDDED_NAME, LoadOptions
+from decoding.session import Session, Snapshot
+from decoding.settings import Strategy
+from tui.model_screen import ModelScreen
+from tui.settings_screen import Settings, SettingsScreen
+from tui.widgets.candidates import CandidatePanel
+from tui.widgets.status import StatusLine, Timing
+from tui.widgets.text_view import TextView
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One unit of model work, run in the worker thread: `run(session, app)`."""
+
+    name: str
+    run: Callable[[Session, "TokenstepApp"], None]
+
+
+class TokenstepApp(App[int]):
+    CSS_PATH = "app.tcss"
+    AUTO_FOCUS = None  # keys step at once; tab (or a click) goes to the prompt
+    TITLE = "tokenstep"
+    BINDINGS = [
+        Binding("space,right", "step", "Step", id="step", tooltip="One step by the current strategy"),
+        Binding("1", "pick(0)", "Pick row", key_display="1-9", id="pick.1", tooltip="Force-pick that row"),
+        *(Binding(str(n), f"pick({n - 1})", show=False, id=f"pick.{n}") for n in range(2, 10)),
+        Binding("up", "highlight(-1)", show=False, id="highlight.up"),
+        Binding("down", "highlight(1)", show=False, id="highlight.down"),
+        Binding("enter", "pick_highlighted", "Pick highlighted", show=False, id="pick.highlighted"),
+        Binding("backspace,left", "undo", "Undo", id="undo", tooltip="Take back the last token"),
+        Binding("p", "play", "Play/pause", id="play"),
+        Binding("s", "settings", "Settings", id="settings"),
+        Binding("e", "export", "Export", id="export", tooltip="Save the path as a JSON trace"),
+        Binding("v", "toggle_whitespace", "Whitespace", show=False, id="whitespace"),
+        Binding("m", "choose_model", "Model", show=False, id="model"),
+        Binding("escape", "stop", "Stop", id="stop", tooltip="Stop playing and drop queued steps"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    visible_whitespace: reactive[bool] = reactive(False)
+    """Show spaces, tabs and newlines in the running text as ␣ ⇥ ↵."""
+
+    # --- messages from the worker threads ---------------------------------------------------------
+
+    class LoadProgress(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class Loaded(Message):
+        def __init__(self, session: Session) -> None:
+            super().__init__()
+            self.session = session
+
+    class LoadFailed(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class Updated(Message):
+        """The session changed; only the newest of a burst needs painting."""
+
+        def __init__(self, snapshot: Snapshot, timing: Timing | None = None) -> None:
+            super().__init__()
+            self.snapshot, self.timing = snapshot, timing
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, TokenstepApp.Updated) and self.timing is not None
+
+    class CommandFailed(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class CommandDone(Message):
+        pass
+
+    # --- set-up -----------------------------------------------------------------------------------
+
+    def __init__(
+        self,
+        load_options: LoadOptions = LoadOptions(),
+        strategy: Strategy = Strategy(),
+        *,
+        prompt: str = "Transformers are the",
+        choices: int = 10,
+        max_new_tokens: int = 256,
+        export_dir: Path | None = None,
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        super().__init__()
+        self.load_options, self.strategy, self.choices = load_options, strategy, choices
+        self.initial_prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.export_dir = export_dir or Path.cwd()
+        self.clock = clock
+        self.session: Session | None = None  # used only inside worker threads
+        self.snapshot: Snapshot | None = None
+        self.timing = Timing()
+        self.queue: deque[Command] = deque()
+        self.running: Command | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Input(self.initial_prompt, placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
+        with Vertical(id="loading"):
+            yield LoadingIndicator()
+            yield Label(Text(f"Loading {self._model_name()}…"), id="loading-text")
+        with Horizontal(id="main"):
+            yield TextView(id="text")
+            yield CandidatePanel(id="candidates")
+        yield StatusLine(Text("loading…"), id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#main").display = False
+        self.load(self.load_options)
+
+    def _model_name(self) -> str:
+        options = self.load_options
+        return f"{options.model or EMBEDDED_NAME} (device {options.device}, dtype {options.dtype})"
+
+    # --- loading ----------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False, description="loading the model")
+    def load(self, options: LoadOptions) -> None:
+        try:
+            from decoding.loading import load_engine  # torch is imported here, after the first paint
+
+            engine = load_engine(options, lambda text: self.post_message(self.LoadProgress(text)))
+            session = Session(engine, self.strategy, self.choices)
+        except TokenstepError as error:
+            self.post_message(self.LoadFailed(str(error)))
+            return
+        except Exception as error:  # a model that breaks transformers: say so, keep the app
+            self.post_message(self.LoadFailed(f"The model could not be loaded: {type(error).__name__}: {error}"))
+            return
+        self.post_message(self.Loaded(session))
+
+    def on_tokenstep_app_load_progress(self, message: LoadProgress) -> None:
+        self.query_one("#loading-text", Label).update(Text(message.text + "…"))
+
+    def on_tokenstep_app_loaded(self, message: Loaded) -> None:
+        self.session = message.session
+        engine = message.session.engine
+        self.model_label = f"{engine.model_id} · {engine.name} · {engine.device} · {engine.dtype}"
+        self.query_one("#loading").display = False
+        self.query_one("#main").display = True
+        self.queue.appendleft(self._reset_command(self.query_one("#prompt", Input).value))
+        self._pump()
+
+    def on_tokenstep_app_load_failed(self, message: LoadFailed) -> None:
+        self.queue.clear()
+        self.query_one(LoadingIndicator).display = False
+        self.query_one("#loading-text", Label).update(
+            Text(message.text + "\n\nPress m to try another model, or q to quit.", style="bold red")
+        )
+        self.query_one("#status", StatusLine).update(Text("no model loaded"))
+
+    def action_choose_model(self) -> None:
+        def chosen(model: str | None) -> None:
+            if model is None:
+                return
+            try:
+                self.load_options = LoadOptions(model or None, self.load_options.device, self.load_options.dtype, self.load_options.device_map)
+            except TokenstepError as error:
+                self.notify(str(error), severity="error", markup=False)
+                return
+            self.action_stop()
+            self.session = None
+            self.query_one("#main").display = False
+            self.query_one("#loading").display = True
+            self.query_one(LoadingIndicator).display = True
+            self.query_one("#loading-text", Label).update(Text(f"Loading {self._model_name()}…"))
+            self.load(self.load_options)
+
+        self.push_screen(ModelScreen(), chosen)
+
+    # --- the command queue: one model command at a time, in the order asked -----------------------
+
+    def enqueue(self, command: Command) -> None:
+        self.queue.append(command)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self.running is None and self.queue and self.session is not None:
+            self.running = self.queue.popleft()
+            self._run(self.running)
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False, description="model command")
+    def _run(self, command: Command) -> None:
+        try:
+            command.run(self.session, self)
+        except TokenstepError as error:
+            self.post_message(self.CommandFailed(str(error)))
+        except Exception as error:  # out of GPU memory and the like: the path is left as it was
+            self.post_message(self.CommandFailed(f"{command.name} failed: {type(error).__name__}: {error}"))
+        finally:
+            self.post_message(self.Updated(self.session.snapshot()))
+            self.post_message(self.CommandDone())
+
+    def on_tokenstep_app_command_done(self) -> None:
+        self.running = None
+        self._pump()
+
+    def on_tokenstep_app_command_failed(self, message: CommandFailed) -> None:
+        self.notify(message.text, severity="warning", markup=False)
+
+    def on_tokenstep_app_updated(self, message: Updated) -> None:
+        self.snapshot = message.snapshot
+        if message.timing is not None:
+            self.timing = message.timing
+        self.refresh_view()
+
+    def refresh_view(self) -> None:
+        if self.snapshot is None:
+            return
+        self.query_one(TextView).show(self.snapshot, self.visible_whitespace)
+        self.query_one(CandidatePanel).show(self.snapshot.distribution)
+        self.query_one(StatusLine).show(self.snapshot, self.timing, self.model_label)
+
+    def watch_visible_whitespace(self) -> None:
+        self.refresh_view()
+
+    @property
+    def idle(self) -> bool:
+        """No model work running or waiting (tests and benchmarks wait for this)."""
+        return self.running is None and not self.queue and not any(w.is_running for w in self.workers)
+
+    # --- commands ---------------------------------------------------------------------------------
+
+    def _timed(self, name: str, change: Callable[[Session], object]) -> Command:
+        def run(session: Session, app: TokenstepApp) -> None:
+            start = app.clock()
+            change(session)
+            timing = Timing(latency_ms=1000 * (app.clock() - start))
+            app.post_message(app.Updated(session.snapshot(), timing))
+
+        return Command(name, run)
+
+    def _reset_command(self, prompt: str) -> Command:
+        return self._timed("reset", lambda session: session.reset(prompt))
+
+    def _play(self, session: Session, app: TokenstepApp) -> None:
+        worker, started, steps = get_current_worker(), app.clock(), 0
+        while not worker.is_cancelled and not session.finished and len(session.path) < app.max_new_tokens:
+            step_start = app.clock()
+            session.step()
+            steps += 1
+            now = app.clock()
+            timing = Timing(1000 * (now - step_start), steps / max(now - started, 1e-9))
+            app.post_message(app.Updated(session.snapshot(), timing))
+
+    def _force_row(self, row: int) -> Callable[[Session], object]:
+        def force(session: Session) -> object:
+            distribution = session.distribution
+            if distribution is None:
+                return session.step()  # the session explains why nothing can be chosen
+            if row >= len(distribution.candidates):
+                raise SessionError(f"There is no row {row + 1}: the panel shows {len(distribution.candidates)} candidates.")
+            return session.force(distribution.candidates[row].token_id)
+
+        return force
+
+    def _export(self, session: Session, app: TokenstepApp) -> None:
+        from decoding.trace import trace_record
+
+        path = app.export_dir / time.strftime("tokenstep-trace-%Y%m%d-%H%M%S.json")
+        path.write_text(json.dumps(trace_record(session), ensure_ascii=False, indent=2), encoding="utf-8")
+        app.call_from_thread(app.notify, f"Saved the path to {path}", markup=False)
+
+    # --- actions ----------------------------------------------------------------------------------
+
+    @property
+    def playing(self) -> bool:
+        return self.running is not None and self.running.name == "play"
+
+    def _pause(self) -> None:
+        self.workers.cancel_group(self, "model")
+
+    def action_step(self) -> None:
+        if self.playing:
+            self._pause()  # space pauses play, as in a media player
+            return
+        self.enqueue(self._timed("step", Session.step))
+
+    def action_pick(self, row: int) -> None:
+        self._pause_then(self._timed("pick", self._force_row(row)))
+
+    def action_pick_highlighted(self) -> None:
+        self.action_pick(self.query_one(CandidatePanel).cursor_row)
+
+    def action_highlight(self, delta: int) -> None:
+        panel = self.query_one(CandidatePanel)
+        panel.move_cursor(row=max(0, panel.cursor_row + delta))
+
+    def action_undo(self) -> None:
+        self._pause_then(self._timed("undo", Session.undo))
+
+    def action_play(self) -> None:
+        if self.playing:
+            self._pause()
+        else:
+            self.enqueue(Command("play", self._play))
+
+    def action_stop(self) -> None:
+        """Drop what is queued and cancel the running work (the state it reached is shown)."""
+        self.queue.clear()
+        self._pause()
+        self.set_focus(None)
+
+    def action_export(self) -> None:
+        self.enqueue(Command("export", self._export))
+
+    def action_toggle_whitespace(self) -> None:
+        self.visible_whitespace = not self.visible_whitespace
+
+    def action_settings(self) -> None:
+        current = self.snapshot
+        settings = Settings(current.strategy, current.choices) if current else Settings(self.strategy, self.choices)
+
+        def apply(result: Settings | None) -> None:
+            if result is not None:
+                self.strategy, self.choices = result.strategy, result.choices
+                self.enqueue(self._timed("settings", lambda session: _apply_settings(session, result)))
+
+        self.push_screen(SettingsScreen(settings), apply)
+
+    def _pause_then(self, command: Command) -> None:
+        if self.playing:
+            self._pause()
+        self.enqueue(command)
+
+    @on(Input.Submitted, "#prompt")
+    def new_prompt(self, event: Input.Submitted) -> None:
+        self.action_stop()
+        self.enqueue(self._reset_command(event.value))
+
+    @on(CandidatePanel.RowSelected)
+    def row_clicked(self, event: CandidatePanel.RowSelected) -> None:
+        self.action_pick(event.cursor_row)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Step", "One step by the current strategy", self.action_step)
+        yield SystemCommand("Undo", "Take back the last token", self.action_undo)
+        yield SystemCommand("Play / pause", "Keep stepping until EOS, the limit, or a key", self.action_play)
+        yield SystemCommand("Strategy settings", "Greedy or sampling, temperature, top-k, top-p, seed, k...", self.action_settings)
+        yield SystemCommand("Switch to greedy", "Choose the most likely token", lambda: self._switch("greedy"))
+        yield SystemCommand("Switch to sampling", "Draw from the (processed) distribution", lambda: self._switch("sample"))
+        yield SystemCommand("Toggle visible whitespace", "Show spaces and newlines as ␣ and ↵", self.action_toggle_whitespace)
+        yield SystemCommand("Export path", "Save the current path as a JSON trace", self.action_export)
+        yield SystemCommand("Load another model", "A Hub id, folder or .gguf file", self.action_choose_model)
+
+    def _switch(self, kind: str) -> None:
+        self.strategy = self.strategy.with_changes(kind=kind)
+        settings = Settings(self.strategy, self.choices)
+        self.enqueue(self._timed("settings", lambda session: _apply_settings(session, settings)))
+
+
+def _apply_settings(session: Session, settings: Settings) -> None:
+    session.set_strategy(settings.strategy)
+    session.set_choices(settings.choices)

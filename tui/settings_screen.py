@@ -1,0 +1,82 @@
+"""The strategy settings (key `s`): every field checked, mistakes shown beside the field, old settings kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select
+
+from decoding.settings import STRATEGY_KINDS, Strategy, field_problems
+
+# (field, label, parser): each text field of the form and how its text becomes a value.
+FIELDS = [
+    ("temperature", "temperature (> 0)", float),
+    ("top_k", "top-k (0 = off)", int),
+    ("top_p", "top-p (0 < p ≤ 1)", float),
+    ("seed", "seed", int),
+    ("repetition_penalty", "repetition penalty (1 = off)", float),
+    ("no_repeat_ngram_size", "no-repeat n-gram size (0 = off)", int),
+    ("choices", "candidates shown", int),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    strategy: Strategy
+    choices: int
+
+
+class SettingsScreen(ModalScreen[Settings | None]):
+    AUTO_FOCUS = "Input"  # so enter applies at once
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="settings.cancel")]
+
+    def __init__(self, current: Settings) -> None:
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        values = {**self.current.strategy.as_dict(), "choices": self.current.choices}
+        with Vertical(id="settings"):
+            yield Label("Strategy settings  (enter applies, escape cancels)", id="settings-title")
+            with Grid(id="settings-grid"):
+                yield Label("strategy")
+                yield Select([(kind, kind) for kind in STRATEGY_KINDS], value=values["kind"], allow_blank=False, id="kind", compact=True)
+                yield Label("", classes="error", id="kind-error")
+                for name, label, _ in FIELDS:
+                    yield Label(label)
+                    yield Input(str(values[name]), id=name, select_on_focus=False, compact=True)
+                    yield Label("", classes="error", id=f"{name}-error")
+            yield Button("Apply", variant="primary", id="apply")
+
+    def on_input_submitted(self) -> None:
+        self.apply()
+
+    def on_button_pressed(self) -> None:
+        self.apply()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def apply(self) -> None:
+        """Dismiss with the new settings, or show beside each field what is wrong and keep the screen open."""
+        current = {**self.current.strategy.as_dict(), "choices": self.current.choices}
+        values, problems = {"kind": self.query_one("#kind", Select).value}, {}
+        for name, _, parse in FIELDS:
+            try:
+                values[name] = parse(self.query_one(f"#{name}", Input).value.strip())
+            except ValueError:
+                values[name] = current[name]  # so the other fields can still be checked
+                problems[name] = f"not a {'whole number' if parse is int else 'number'}"
+        problems = {**field_problems(SimpleNamespace(**values)), **problems}
+        if values["choices"] < 1 and "choices" not in problems:
+            problems["choices"] = "must be at least 1"
+        for name, _, _ in FIELDS:
+            self.query_one(f"#{name}-error", Label).update(problems.get(name, ""))
+        if not problems:
+            choices = values.pop("choices")
+            self.dismiss(Settings(Strategy(**values), choices))

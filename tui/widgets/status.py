@@ -1,0 +1,32 @@
+"""The status line: where the path stands and how fast the model runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import Static
+
+from decoding.session import Snapshot
+
+
+@dataclass(frozen=True)
+class Timing:
+    latency_ms: float | None = None  # the last step's model time
+    tokens_per_s: float | None = None  # while playing
+
+
+class StatusLine(Static):
+    def show(self, snapshot: Snapshot, timing: Timing, model: str) -> None:
+        parts = [f"step {len(snapshot.path)}"]
+        if snapshot.path:
+            last = snapshot.path[-1]
+            parts.append(f"last p={last.prob:.2%} rank {last.rank + 1}")
+        if snapshot.distribution:
+            parts.append(f"H={snapshot.distribution.entropy:.2f} nats")
+        parts.append(f"logp={snapshot.sequence_logprob:.2f}")
+        if timing.latency_ms is not None:
+            parts.append(f"{timing.latency_ms:.0f} ms")
+        if timing.tokens_per_s is not None:
+            parts.append(f"{timing.tokens_per_s:.1f} tok/s")
+        self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {snapshot.strategy.describe()}"))

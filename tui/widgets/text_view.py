@@ -1,0 +1,54 @@
+"""The running text: the prompt, then each generated token tinted by how likely the model found it."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from decoding.session import Snapshot
+from decoding.tokens import escape_controls
+
+# (lowest probability, style): the first band a token's probability reaches gives its tint.
+PROBABILITY_BANDS = [(0.5, "green"), (0.2, "yellow"), (0.05, "dark_orange"), (0.0, "red")]
+FORCED_STYLE = "underline reverse"
+
+
+def tint(prob: float) -> str:
+    return next(style for floor, style in PROBABILITY_BANDS if prob >= floor)
+
+
+def legend() -> Text:
+    text = Text("tint: ", style="dim")
+    for (floor, style), (ceiling, _) in zip(PROBABILITY_BANDS, [(1.0, "")] + PROBABILITY_BANDS):
+        text.append(f"≥{floor:.0%} " if floor else f"<{ceiling:.0%} ", style=style)
+    return text.append("forced", style=FORCED_STYLE).append("  (prompt plain)", style="dim")
+
+
+def running_text(snapshot: Snapshot, visible_whitespace: bool = False) -> Text:
+    """Literal text (never markup): prompt plain, tokens tinted, forced tokens marked."""
+    text = Text(_shown(snapshot.prompt, visible_whitespace))
+    for token, piece in zip(snapshot.path, snapshot.pieces):
+        style = f"{tint(token.prob)} {FORCED_STYLE}" if token.forced else tint(token.prob)
+        text.append(_shown(piece, visible_whitespace), style=style)
+    if snapshot.finished:
+        text.append(f"  [{snapshot.finished}]", style="bold dim")
+    return text
+
+
+def _shown(text: str, visible_whitespace: bool) -> str:
+    if visible_whitespace:
+        text = text.replace(" ", "␣").replace("\t", "⇥").replace("\n", "↵\n")
+    return escape_controls(text)
+
+
+class TextView(VerticalScroll):
+    can_focus = False
+
+    def compose(self):
+        yield Static(id="running-text")
+        yield Static(legend(), id="legend")
+
+    def show(self, snapshot: Snapshot, visible_whitespace: bool) -> None:
+        self.query_one("#running-text", Static).update(running_text(snapshot, visible_whitespace))
+        self.scroll_end(animate=False)
