@@ -3,7 +3,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from decoding.tokens import bytes_to_text, escape_controls, one_line, token_label
+from decoding.tokens import bytes_to_text, escape_controls, one_line, token_label, whole_characters
 
 
 def test_partial_utf8_bytes_show_as_hex():
@@ -39,3 +39,9 @@ def test_no_control_character_survives_a_label(text):
 def test_any_bytes_decode_to_text_without_replacement_characters(raw):
     shown = bytes_to_text(raw)
     assert "\ufffd" not in shown or "\ufffd".encode() in raw
+
+
+def test_a_character_split_over_tokens_belongs_to_the_token_that_completes_it():
+    euro = "€".encode()
+    assert whole_characters([b" a", euro[:1], euro[1:], b"!"]) == [" a", "", "€", "!"]
+    assert whole_characters([b"x", euro[:2]]) == ["x", "\ufffd"]  # cut short: shown as a replacement mark

@@ -129,7 +129,9 @@ class TokenstepApp(App[int]):
         self.running: Command | None = None
 
     def compose(self) -> ComposeResult:
-        yield Input(self.initial_prompt, placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
+        prompt = Input(self.initial_prompt, placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
+        prompt.border_title = "prompt · tab to edit, enter to run"
+        yield prompt
         with Vertical(id="loading"):
             yield LoadingIndicator()
             yield Label(Text(f"Loading {self._model_name()}…"), id="loading-text")
@@ -170,7 +172,7 @@ class TokenstepApp(App[int]):
     def on_tokenstep_app_loaded(self, message: Loaded) -> None:
         self.session = message.session
         engine = message.session.engine
-        self.model_label = f"{engine.model_id} · {engine.name} · {engine.device} · {engine.dtype}"
+        self.model_label = f"{_short_model_name(engine.model_id)} · {engine.name} · {engine.device} · {engine.dtype}"
         self.query_one("#loading").display = False
         self.query_one("#main").display = True
         self.queue.appendleft(self._reset_command(self.query_one("#prompt", Input).value))
@@ -383,6 +385,12 @@ class TokenstepApp(App[int]):
         self.strategy = self.strategy.with_changes(kind=kind)
         settings = Settings(self.strategy, self.choices)
         self.enqueue(self._timed("settings", lambda session: _apply_settings(session, settings)))
+
+
+def _short_model_name(model_id: str) -> str:
+    """A local folder or file is shown by its name; a Hub id as it is."""
+    path = Path(model_id).expanduser()
+    return path.name if path.exists() else model_id
 
 
 def _apply_settings(session: Session, settings: Settings) -> None:

@@ -13,7 +13,7 @@ REMOVED_STYLE = "dim strike"
 
 def bar(prob: float, width: int = BAR_WIDTH) -> str:
     """A horizontal bar in eighths of a cell, so small differences still show."""
-    eighths = round(prob * width * 8)
+    eighths = max(round(prob * width * 8), 1 if prob > 0 else 0)  # a possible token never looks impossible
     full, part = divmod(eighths, 8)
     return ("█" * full + (" ▏▎▍▌▋▊▉"[part] if part else "")).ljust(width)
 

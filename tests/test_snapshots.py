@@ -1,0 +1,49 @@
+"""SVG snapshots of the explorer at a fixed size, so a layout regression shows in review.
+
+Update them after an intended change with `make test PYTEST_ARGS="--snapshot-update"`, then look at the SVGs.
+"""
+
+from textual.widgets import Input
+
+from tests.test_app import SIZE, make_app, settle
+from tui.app import TokenstepApp
+from decoding.loading import LoadOptions
+
+
+async def still(pilot):
+    """No blinking cursor or animation, so the same screen gives the same picture."""
+    pilot.app.animation_level = "none"
+    await settle(pilot)
+    for field in pilot.app.screen.query(Input):
+        field.cursor_blink = False
+    await pilot.pause()
+
+
+def test_main_screen_after_steps_and_a_forced_pick(snap_compare, tiny_model_dir):
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("space", "3", "space")
+        await still(pilot)
+
+    assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=run_before)
+
+
+def test_main_screen_under_top_k_sampling(snap_compare, tiny_model_dir):
+    from decoding.settings import Strategy
+
+    app = make_app(tiny_model_dir, strategy=Strategy(kind="sample", top_k=3, temperature=0.8))
+    assert snap_compare(app, terminal_size=SIZE, run_before=still)
+
+
+def test_settings_screen(snap_compare, tiny_model_dir):
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("s")
+        await still(pilot)
+
+    assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=run_before)
+
+
+def test_failed_load_screen(snap_compare):
+    app = TokenstepApp(LoadOptions(model="./no/such/model", device="cpu"))
+    assert snap_compare(app, terminal_size=SIZE, run_before=still)
