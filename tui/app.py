@@ -94,7 +94,9 @@ class TokenstepApp(App[int]):
             self.snapshot, self.timing = snapshot, timing
 
         def can_replace(self, message: Message) -> bool:
-            return isinstance(message, TokenstepApp.Updated) and self.timing is not None
+            # Textual asks the older message whether the newer pending one may stand in for it;
+            # it may if it carries its own timing (else the older timing would be lost).
+            return isinstance(message, TokenstepApp.Updated) and message.timing is not None
 
     class CommandFailed(Message):
         def __init__(self, text: str) -> None:

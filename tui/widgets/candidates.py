@@ -27,8 +27,13 @@ class CandidatePanel(DataTable):
         self.cursor_type = "row"
         self.zebra_stripes = True
 
+    shown: Distribution | None = None
+
     def show(self, distribution: Distribution | None) -> None:
         """Replace the rows, keeping the highlighted row number."""
+        if distribution == self.shown and self.row_count:
+            return  # rebuilding the same rows would only make the table flicker
+        self.shown = distribution
         row = self.cursor_row
         self.clear(columns=True)
         if distribution is None:
