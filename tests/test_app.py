@@ -319,3 +319,32 @@ async def test_bindings_have_ids_so_keys_can_be_remapped(tiny_model_dir):
         await pilot.press("n")
         await settle(pilot)
         assert len(app.snapshot.path) == 1
+
+
+async def test_play_refuses_past_max_new_tokens_and_q_quits(tiny_model_dir):
+    app = make_app(tiny_model_dir, max_new_tokens=2)
+    notes = []
+    async with app.run_test(size=SIZE) as pilot:
+        app.notify = lambda message, **kwargs: notes.append(message)
+        await settle(pilot)
+        await pilot.press("p")
+        await settle(pilot)
+        await pilot.press("p")
+        await settle(pilot)
+        assert len(app.snapshot.path) == 2 and any("--max-new-tokens" in note for note in notes)
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+
+
+async def test_command_palette_offers_the_actions(tiny_model_dir):
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        for wanted in ("Step", "Undo", "Strategy settings", "Set candidates shown (k)", "Switch to sampling",
+                       "Toggle visible whitespace", "Export path"):
+            assert wanted in titles
+        next(c for c in app.get_system_commands(app.screen) if c.title == "Switch to sampling").callback()
+        await settle(pilot)
+        assert app.snapshot.strategy.kind == "sample"

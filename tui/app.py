@@ -274,6 +274,8 @@ class TokenstepApp(App[int]):
 
     def _play(self, session: Session, app: TokenstepApp) -> None:
         worker, started, steps = get_current_worker(), app.clock(), 0
+        if len(session.path) >= app.max_new_tokens:
+            raise SessionError(f"The path already has {len(session.path)} new tokens, the --max-new-tokens limit.")
         while not worker.is_cancelled and not session.finished and len(session.path) < app.max_new_tokens:
             step_start = app.clock()
             session.step()
@@ -377,6 +379,7 @@ class TokenstepApp(App[int]):
         yield SystemCommand("Undo", "Take back the last token", self.action_undo)
         yield SystemCommand("Play / pause", "Keep stepping until EOS, the limit, or a key", self.action_play)
         yield SystemCommand("Strategy settings", "Greedy or sampling, temperature, top-k, top-p, seed, k...", self.action_settings)
+        yield SystemCommand("Set candidates shown (k)", "How many candidates the panel lists", self.action_settings)
         yield SystemCommand("Switch to greedy", "Choose the most likely token", lambda: self._switch("greedy"))
         yield SystemCommand("Switch to sampling", "Draw from the (processed) distribution", lambda: self._switch("sample"))
         yield SystemCommand("Toggle visible whitespace", "Show spaces and newlines as ␣ and ↵", self.action_toggle_whitespace)
