@@ -6,38 +6,11 @@ the same computed distribution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from decoding.tokens import token_label
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A possible next token. `prob`/`logprob` are the raw model's; `processed_prob` is after the
-    strategy's processors (None when the strategy leaves the distribution as it is)."""
-
-    token_id: int
-    text: str  # the token's own text; bytes that are only part of a character show as <0xE2>
-    prob: float
-    logprob: float
-    rank: int  # 0-based, in the whole raw distribution (ties broken by token id)
-    processed_prob: float | None = None
-    removed: bool = False  # a processor (top-k, top-p, n-gram blocking...) ruled it out
-
-    @property
-    def label(self) -> str:
-        """The text with whitespace visible and controls escaped, safe for any terminal."""
-        return token_label(self.text)
-
-
-@dataclass(frozen=True)
-class Distribution:
-    candidates: tuple[Candidate, ...]  # best first; row 0 is always the greedy (raw argmax) token
-    entropy: float  # of the raw distribution, in nats
-    processed_entropy: float | None  # after the processors, when they reshape it
+from decoding.state import Candidate, Distribution
 
 
 def top_ids(logits: torch.Tensor, k: int) -> list[int]:

@@ -6,50 +6,17 @@ and restores the distribution that was stored for that position, so it is exactl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from decoding.distribution import Distribution, rank_of, summarize
+from decoding.distribution import rank_of, summarize
 from decoding.engine import Engine
 from decoding.errors import SessionError, SettingsError
 from decoding.processors import build_processors
 from decoding.settings import Strategy
+from decoding.state import Distribution, PathToken, Snapshot
 from decoding.tokens import bytes_to_text, whole_characters
 
 DEFAULT_CHOICES = 10
-
-
-@dataclass(frozen=True)
-class PathToken:
-    """A token on the chosen path, with what the raw model thought of it."""
-
-    token_id: int
-    text: str
-    prob: float
-    logprob: float
-    rank: int  # 0-based, in the whole raw distribution
-    forced: bool  # picked by the person rather than by the strategy
-    processed_prob: float | None = None  # under the strategy's processors, when they reshape
-    raw: bytes = field(default=b"", repr=False)  # the bytes it stands for (may be part of a character)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything a view shows, frozen: safe to hand from the model's thread to the UI."""
-
-    prompt: str
-    path: tuple[PathToken, ...]
-    pieces: tuple[str, ...]  # each path token's share of the running text (whole characters)
-    distribution: Distribution | None
-    finished: str | None
-    strategy: Strategy
-    choices: int
-    context_limit: int
-
-    @property
-    def sequence_logprob(self) -> float:
-        return sum(token.logprob for token in self.path)
 
 
 class Session:

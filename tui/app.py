@@ -11,7 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from rich.text import Text
 from textual import on, work
@@ -26,13 +26,16 @@ from textual.worker import Worker, get_current_worker
 
 from decoding.errors import SessionError, TokenstepError
 from decoding.loading import EMBEDDED_NAME, LoadOptions
-from decoding.session import Session, Snapshot
 from decoding.settings import Strategy
+from decoding.state import Snapshot
 from tui.model_screen import ModelScreen
 from tui.settings_screen import Settings, SettingsScreen
 from tui.widgets.candidates import CandidatePanel
 from tui.widgets.status import StatusLine, Timing
 from tui.widgets.text_view import TextView
+
+if TYPE_CHECKING:  # torch loads in the worker, after the first paint
+    from decoding.session import Session
 
 Clock = Callable[[], float]
 
@@ -157,6 +160,7 @@ class TokenstepApp(App[int]):
     def load(self, options: LoadOptions) -> None:
         try:
             from decoding.loading import load_engine  # torch is imported here, after the first paint
+            from decoding.session import Session
 
             engine = load_engine(options, lambda text: self.post_message(self.LoadProgress(text)))
             session = Session(engine, self.strategy, self.choices)
@@ -315,7 +319,7 @@ class TokenstepApp(App[int]):
         if self.playing:
             self._pause()  # space pauses play, as in a media player
             return
-        self.enqueue(self._timed("step", Session.step))
+        self.enqueue(self._timed("step", lambda session: session.step()))
 
     def action_pick(self, row: int) -> None:
         self._pause_then(self._timed("pick", self._force_row(row)))
@@ -328,7 +332,7 @@ class TokenstepApp(App[int]):
         panel.move_cursor(row=max(0, panel.cursor_row + delta))
 
     def action_undo(self) -> None:
-        self._pause_then(self._timed("undo", Session.undo))
+        self._pause_then(self._timed("undo", lambda session: session.undo()))
 
     def action_play(self) -> None:
         if self.playing:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-from decoding.distribution import Candidate, Distribution
+from decoding.state import Candidate, Distribution
 
 BAR_WIDTH = 12
 REMOVED_STYLE = "dim strike"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widgets import Static
 
-from decoding.session import Snapshot
+from decoding.state import Snapshot
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from decoding.session import Snapshot
+from decoding.state import Snapshot
 from decoding.tokens import escape_controls
 
 # (lowest probability, style): the first band a token's probability reaches gives its tint.

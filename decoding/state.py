@@ -1,0 +1,69 @@
+"""The values that cross from the core to a view: frozen, plain Python, no torch.
+
+A view (the terminal app) imports these without pulling in torch, so it can paint before the model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from decoding.settings import Strategy
+from decoding.tokens import token_label
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A possible next token. `prob`/`logprob` are the raw model's; `processed_prob` is after the
+    strategy's processors (None when the strategy leaves the distribution as it is)."""
+
+    token_id: int
+    text: str  # the token's own text; bytes that are only part of a character show as <0xE2>
+    prob: float
+    logprob: float
+    rank: int  # 0-based, in the whole raw distribution (ties broken by token id)
+    processed_prob: float | None = None
+    removed: bool = False  # a processor (top-k, top-p, n-gram blocking...) ruled it out
+
+    @property
+    def label(self) -> str:
+        """The text with whitespace visible and controls escaped, safe for any terminal."""
+        return token_label(self.text)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    candidates: tuple[Candidate, ...]  # best first; row 0 is always the greedy (raw argmax) token
+    entropy: float  # of the raw distribution, in nats
+    processed_entropy: float | None  # after the processors, when they reshape it
+
+
+@dataclass(frozen=True)
+class PathToken:
+    """A token on the chosen path, with what the raw model thought of it."""
+
+    token_id: int
+    text: str
+    prob: float
+    logprob: float
+    rank: int  # 0-based, in the whole raw distribution
+    forced: bool  # picked by the person rather than by the strategy
+    processed_prob: float | None = None  # under the strategy's processors, when they reshape
+    raw: bytes = field(default=b"", repr=False)  # the bytes it stands for (may be part of a character)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a view shows, frozen: safe to hand from the model's thread to the UI."""
+
+    prompt: str
+    path: tuple[PathToken, ...]
+    pieces: tuple[str, ...]  # each path token's share of the running text (whole characters)
+    distribution: Distribution | None
+    finished: str | None
+    strategy: Strategy
+    choices: int
+    context_limit: int
+
+    @property
+    def sequence_logprob(self) -> float:
+        return sum(token.logprob for token in self.path)
