@@ -6,7 +6,7 @@ inference server) can be added without touching them.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -41,3 +41,9 @@ class Engine(Protocol):
 
     def crop(self, length: int) -> None:
         """Drop cached tokens past `length` (O(1) model work: no recomputation)."""
+
+    def detach_last(self, count: int) -> Any:
+        """Remove the last `count` cached tokens and return them, to `attach` again later."""
+
+    def attach(self, tail: Any) -> None:
+        """Append cached tokens returned by `detach_last` (no model work)."""

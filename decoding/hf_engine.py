@@ -65,6 +65,16 @@ class TransformersEngine:
             self._cache.crop(length - self.cached_length)  # a negative count: tokens to drop from the end
 
 
+    def detach_last(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        tail = [(layer.keys[..., -count:, :].clone(), layer.values[..., -count:, :].clone()) for layer in self._cache.layers]
+        self.crop(self.cached_length - count)
+        return tail
+
+    def attach(self, tail: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for index, (keys, values) in enumerate(tail):
+            self._cache.update(keys, values, index)
+
+
 def _context_limit(config) -> int:
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, name, None)

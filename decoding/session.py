@@ -31,6 +31,7 @@ class Session:
         self._panels: list[Distribution] = []  # _panels[i]: the candidates shown when path token i was chosen
         self._logits: list[torch.Tensor] = []  # _logits[i]: raw logits that predicted path token i
         self._rng_states: list[torch.Tensor] = []  # sampler state before path token i was chosen
+        self._ahead: dict[int, tuple[torch.Tensor, object]] = {}  # token id -> (next logits, its cache entry)
         self._rng = torch.Generator()  # made again on the logits' device at each reset
         self._distribution: Distribution | None = None
         self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
@@ -134,6 +135,7 @@ class Session:
             self._refeed(old_ids)
             raise
         self.prompt, self.prompt_ids = prompt, prompt_ids
+        self._ahead.clear()
         self._path, self._panels, self._logits, self._rng_states = [], [], [logits], []
         # Sample on the logits' device, as generate() does, so the same seed gives the same tokens.
         self._rng = torch.Generator(device=logits.device)
@@ -145,15 +147,45 @@ class Session:
         logits = self._current_logits()
         rng_state = self._rng.get_state()
         scores = self._processed(logits)
-        if self._strategy.do_sample:
-            token_id = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self._rng))
-        else:
-            token_id = int(torch.argmax(scores))
+        token_id = self._choose(scores)
         try:
             return self._append(token_id, False, scores if self._processors else None, rng_state)
         except BaseException:
             self._rng.set_state(rng_state)
             raise
+
+    def strategy_choice(self) -> int:
+        """The token `step()` would choose now, without choosing it (the sampler's state is kept)."""
+        rng_state = self._rng.get_state()
+        try:
+            return self._choose(self._processed(self._current_logits()))
+        finally:
+            self._rng.set_state(rng_state)
+
+    def look_ahead(self, token_ids: list[int], should_stop=lambda: False) -> None:
+        """Run the model ahead for each of `token_ids`, so choosing one of them later is instant.
+
+        One forward pass each, exactly the one `step`/`force` would run, so the results are the same
+        to the bit. `should_stop` is asked between passes: work ahead never delays what a person asks
+        for by more than the pass in flight. The work is dropped as soon as the path changes.
+        """
+        for token_id in token_ids:
+            if should_stop():
+                return
+            if token_id in self._ahead or self.finished or self._ending_after(token_id):
+                continue
+            logits = self.engine.feed([token_id])
+            self._ahead[token_id] = (logits, self.engine.detach_last(1))
+
+    @property
+    def looked_ahead(self) -> frozenset[int]:
+        """The tokens whose next distribution is already computed."""
+        return frozenset(self._ahead)
+
+    def _choose(self, scores: torch.Tensor) -> int:
+        if self._strategy.do_sample:
+            return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self._rng))
+        return int(torch.argmax(scores))
 
     def force(self, token_id: int) -> PathToken:
         """Append any token of the vocabulary, whatever the strategy would have chosen."""
@@ -169,6 +201,7 @@ class Session:
             raise SessionError("Nothing to undo: the path is back at the prompt.")
         token = self._path.pop()
         self._panels.pop()
+        self._ahead.clear()
         self._rng.set_state(self._rng_states.pop())
         if self.finished:
             self.finished = None  # the ending token was never fed, so cache and logits already fit
@@ -230,14 +263,21 @@ class Session:
         )
         ending = self._ending_after(token_id)
         if ending is None:
-            next_logits = self.engine.feed([token_id])  # may raise: nothing has changed yet
-            self._logits.append(next_logits)
+            self._logits.append(self._run_model_on(token_id))  # may raise: nothing has changed yet
+        self._ahead.clear()
         self._path.append(token)
         self._panels.append(panel)
         self._rng_states.append(rng_state)
         self.finished = ending
         self._distribution = None
         return token
+
+    def _run_model_on(self, token_id: int) -> torch.Tensor:
+        if token_id in self._ahead:
+            logits, cache_entry = self._ahead.pop(token_id)
+            self.engine.attach(cache_entry)
+            return logits
+        return self.engine.feed([token_id])
 
     def _ending_after(self, token_id: int) -> str | None:
         if token_id in self.engine.eos_token_ids:

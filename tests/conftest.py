@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hypothesis  # noqa: F401  imported now: its pytest plugin's late import trips CPython 3.11.7's ast bug (gh-106905)
 import pytest
 
 CORPUS = [

@@ -122,7 +122,7 @@ async def test_play_runs_to_max_new_tokens(tiny_model_dir):
 
 
 async def test_p_pauses_play_and_escape_drops_queued_steps(tiny_model_dir, monkeypatch):
-    app = make_app(tiny_model_dir, max_new_tokens=50)
+    app = make_app(tiny_model_dir, max_new_tokens=50, look_ahead=0)  # only asked-for passes pass the gate
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         gate = threading.Semaphore(0)
@@ -268,7 +268,7 @@ async def test_a_failed_load_says_why_and_offers_another_model(tmp_path, tiny_mo
 
 
 async def test_an_error_inside_a_step_is_a_notification_and_the_path_stays(tiny_model_dir, monkeypatch):
-    app = make_app(tiny_model_dir)
+    app = make_app(tiny_model_dir, look_ahead=0)  # the step itself must run the (failing) model
     notes = []
     async with app.run_test(size=SIZE) as pilot:
         app.notify = lambda message, **kwargs: notes.append(message)
@@ -348,3 +348,17 @@ async def test_command_palette_offers_the_actions(tiny_model_dir):
         next(c for c in app.get_system_commands(app.screen) if c.title == "Switch to sampling").callback()
         await settle(pilot)
         assert app.snapshot.strategy.kind == "sample"
+
+
+async def test_while_the_person_reads_the_top_picks_are_computed_ahead(tiny_model_dir):
+    app = make_app(tiny_model_dir, look_ahead=5)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        top5 = panel_ids(app)[:5]
+        assert app.session.looked_ahead == frozenset(top5)
+        app.look_ahead = 0  # nothing more ahead: any model pass now would be the pick's own
+        passes = []
+        app.session.engine.feed = passes.append
+        await pilot.press("3")
+        await settle(pilot)
+        assert app.snapshot.path[-1].token_id == top5[2] and passes == []

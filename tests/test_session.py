@@ -185,3 +185,48 @@ def test_running_text_joins_multi_token_characters(tiny_session, tiny_engine):
     for token_id in tiny_engine.encode(" 東京"):
         tiny_session.force(token_id)
     assert tiny_session.generated_text == " 東京"
+
+
+def test_strategy_choice_predicts_step_without_drawing(tiny_engine):
+    session = Session(tiny_engine, Strategy(kind="sample", seed=11))
+    session.reset("The quick brown")
+    for _ in range(5):
+        predicted = session.strategy_choice()
+        assert session.strategy_choice() == predicted  # asking twice draws nothing
+        assert session.step().token_id == predicted
+
+
+@pytest.mark.parametrize("rank", [0, 2, 4])
+def test_a_pick_looked_ahead_needs_no_model_work_and_is_bit_identical(tiny_model_dir, rank):
+    from decoding.loading import LoadOptions, load_engine
+
+    plain = Session(load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu")))
+    ahead = Session(load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu")))
+    for session in (plain, ahead):
+        session.reset("The quick brown")
+        session.step()
+    top5 = [c.token_id for c in ahead.distribution.candidates[:5]]
+    ahead.look_ahead(top5)
+    assert ahead.looked_ahead == frozenset(top5)
+    feed = ahead.engine.feed
+    ahead.engine.feed = lambda ids: pytest.fail("the pick was computed ahead")
+    ahead.force(top5[rank])
+    ahead.engine.feed = feed
+    plain.force(top5[rank])
+    assert torch.equal(ahead._logits[-1], plain._logits[-1])
+    assert ahead.distribution == plain.distribution
+    assert ahead.looked_ahead == frozenset()  # the path moved: the rest is dropped
+    for session in (plain, ahead):  # and both go on the same way
+        session.step()
+    assert ahead.path == plain.path and torch.equal(ahead._logits[-1], plain._logits[-1])
+
+
+def test_look_ahead_stops_when_asked_and_leaves_the_cache_as_it_was(tiny_session, tiny_engine):
+    asked = []
+    top = [c.token_id for c in tiny_session.distribution.candidates[:5]]
+    tiny_session.look_ahead(top, should_stop=lambda: len(asked.append(1) or asked) > 2)
+    assert tiny_session.looked_ahead == frozenset(top[:2])
+    assert tiny_engine.cached_length == len(tiny_session.ids)
+    tiny_session.undo() if tiny_session.path else None
+    tiny_session.step()
+    assert tiny_session.looked_ahead == frozenset()

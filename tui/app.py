@@ -46,6 +46,7 @@ class Command:
 
     name: str
     run: Callable[[Session, "TokenstepApp"], None]
+    work_ahead: bool = False  # speculative: cancelled by any command a person asks for
 
 
 class TokenstepApp(App[int]):
@@ -119,12 +120,14 @@ class TokenstepApp(App[int]):
         prompt: str = "Transformers are the",
         choices: int = 10,
         max_new_tokens: int = 256,
+        look_ahead: int = 5,
         export_dir: Path | None = None,
         clock: Clock = time.perf_counter,
     ) -> None:
         super().__init__()
         self.load_options, self.strategy, self.choices = load_options, strategy, choices
         self.initial_prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.look_ahead = look_ahead  # candidates whose next panel is computed while the person reads
         self.export_dir = export_dir or Path.cwd()
         self.clock = clock
         self.session: Session | None = None  # used only inside worker threads
@@ -214,6 +217,8 @@ class TokenstepApp(App[int]):
     # --- the command queue: one model command at a time, in the order asked -----------------------
 
     def enqueue(self, command: Command) -> None:
+        if self.running is not None and self.running.work_ahead:
+            self._pause()  # the person's command goes first; the pass in flight finishes
         self.queue.append(command)
         self._pump()
 
@@ -229,13 +234,17 @@ class TokenstepApp(App[int]):
         except TokenstepError as error:
             self.post_message(self.CommandFailed(str(error)))
         except Exception as error:  # out of GPU memory and the like: the path is left as it was
-            self.post_message(self.CommandFailed(f"{command.name} failed: {type(error).__name__}: {error}"))
+            if not command.work_ahead:  # failed work ahead is simply not there when asked for
+                self.post_message(self.CommandFailed(f"{command.name} failed: {type(error).__name__}: {error}"))
         finally:
-            self.post_message(self.Updated(self.session.snapshot()))
+            if not command.work_ahead:
+                self.post_message(self.Updated(self.session.snapshot()))
             self.post_message(self.CommandDone())
 
     def on_tokenstep_app_command_done(self) -> None:
-        self.running = None
+        finished, self.running = self.running, None
+        if not self.queue and finished is not None and not finished.work_ahead and self.look_ahead:
+            self.queue.append(Command("look ahead", self._work_ahead, work_ahead=True))
         self._pump()
 
     def on_tokenstep_app_command_failed(self, message: CommandFailed) -> None:
@@ -287,6 +296,14 @@ class TokenstepApp(App[int]):
             now = app.clock()
             timing = Timing(1000 * (now - step_start), steps / max(now - started, 1e-9))
             app.post_message(app.Updated(session.snapshot(), timing))
+
+    def _work_ahead(self, session: Session, app: TokenstepApp) -> None:
+        """While the person reads: the next panel for the strategy's choice and the top candidates."""
+        distribution, worker = session.distribution, get_current_worker()
+        if distribution is None:
+            return
+        ranked = [c.token_id for c in distribution.candidates[: app.look_ahead]]
+        session.look_ahead([session.strategy_choice(), *ranked], should_stop=lambda: worker.is_cancelled)
 
     def _force_row(self, row: int) -> Callable[[Session], object]:
         def force(session: Session) -> object:

@@ -44,6 +44,9 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     app.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     app.add_argument("--choices", type=int, default=10, help="candidates shown (default 10)")
     app.add_argument("--max-new-tokens", type=int, default=256, help="where play stops (default 256)")
+    app.add_argument(
+        "--look-ahead", type=int, default=5, help="candidates whose next panel is computed while you read (default 5; 0 = off)"
+    )
     _add_model_options(app)
     _add_strategy_options(app)
 
@@ -117,6 +120,8 @@ def run_app_command(argv: Sequence[str]) -> int:
     args = build_parsers()[0].parse_args(argv)
     if args.choices < 1:
         raise TokenstepError(f"--choices must be at least 1 (got {args.choices}).")
+    if args.look_ahead < 0:
+        raise TokenstepError(f"--look-ahead must be 0 or more (got {args.look_ahead}).")
     if args.max_new_tokens < 1:
         raise TokenstepError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens}).")
     from tui.app import TokenstepApp
@@ -127,6 +132,7 @@ def run_app_command(argv: Sequence[str]) -> int:
         prompt=args.prompt,
         choices=args.choices,
         max_new_tokens=args.max_new_tokens,
+        look_ahead=args.look_ahead,
     )
     app.run()
     return app.return_code or 0
