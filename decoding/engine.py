@@ -19,6 +19,7 @@ class Engine(Protocol):
     vocab_size: int  # width of the logits vector
     context_limit: int  # most tokens the model can attend to
     eos_token_ids: frozenset[int]
+    can_look_ahead: bool  # whether detach_last/attach work (work ahead is skipped where not)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt, as `generate()` would be given them."""

@@ -13,6 +13,7 @@ BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte-fallback 
 
 class TransformersEngine:
     name = "transformers"
+    can_look_ahead = True
 
     def __init__(self, model: PreTrainedModel, tokenizer, *, model_id: str) -> None:
         self.model = model.eval()

@@ -22,6 +22,7 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENGINES = ("transformers", "llama")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -34,8 +35,13 @@ class LoadOptions:
     device: str = "auto"
     dtype: str = "auto"
     device_map: str | None = None  # "auto": accelerate places a model too large for one device
+    engine: str = "transformers"  # or "llama": llama.cpp on the .gguf file itself
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise LoadError(f"--engine must be one of {', '.join(ENGINES)} (got {self.engine!r}).")
+        if self.engine == "llama" and self.model and not self.model.lower().endswith(".gguf"):
+            raise LoadError(f"--engine llama runs .gguf files; --model {self.model} is not one. Use --engine transformers.")
         if self.dtype not in DTYPES:
             raise LoadError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r}).")
         if not _valid_device_name(self.device):
@@ -108,6 +114,8 @@ def load_engine(options: LoadOptions | None = None, progress: Progress = lambda 
     """Load the model named by `options` and wrap it in the transformers engine."""
     options = options or LoadOptions()
     device = resolve_device(options.device)
+    if options.engine == "llama":
+        return _load_llama(options, device, progress)
     dtype = resolve_dtype(options.dtype, device)
     progress("importing torch and transformers")
     from huggingface_hub.utils import logging as hub_logging
@@ -124,6 +132,25 @@ def load_engine(options: LoadOptions | None = None, progress: Progress = lambda 
     progress(f"loading {model_id} on {device} ({str(dtype).removeprefix('torch.')})")
     model, tokenizer = _load_pretrained(source, model_id, device, dtype, options.device_map)
     return TransformersEngine(model, tokenizer, model_id=model_id)
+
+
+def _load_llama(options: LoadOptions, device: str, progress: Progress):
+    try:
+        from decoding.llama_engine import LlamaCppEngine
+    except ImportError:
+        raise LoadError(
+            "--engine llama needs llama-cpp-python: install it with `pip install 'tokenstep[llama]'` "
+            "(it compiles llama.cpp, a few minutes), or use --engine transformers."
+        ) from None
+    gguf = Path(options.model).expanduser() if options.model else embedded_gguf()
+    if not gguf.is_file():
+        raise LoadError(f"--model {options.model}: no such file. Give the path of an existing .gguf file.")
+    model_id = options.model or EMBEDDED_NAME
+    progress(f"loading {model_id} with llama.cpp on {device}")
+    try:
+        return LlamaCppEngine(gguf, model_id=model_id, gpu=device != "cpu")
+    except (ValueError, RuntimeError) as error:
+        raise LoadError(f"--model {gguf}: llama.cpp cannot load this file ({error}).") from None
 
 
 def _locate(model: str | None, progress: Progress) -> tuple[str, str]:

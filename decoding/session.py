@@ -169,6 +169,8 @@ class Session:
         to the bit. `should_stop` is asked between passes: work ahead never delays what a person asks
         for by more than the pass in flight. The work is dropped as soon as the path changes.
         """
+        if not self.engine.can_look_ahead:
+            return
         for token_id in token_ids:
             if should_stop():
                 return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -155,7 +155,7 @@ class TokenstepApp(App[int]):
 
     def _model_name(self) -> str:
         options = self.load_options
-        return f"{options.model or EMBEDDED_NAME} (device {options.device}, dtype {options.dtype})"
+        return f"{options.model or EMBEDDED_NAME} ({options.engine}, device {options.device}, dtype {options.dtype})"
 
     # --- loading ----------------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class TokenstepApp(App[int]):
             if model is None:
                 return
             try:
-                self.load_options = LoadOptions(model or None, self.load_options.device, self.load_options.dtype, self.load_options.device_map)
+                self.load_options = replace(self.load_options, model=model or None)
             except TokenstepError as error:
                 self.notify(str(error), severity="error", markup=False)
                 return

@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from decoding.errors import TokenstepError
-from decoding.loading import DTYPES, LoadOptions
+from decoding.loading import DTYPES, ENGINES, LoadOptions
 from decoding.settings import STRATEGY_KINDS, Strategy
 
 DEFAULT_PROMPT = "Transformers are the"
@@ -22,6 +22,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     group.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on a GPU that supports it, else float32")
     group.add_argument("--device-map", choices=["auto"], help="auto: let accelerate place a model too large for one device")
+    group.add_argument(
+        "--engine",
+        default="transformers",
+        choices=ENGINES,
+        help="transformers (default: agrees with generate()) or llama (llama.cpp on a .gguf file: faster, quantized)",
+    )
 
 
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +80,9 @@ def strategy_from(args: argparse.Namespace) -> Strategy:
 
 
 def load_options_from(args: argparse.Namespace) -> LoadOptions:
-    return LoadOptions(model=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    return LoadOptions(
+        model=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, engine=args.engine
+    )
 
 
 def parse_picks(text: str, choices: int) -> list[int]:

@@ -1,0 +1,79 @@
+"""The llama.cpp engine (llama-cpp-python): a .gguf model run as it is, quantized, for speed.
+
+It reads the same weights as the transformers engine but computes with quantized matrices, so its
+probabilities differ slightly; transformers stays the default, the engine that agrees with generate().
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MAX_CONTEXT = 8192  # llama.cpp allocates the whole KV cache up front; the session keeps to the model's own limit
+
+
+class LlamaCppEngine:
+    name = "llama.cpp"
+    can_look_ahead = False  # its KV cache cannot set a cache entry aside
+
+    def __init__(self, gguf: Path, *, model_id: str, gpu: bool) -> None:
+        from llama_cpp import Llama
+
+        self._llm = Llama(
+            model_path=str(gguf),
+            n_ctx=MAX_CONTEXT,
+            n_threads=os.cpu_count(),
+            n_gpu_layers=-1 if gpu else 0,
+            logits_all=False,
+            verbose=False,
+        )
+        self.model_id = model_id
+        self.device = "gpu" if gpu else "cpu"
+        self.dtype = _quantization(gguf.name)
+        self.vocab_size = self._llm.n_vocab()
+        self.context_limit = min(self._llm._model.n_ctx_train(), self._llm.n_ctx())
+        self.eos_token_ids = frozenset({self._llm.token_eos()})
+
+    def encode(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._llm._model.detokenize([token_id], special=True)
+
+    @property
+    def cached_length(self) -> int:
+        return self._llm.n_tokens
+
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        before = self.cached_length
+        try:
+            self._llm.eval(ids)
+        except BaseException:
+            self.crop(before)
+            raise
+        # With logits_all off, llama.cpp keeps the logits of the last position only.
+        logits = np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self.vocab_size,))
+        return torch.from_numpy(logits.astype(np.float32, copy=True))
+
+    def crop(self, length: int) -> None:
+        self._llm._ctx.kv_cache_seq_rm(-1, max(length, 0), -1)
+        self._llm.n_tokens = max(length, 0)
+
+    def detach_last(self, count: int):
+        raise NotImplementedError("the llama.cpp engine cannot set cache entries aside")
+
+    def attach(self, tail) -> None:
+        raise NotImplementedError("the llama.cpp engine cannot set cache entries aside")
+
+
+def _quantization(file_name: str) -> str:
+    """'SmolLM2-135M-Instruct.Q4_1.gguf' -> 'Q4_1' (what llama.cpp computes in)."""
+    stem = file_name.removesuffix(".gguf")
+    tail = stem.rsplit(".", 1)[-1] if "." in stem else stem.rsplit("-", 1)[-1]
+    return tail if tail[:1] in ("Q", "F", "I", "B") and any(ch.isdigit() for ch in tail) else "gguf"
