@@ -6,6 +6,7 @@ the same computed distribution.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -20,10 +21,12 @@ def top_ids(logits: torch.Tensor, k: int) -> list[int]:
     index, so ties are broken by id to keep row 0 equal to the greedy choice.
     """
     k = min(k, logits.numel())
-    threshold = torch.topk(logits, k).values[-1]
-    tied_or_better = torch.nonzero(logits >= threshold).flatten().tolist()
-    values = logits[tied_or_better].tolist()
-    ordered = sorted(zip(values, tied_or_better), key=lambda pair: (-pair[0], pair[1]))
+    values, ids = torch.topk(logits, min(k + 1, logits.numel()))
+    values, ids = values.tolist(), ids.tolist()
+    if len(set(values)) == len(values):  # no ties among them or at the cut: topk's order is the order
+        return ids[:k]
+    tied_or_better = torch.nonzero(logits >= values[k - 1]).flatten().tolist()
+    ordered = sorted(zip(logits[tied_or_better].tolist(), tied_or_better), key=lambda pair: (-pair[0], pair[1]))
     return [token_id for _, token_id in ordered[:k]]
 
 
@@ -36,31 +39,31 @@ def rank_of(logits: torch.Tensor, token_id: int) -> int:
 
 
 def entropy(logprobs: torch.Tensor) -> float:
-    """Shannon entropy in nats; tokens with probability 0 contribute nothing."""
-    return float(torch.special.entr(logprobs.exp()).sum())
+    """Shannon entropy in nats, -sum(p log p). A token with probability 0 (log-probability -inf)
+    contributes 0 * (most negative float) = 0 rather than nan. One dot product: it runs every step."""
+    return float(-torch.dot(logprobs.exp(), logprobs.clamp(min=torch.finfo(logprobs.dtype).min)))
 
 
 def summarize(
     logits: torch.Tensor,
+    logprobs: torch.Tensor,
     processed_scores: torch.Tensor | None,
     k: int,
     text_of: Callable[[int], str],
 ) -> Distribution:
-    """Top-k candidates of the raw `logits`, with the processed probabilities beside them if any."""
-    logprobs = torch.log_softmax(logits, dim=-1)
-    processed = torch.softmax(processed_scores, dim=-1) if processed_scores is not None else None
+    """Top-k candidates of the raw `logits` (`logprobs` is their log-softmax), with the processed
+    probabilities beside them if any."""
     ids = top_ids(logits, k)
+    raw = logprobs[ids].tolist()
+    if processed_scores is None:
+        after, removed, processed_entropy = [None] * len(ids), [False] * len(ids), None
+    else:
+        processed_logprobs = torch.log_softmax(processed_scores, dim=-1)
+        after = processed_logprobs[ids].exp().tolist()
+        removed = (processed_scores[ids] == float("-inf")).tolist()
+        processed_entropy = entropy(processed_logprobs)
     candidates = tuple(
-        Candidate(
-            token_id=token_id,
-            text=text_of(token_id),
-            prob=float(logprobs[token_id].exp()),
-            logprob=float(logprobs[token_id]),
-            rank=rank,
-            processed_prob=None if processed is None else float(processed[token_id]),
-            removed=processed_scores is not None and bool(processed_scores[token_id] == float("-inf")),
-        )
-        for rank, token_id in enumerate(ids)
+        Candidate(token_id, text_of(token_id), math.exp(logprob), logprob, rank, processed_prob, was_removed)
+        for rank, (token_id, logprob, processed_prob, was_removed) in enumerate(zip(ids, raw, after, removed))
     )
-    processed_entropy = None if processed is None else entropy(torch.log_softmax(processed_scores, dim=-1))
     return Distribution(candidates, entropy(logprobs), processed_entropy)

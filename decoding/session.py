@@ -6,6 +6,8 @@ and restores the distribution that was stored for that position, so it is exactl
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from decoding.distribution import rank_of, summarize
@@ -34,6 +36,7 @@ class Session:
         self._ahead: dict[int, tuple[torch.Tensor, object]] = {}  # token id -> (next logits, its cache entry)
         self._rng = torch.Generator()  # made again on the logits' device at each reset
         self._distribution: Distribution | None = None
+        self._current_logprobs: torch.Tensor | None = None  # log-softmax of _logits[-1], once computed
         self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
 
     # --- state -----------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ class Session:
         if self._distribution is None:
             logits = self._logits[-1]
             processed = self._processed(logits) if self._processors else None
-            self._distribution = summarize(logits, processed, self._choices, self.token_text)
+            self._distribution = summarize(logits, self._logprobs(), processed, self._choices, self.token_text)
         return self._distribution
 
     def token_text(self, token_id: int) -> str:
@@ -135,12 +138,12 @@ class Session:
             self._refeed(old_ids)
             raise
         self.prompt, self.prompt_ids = prompt, prompt_ids
-        self._ahead.clear()
         self._path, self._panels, self._logits, self._rng_states = [], [], [logits], []
         # Sample on the logits' device, as generate() does, so the same seed gives the same tokens.
         self._rng = torch.Generator(device=logits.device)
         self._rng.manual_seed(self._strategy.seed)
-        self._distribution, self.finished = None, None
+        self.finished = None
+        self._moved()
 
     def step(self) -> PathToken:
         """Choose the next token by the strategy and append it."""
@@ -203,14 +206,13 @@ class Session:
             raise SessionError("Nothing to undo: the path is back at the prompt.")
         token = self._path.pop()
         self._panels.pop()
-        self._ahead.clear()
         self._rng.set_state(self._rng_states.pop())
         if self.finished:
             self.finished = None  # the ending token was never fed, so cache and logits already fit
         else:
             self._logits.pop()
             self.engine.crop(len(self.ids))
-        self._distribution = None
+        self._moved()
         return token
 
     # --- internals -------------------------------------------------------------------------------
@@ -251,13 +253,13 @@ class Session:
     ) -> PathToken:
         """Record `token_id` (scored by the raw model) and run it to get the next distribution."""
         logits, panel = self._logits[-1], self.distribution
-        logprobs = torch.log_softmax(logits, dim=-1)
+        logprob = float(self._logprobs()[token_id])
         raw = self.engine.token_bytes(token_id)
         token = PathToken(
             token_id=token_id,
             text=bytes_to_text(raw),
-            prob=float(logprobs[token_id].exp()),
-            logprob=float(logprobs[token_id]),
+            prob=math.exp(logprob),
+            logprob=logprob,
             rank=rank_of(logits, token_id),
             forced=forced,
             processed_prob=None if processed is None else float(torch.softmax(processed, dim=-1)[token_id]),
@@ -266,13 +268,23 @@ class Session:
         ending = self._ending_after(token_id)
         if ending is None:
             self._logits.append(self._run_model_on(token_id))  # may raise: nothing has changed yet
-        self._ahead.clear()
         self._path.append(token)
         self._panels.append(panel)
         self._rng_states.append(rng_state)
         self.finished = ending
-        self._distribution = None
+        self._moved()
         return token
+
+    def _moved(self) -> None:
+        """The path changed: what was computed for the old position no longer holds."""
+        self._distribution = self._current_logprobs = None
+        self._ahead.clear()
+
+    def _logprobs(self) -> torch.Tensor:
+        """Log-softmax of the current logits, computed once per position."""
+        if self._current_logprobs is None:
+            self._current_logprobs = torch.log_softmax(self._logits[-1], dim=-1)
+        return self._current_logprobs
 
     def _run_model_on(self, token_id: int) -> torch.Tensor:
         if token_id in self._ahead:

@@ -21,7 +21,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Label, LoadingIndicator
+from textual.widgets import Footer, Input, Label
 from textual.worker import Worker, get_current_worker
 
 from decoding.errors import SessionError, TokenstepError
@@ -31,6 +31,7 @@ from decoding.state import Snapshot
 from tui.model_screen import ModelScreen
 from tui.settings_screen import Settings, SettingsScreen
 from tui.widgets.candidates import CandidatePanel
+from tui.widgets.spinner import Spinner
 from tui.widgets.status import StatusLine, Timing
 from tui.widgets.text_view import TextView
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # torch loads in the worker, after the first paint
     from decoding.session import Session
 
 Clock = Callable[[], float]
+PLAY_FRAME_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Command:
 
 
 class TokenstepApp(App[int]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     AUTO_FOCUS = None  # keys step at once; tab (or a click) goes to the prompt
     TITLE = "tokenstep"
     BINDINGS = [
@@ -141,7 +143,7 @@ class TokenstepApp(App[int]):
         prompt.border_title = "prompt · tab to edit, enter to run"
         yield prompt
         with Vertical(id="loading"):
-            yield LoadingIndicator()
+            yield Spinner()
             yield Label(Text(f"Loading {self._model_name()}…"), id="loading-text")
         with Horizontal(id="main"):
             yield TextView(id="text")
@@ -182,6 +184,7 @@ class TokenstepApp(App[int]):
         self.session = message.session
         engine = message.session.engine
         self.model_label = f"{_short_model_name(engine.model_id)} · {engine.name} · {engine.device} · {engine.dtype}"
+        self.query_one(Spinner).stop()
         self.query_one("#loading").display = False
         self.query_one("#main").display = True
         self.queue.appendleft(self._reset_command(self.query_one("#prompt", Input).value))
@@ -189,7 +192,7 @@ class TokenstepApp(App[int]):
 
     def on_tokenstep_app_load_failed(self, message: LoadFailed) -> None:
         self.queue.clear()
-        self.query_one(LoadingIndicator).display = False
+        self.query_one(Spinner).stop()
         self.query_one("#loading-text", Label).update(
             Text(message.text + "\n\nPress m to try another model, or q to quit.", style="bold red")
         )
@@ -208,7 +211,7 @@ class TokenstepApp(App[int]):
             self.session = None
             self.query_one("#main").display = False
             self.query_one("#loading").display = True
-            self.query_one(LoadingIndicator).display = True
+            self.query_one(Spinner).start()
             self.query_one("#loading-text", Label).update(Text(f"Loading {self._model_name()}…"))
             self.load(self.load_options)
 
@@ -286,7 +289,7 @@ class TokenstepApp(App[int]):
         return self._timed("reset", lambda session: session.reset(prompt))
 
     def _play(self, session: Session, app: TokenstepApp) -> None:
-        worker, started, steps = get_current_worker(), app.clock(), 0
+        worker, started, steps, painted = get_current_worker(), app.clock(), 0, 0.0
         if len(session.path) >= app.max_new_tokens:
             raise SessionError(f"The path already has {len(session.path)} new tokens, the --max-new-tokens limit.")
         while not worker.is_cancelled and not session.finished and len(session.path) < app.max_new_tokens:
@@ -294,8 +297,14 @@ class TokenstepApp(App[int]):
             session.step()
             steps += 1
             now = app.clock()
-            timing = Timing(1000 * (now - step_start), steps / max(now - started, 1e-9))
-            app.post_message(app.Updated(session.snapshot(), timing))
+            if now - painted >= PLAY_FRAME_SECONDS:
+                # A few frames a second: painting every token would hold the GIL this thread needs
+                # (on 2 cores, play ran at 0.64x the session's own speed when every token was painted).
+                app.post_message(app.Updated(session.snapshot(), Timing(1000 * (now - step_start), steps / (now - started))))
+                painted = now
+        if steps:
+            now = app.clock()
+            app.post_message(app.Updated(session.snapshot(), Timing(1000 * (now - step_start), steps / (now - started))))
 
     def _work_ahead(self, session: Session, app: TokenstepApp) -> None:
         """While the person reads: the next panel for the strategy's choice and the top candidates."""
@@ -346,7 +355,7 @@ class TokenstepApp(App[int]):
 
     def action_highlight(self, delta: int) -> None:
         panel = self.query_one(CandidatePanel)
-        panel.move_cursor(row=max(0, panel.cursor_row + delta))
+        panel.move_cursor(panel.cursor_row + delta)
 
     def action_undo(self) -> None:
         self._pause_then(self._timed("undo", lambda session: session.undo()))
@@ -392,7 +401,7 @@ class TokenstepApp(App[int]):
 
     @on(CandidatePanel.RowSelected)
     def row_clicked(self, event: CandidatePanel.RowSelected) -> None:
-        self.action_pick(event.cursor_row)
+        self.action_pick(event.row)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

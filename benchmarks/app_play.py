@@ -1,0 +1,93 @@
+"""5 and 8. The running app (headless): play's tokens/s against the session's own loop, and zero-wait picks."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+from common import PROMPT, Result, load, seconds, table
+from stepping import NEW_TOKENS, play_loop
+
+SIZE = (120, 36)
+
+
+def timed_app(**options):
+    """The app, telling when play ends and when a pick's panel is painted (events, not polling:
+    polling from the UI thread would itself slow the model's thread)."""
+    from decoding.loading import LoadOptions
+    from tui.app import TokenstepApp
+
+    class TimedApp(TokenstepApp):
+        def __init__(self) -> None:
+            super().__init__(LoadOptions(device="cpu"), prompt=PROMPT, **options)
+            self.changed = asyncio.Event()
+            self.picked_at = 0.0
+            self.pick_latencies: list[float] = []
+
+        def action_pick(self, row: int) -> None:
+            self.picked_at = time.perf_counter()
+            super().action_pick(row)
+
+        def refresh_view(self) -> None:
+            super().refresh_view()
+            if self.picked_at:
+                self.pick_latencies.append(time.perf_counter() - self.picked_at)
+                self.picked_at = 0.0
+
+        def on_tokenstep_app_command_done(self) -> None:
+            self.done_at = time.perf_counter()
+            super().on_tokenstep_app_command_done()
+            self.changed.set()
+
+    return TimedApp()
+
+
+async def until_idle(app) -> None:
+    """Wait for the next command to end, then until nothing runs (the last worker thread may still
+    be returning when its message arrives, hence the short sleeps)."""
+    while not (app.idle and app.snapshot is not None):
+        try:
+            await asyncio.wait_for(app.changed.wait(), 0.05)
+        except asyncio.TimeoutError:
+            pass
+        app.changed.clear()
+
+
+async def app_play_seconds() -> float:
+    app = timed_app(max_new_tokens=NEW_TOKENS, look_ahead=0)
+    async with app.run_test(size=SIZE) as pilot:
+        await until_idle(app)
+        start = time.perf_counter()
+        await pilot.press("p")
+        await until_idle(app)
+        assert len(app.snapshot.path) == NEW_TOKENS
+        return app.done_at - start
+
+
+async def pick_latencies() -> list[float]:
+    """Keypress to painted panel for picks among rows 1-5, each after the work ahead is done."""
+    app = timed_app(look_ahead=5)
+    async with app.run_test(size=SIZE) as pilot:
+        for row in (1, 2, 3, 4, 5, 1, 2, 3, 4, 5):
+            await until_idle(app)
+            await pilot.press(str(row))
+        await until_idle(app)
+    return app.pick_latencies
+
+
+def run() -> list[Result]:
+    from decoding.session import Session
+
+    session = Session(load())
+    play_loop(session, PROMPT, 4)  # warm-up
+    loop = min(seconds(lambda: play_loop(session, PROMPT)) for _ in range(3))
+    in_app = min(asyncio.run(app_play_seconds()) for _ in range(2))
+    ratio = loop / in_app
+    table("App overhead: play, 64 tokens", ["app tok/s", "session loop tok/s", "ratio"], [[NEW_TOKENS / in_app, NEW_TOKENS / loop, ratio]])
+
+    session.reset(PROMPT)
+    forward = statistics.median(seconds(lambda: session.engine.feed([260])) for _ in range(10))
+    pick = statistics.median(asyncio.run(pick_latencies()))
+    table("Zero-wait picks (rows 1-5)", ["keypress to panel ms", "forward step ms", "ratio"], [[1000 * pick, 1000 * forward, pick / forward]])
+    return [Result("app_play", ratio, ">=", 0.9), Result("zero_wait_pick_ms", 1000 * pick, "<", 16)]

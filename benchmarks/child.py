@@ -1,0 +1,73 @@
+"""Run in a fresh process by the start-up and memory benchmarks: prints `KEY value` lines.
+
+  python child.py app   the app, headless: first painted frame, first candidates, peak RSS
+  python child.py bare  `import torch, transformers` and loading the same weights: time and peak RSS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sys
+import time
+
+from common import PROMPT
+
+SPAWNED_AT = float(os.environ["TOKENSTEP_BENCH_T0"])
+
+
+def since_spawn() -> float:
+    return time.time() - SPAWNED_AT
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def app() -> None:
+    from decoding.loading import LoadOptions
+    from tui.app import TokenstepApp
+
+    class TimedApp(TokenstepApp):
+        def on_ready(self) -> None:  # sent once the first frame is on screen
+            print(f"FIRST_FRAME {since_spawn():.4f}", flush=True)
+
+        def refresh_view(self) -> None:
+            super().refresh_view()
+            if self.snapshot is not None and self.snapshot.distribution and not first_candidates.is_set():
+                print(f"FIRST_CANDIDATES {since_spawn():.4f}", flush=True)
+                first_candidates.set()
+
+    first_candidates = asyncio.Event()  # waited on, not polled: polling would compete with the load
+
+    async def run() -> None:
+        tui = TimedApp(LoadOptions(device="cpu"), prompt=PROMPT, look_ahead=0)
+        async with tui.run_test(size=(120, 36)) as pilot:
+            await first_candidates.wait()
+            for _ in range(3):
+                await pilot.press("space")
+            while not tui.idle or len(tui.snapshot.path) < 3:
+                await pilot.pause(0.01)
+
+    asyncio.run(run())
+    print(f"PEAK_RSS_MB {peak_rss_mb():.1f}")
+
+
+def bare() -> None:
+    import torch
+    import transformers
+
+    from decoding.loading import converted_gguf, embedded_gguf
+
+    folder = converted_gguf(embedded_gguf())
+    print(f"IMPORTED_RSS_MB {peak_rss_mb():.1f}", flush=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    transformers.AutoTokenizer.from_pretrained(folder)
+    print(f"LOADED {since_spawn():.4f}")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(f"WEIGHTS_MB {weights / 2**20:.1f}")
+
+
+if __name__ == "__main__":
+    {"app": app, "bare": bare}[sys.argv[1]]()

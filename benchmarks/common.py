@@ -1,0 +1,76 @@
+"""What every benchmark shares: results as ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TEXT = (
+    "Transformer language models generate text one token at a time. At each step the model gives a "
+    "probability to every token of its vocabulary, and a decoding method picks one: greedy search takes "
+    "the most likely, beam search keeps several hypotheses, and sampling draws from the distribution, "
+    "often after temperature, top-k or top-p reshape it. "
+)
+PROMPT = "Transformers are the"
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    ratio: float
+    op: str  # ">=" or "<"
+    target: float
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio >= self.target if self.op == ">=" else self.ratio < self.target
+
+    def line(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return f"BENCH {self.name} ratio={self.ratio:.3g} target{self.op}{self.target:g} {verdict}"
+
+
+def seconds(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def best_of(action: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of a few runs: the least disturbed by whatever else the machine did."""
+    return min(seconds(action) for _ in range(repeats))
+
+
+def median_of(action: Callable[[], object], repeats: int) -> float:
+    return statistics.median(seconds(action) for _ in range(repeats))
+
+
+def long_text(tokens: int, engine) -> str:
+    """Text of about `tokens` tokens (the chapter's topic, repeated)."""
+    text = TEXT
+    while len(engine.encode(text)) < tokens:
+        text += TEXT
+    ids = engine.encode(text)[:tokens]
+    return engine.decode(ids)
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    cells = [header] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n## {title}")
+    for index, row in enumerate(cells):
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def load(**options):
+    from decoding.loading import LoadOptions, load_engine
+
+    return load_engine(LoadOptions(device="cpu", **options))

@@ -1,0 +1,46 @@
+"""4 and 6. Start-up time and memory of the app, each against the bare cost of torch, transformers and the weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import Result, table
+
+CHILD = Path(__file__).with_name("child.py")
+
+
+def child(mode: str) -> dict[str, float]:
+    env = {**os.environ, "TOKENSTEP_BENCH_T0": repr(time.time())}
+    out = subprocess.run([sys.executable, str(CHILD), mode], env=env, capture_output=True, text=True, check=True).stdout
+    return {key: float(value) for key, value in (line.split() for line in out.splitlines() if line[:1].isupper())}
+
+
+def best(mode: str, key: str, runs: int = 3) -> dict[str, float]:
+    return min((child(mode) for _ in range(runs)), key=lambda values: values[key])
+
+
+def run() -> list[Result]:
+    child("bare")  # converts the GGUF once if it is not cached yet, and warms the file cache
+    bare, app = best("bare", "LOADED"), best("app", "FIRST_CANDIDATES")
+    overhead = app["FIRST_CANDIDATES"] - bare["LOADED"]
+    table(
+        "Start-up: seconds from process start",
+        ["first frame", "first candidates", "bare import+load", "overhead"],
+        [[app["FIRST_FRAME"], app["FIRST_CANDIDATES"], bare["LOADED"], overhead]],
+    )
+    baseline_mb = bare["IMPORTED_RSS_MB"] + bare["WEIGHTS_MB"]
+    memory_overhead = app["PEAK_RSS_MB"] - baseline_mb
+    table(
+        "Memory: peak RSS, MB",
+        ["app peak", "bare import", "weights", "overhead"],
+        [[app["PEAK_RSS_MB"], bare["IMPORTED_RSS_MB"], bare["WEIGHTS_MB"], memory_overhead]],
+    )
+    return [
+        Result("startup_overhead_s", overhead, "<", 0.5),
+        Result("first_frame_s", app["FIRST_FRAME"], "<", 1.0),
+        Result("memory_overhead_mb", memory_overhead, "<", 300),
+    ]
