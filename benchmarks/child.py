@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import sys
 import time
+from pathlib import Path
 
 from common import PROMPT
 
@@ -22,7 +22,12 @@ def since_spawn() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident memory. Read from /proc (VmHWM), not getrusage: Linux carries
+    ru_maxrss over from the parent across fork and exec, so a child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
 
 
 def app() -> None:

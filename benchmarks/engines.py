@@ -10,7 +10,7 @@ from common import PROMPT, Result, load, seconds, table
 from stepping import NEW_TOKENS, play_loop
 
 
-ROUNDS = 5  # llama.cpp's speed here varies by ~10% from run to run: alternate, keep the best of each
+ROUNDS = 8  # llama.cpp's speed here varies by ~10% from run to run: alternate, keep the best of each
 
 
 def llama_own_loop():

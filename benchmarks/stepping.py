@@ -24,24 +24,25 @@ def tokens_per_second(session, prompt: str) -> float:
 
 
 def generate_tokens_per_second(engine, prompt: str) -> float:
-    ids = torch.tensor([engine.encode(prompt)])
+    ids = torch.tensor([engine.encode(prompt)], device=engine.model.device)
     kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
     with torch.inference_mode():
         engine.model.generate(ids, **kwargs)  # warm-up
         return NEW_TOKENS / best_of(lambda: engine.model.generate(ids, **kwargs))
 
 
-def run() -> list[Result]:
+def run(engine=None, label: str = "") -> list[Result]:
     from decoding.session import Session
 
-    engine = load()
+    engine = engine or load()
     session = Session(engine)
     prompts = {"4-token prompt": "Transformers are the", "200-token prompt": long_text(200, engine)}
     rows, results = [], []
     play_loop(session, "warm up", 4)
-    for label, prompt in prompts.items():
+    for prompt_label, prompt in prompts.items():
         ours, theirs = tokens_per_second(session, prompt), generate_tokens_per_second(engine, prompt)
-        rows.append([label, ours, theirs, ours / theirs])
-        results.append(Result(f"stepping_{label.split('-')[0]}tok", ours / theirs, ">=", 0.95))
-    table("Stepping: tokens/s, play loop vs generate()", ["prompt", "tokenstep tok/s", "generate tok/s", "ratio"], rows)
+        rows.append([prompt_label, ours, theirs, ours / theirs])
+        results.append(Result(f"stepping{label}_{prompt_label.split('-')[0]}tok", ours / theirs, ">=", 0.95))
+    title = f"Stepping{' ' + label.strip('_') if label else ''}: tokens/s, play loop vs generate()"
+    table(title, ["prompt", "tokenstep tok/s", "generate tok/s", "ratio"], rows)
     return results

@@ -205,7 +205,7 @@ def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map:
     tokenizer = AutoTokenizer.from_pretrained(source)
     placement = {"device_map": "auto"} if device_map == "auto" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **placement)
     except OSError as error:
         raise LoadError(_not_found_message(model_id, error)) from None
     if not placement:

@@ -16,7 +16,7 @@ from decoding.errors import SessionError, SettingsError
 from decoding.processors import build_processors
 from decoding.settings import Strategy
 from decoding.state import Distribution, PathToken, Snapshot
-from decoding.tokens import bytes_to_text, whole_characters
+from decoding.tokens import RunningText, bytes_to_text
 
 DEFAULT_CHOICES = 10
 
@@ -31,6 +31,7 @@ class Session:
         self.prompt_ids: list[int] = []
         self._path: list[PathToken] = []
         self._panels: list[Distribution] = []  # _panels[i]: the candidates shown when path token i was chosen
+        self._running_text = RunningText()
         self._logits: list[torch.Tensor] = []  # _logits[i]: raw logits that predicted path token i
         self._rng_states: list[torch.Tensor] = []  # sampler state before path token i was chosen
         self._ahead: dict[int, tuple[torch.Tensor, object]] = {}  # token id -> (next logits, its cache entry)
@@ -62,7 +63,7 @@ class Session:
         return Snapshot(
             prompt=self.prompt,
             path=self.path,
-            pieces=tuple(whole_characters([token.raw for token in self._path])),
+            pieces=self._pieces(),
             distribution=self.distribution,
             finished=self.finished,
             strategy=self._strategy,
@@ -139,6 +140,7 @@ class Session:
             raise
         self.prompt, self.prompt_ids = prompt, prompt_ids
         self._path, self._panels, self._logits, self._rng_states = [], [], [logits], []
+        self._running_text = RunningText()
         # Sample on the logits' device, as generate() does, so the same seed gives the same tokens.
         self._rng = torch.Generator(device=logits.device)
         self._rng.manual_seed(self._strategy.seed)
@@ -206,6 +208,7 @@ class Session:
             raise SessionError("Nothing to undo: the path is back at the prompt.")
         token = self._path.pop()
         self._panels.pop()
+        self._running_text.pop()
         self._rng.set_state(self._rng_states.pop())
         if self.finished:
             self.finished = None  # the ending token was never fed, so cache and logits already fit
@@ -251,23 +254,26 @@ class Session:
     def _append(
         self, token_id: int, forced: bool, processed: torch.Tensor | None, rng_state: torch.Tensor
     ) -> PathToken:
-        """Record `token_id` (scored by the raw model) and run it to get the next distribution."""
+        """Run `token_id` to get the next distribution, then record it, scored by the raw model."""
         logits, panel = self._logits[-1], self.distribution
         logprob = float(self._logprobs()[token_id])
+        rank = _rank_on_panel(panel, token_id)
+        processed_prob = None if processed is None else float(torch.softmax(processed, dim=-1)[token_id])
+        ending = self._ending_after(token_id)
+        if ending is None:
+            self._logits.append(self._run_model_on(token_id))  # may raise: nothing has changed yet
         raw = self.engine.token_bytes(token_id)
         token = PathToken(
             token_id=token_id,
             text=bytes_to_text(raw),
             prob=math.exp(logprob),
             logprob=logprob,
-            rank=rank_of(logits, token_id),
+            rank=rank_of(logits, token_id) if rank is None else rank,
             forced=forced,
-            processed_prob=None if processed is None else float(torch.softmax(processed, dim=-1)[token_id]),
+            processed_prob=processed_prob,
             raw=raw,
+            piece=self._running_text.push(raw),
         )
-        ending = self._ending_after(token_id)
-        if ending is None:
-            self._logits.append(self._run_model_on(token_id))  # may raise: nothing has changed yet
         self._path.append(token)
         self._panels.append(panel)
         self._rng_states.append(rng_state)
@@ -279,6 +285,12 @@ class Session:
         """The path changed: what was computed for the old position no longer holds."""
         self._distribution = self._current_logprobs = None
         self._ahead.clear()
+
+    def _pieces(self) -> tuple[str, ...]:
+        pieces = [token.piece for token in self._path]
+        if pieces:
+            pieces[-1] += self._running_text.unfinished()
+        return tuple(pieces)
 
     def _logprobs(self) -> torch.Tensor:
         """Log-softmax of the current logits, computed once per position."""
@@ -305,6 +317,11 @@ class Session:
         self.engine.crop(0)
         if ids:
             self.engine.feed(ids)
+
+
+def _rank_on_panel(panel: Distribution, token_id: int) -> int | None:
+    """The rank the panel already worked out, when the token is on it (it usually is)."""
+    return next((c.rank for c in panel.candidates if c.token_id == token_id), None)
 
 
 def _checked_choices(choices: int, vocab_size: int) -> int:

@@ -49,6 +49,7 @@ class PathToken:
     forced: bool  # picked by the person rather than by the strategy
     processed_prob: float | None = None  # under the strategy's processors, when they reshape
     raw: bytes = field(default=b"", repr=False)  # the bytes it stands for (may be part of a character)
+    piece: str = field(default="", repr=False)  # its share of the running text: the characters it completes
 
 
 @dataclass(frozen=True)

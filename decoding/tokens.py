@@ -24,16 +24,38 @@ def bytes_to_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="tokenstep-hex")
 
 
-def whole_characters(pieces: list[bytes]) -> list[str]:
+class RunningText:
     """Each token's share of the running text: the characters its bytes complete.
 
     A character split over several tokens is given to the token that completes it, so tinting
-    text token by token never shows half a character.
+    text token by token never shows half a character. Incremental, with undo: O(1) a token.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    shares = [decoder.decode(piece) for piece in pieces]
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._states: list[tuple[bytes, int]] = []  # the decoder's pending bytes after each token
+
+    def push(self, raw: bytes) -> str:
+        self._decoder.setstate(self._states[-1] if self._states else (b"", 0))
+        share = self._decoder.decode(raw)
+        self._states.append(self._decoder.getstate())
+        return share
+
+    def pop(self) -> None:
+        self._states.pop()
+
+    def unfinished(self) -> str:
+        """What the bytes left pending at the end show as (a replacement mark, or nothing)."""
+        pending = self._states[-1][0] if self._states else b""
+        return pending.decode("utf-8", errors="replace")
+
+
+def whole_characters(pieces: list[bytes]) -> list[str]:
+    """Every token's share at once (see RunningText); a character cut short at the end shows as �."""
+    text = RunningText()
+    shares = [text.push(piece) for piece in pieces]
     if shares:
-        shares[-1] += decoder.decode(b"", final=True)
+        shares[-1] += text.unfinished()
     return shares
 
 

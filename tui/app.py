@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # torch loads in the worker, after the first paint
     from decoding.session import Session
 
 Clock = Callable[[], float]
-PLAY_FRAME_SECONDS = 0.2
+PLAY_FRAME_SECONDS = 0.25  # 4 frames a second while playing
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ class TokenstepApp(App[int]):
             self.text = text
 
     class Loaded(Message):
-        def __init__(self, session: Session) -> None:
+        def __init__(self, session: Session, snapshot: Snapshot, timing: Timing) -> None:
             super().__init__()
-            self.session = session
+            self.session, self.snapshot, self.timing = session, snapshot, timing
 
     class LoadFailed(Message):
         def __init__(self, text: str) -> None:
@@ -175,7 +175,13 @@ class TokenstepApp(App[int]):
         except Exception as error:  # a model that breaks transformers: say so, keep the app
             self.post_message(self.LoadFailed(f"The model could not be loaded: {type(error).__name__}: {error}"))
             return
-        self.post_message(self.Loaded(session))
+        # The first panel, computed on this thread while it is warm; keys pressed meanwhile wait.
+        start = self.clock()
+        try:
+            session.reset(self.initial_prompt)
+        except TokenstepError as error:  # a prompt the model cannot take: the app still opens
+            self.post_message(self.CommandFailed(str(error)))
+        self.post_message(self.Loaded(session, session.snapshot(), Timing(latency_ms=1000 * (self.clock() - start))))
 
     def on_tokenstep_app_load_progress(self, message: LoadProgress) -> None:
         self.query_one("#loading-text", Label).update(Text(message.text + "…"))
@@ -187,8 +193,8 @@ class TokenstepApp(App[int]):
         self.query_one(Spinner).stop()
         self.query_one("#loading").display = False
         self.query_one("#main").display = True
-        self.queue.appendleft(self._reset_command(self.query_one("#prompt", Input).value))
-        self._pump()
+        self.on_tokenstep_app_updated(self.Updated(message.snapshot, message.timing))
+        self._next_command(after_work_ahead=False)
 
     def on_tokenstep_app_load_failed(self, message: LoadFailed) -> None:
         self.queue.clear()
@@ -246,7 +252,12 @@ class TokenstepApp(App[int]):
 
     def on_tokenstep_app_command_done(self) -> None:
         finished, self.running = self.running, None
-        if not self.queue and finished is not None and not finished.work_ahead and self.look_ahead:
+        if finished is not None:  # else a second delivery of the same news
+            self._next_command(after_work_ahead=finished.work_ahead)
+
+    def _next_command(self, after_work_ahead: bool) -> None:
+        """Run what is queued; with nothing queued, work ahead (once: not again after work ahead)."""
+        if not self.queue and not after_work_ahead and self.look_ahead:
             self.queue.append(Command("look ahead", self._work_ahead, work_ahead=True))
         self._pump()
 
