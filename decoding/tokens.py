@@ -50,15 +50,6 @@ class RunningText:
         return pending.decode("utf-8", errors="replace")
 
 
-def whole_characters(pieces: list[bytes]) -> list[str]:
-    """Every token's share at once (see RunningText); a character cut short at the end shows as �."""
-    text = RunningText()
-    shares = [text.push(piece) for piece in pieces]
-    if shares:
-        shares[-1] += text.unfinished()
-    return shares
-
-
 def _escape_char(ch: str) -> str:
     code = ord(ch)
     if code < 0x100:

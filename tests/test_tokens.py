@@ -3,7 +3,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from decoding.tokens import bytes_to_text, escape_controls, one_line, token_label, whole_characters
+from decoding.tokens import RunningText, bytes_to_text, escape_controls, one_line, token_label
 
 
 def test_partial_utf8_bytes_show_as_hex():
@@ -43,5 +43,9 @@ def test_any_bytes_decode_to_text_without_replacement_characters(raw):
 
 def test_a_character_split_over_tokens_belongs_to_the_token_that_completes_it():
     euro = "€".encode()
-    assert whole_characters([b" a", euro[:1], euro[1:], b"!"]) == [" a", "", "€", "!"]
-    assert whole_characters([b"x", euro[:2]]) == ["x", "\ufffd"]  # cut short: shown as a replacement mark
+    text = RunningText()
+    assert [text.push(raw) for raw in (b" a", euro[:1], euro[1:2])] == [" a", "", ""]
+    assert text.unfinished() == "\ufffd"  # cut short so far: shown as a replacement mark
+    text.pop()  # undo the middle byte...
+    assert text.push(euro[1:]) == "€"  # ...and complete the character instead
+    assert text.push(b"!") == "!" and text.unfinished() == ""
