@@ -71,6 +71,7 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
 
 
 def load(**options):
+    """An engine on the CPU unless `device=` says otherwise (the benchmarks' baselines are CPU runs)."""
     from decoding.loading import LoadOptions, load_engine
 
-    return load_engine(LoadOptions(device="cpu", **options))
+    return load_engine(LoadOptions(**{"device": "cpu", **options}))

@@ -37,17 +37,16 @@ def main() -> int:
         print("gpu_stepping: no CUDA device here")
         return 2
     from decoding.errors import LoadError
+    from decoding.loading import LoadOptions, load_engine
 
     try:
-        load(device="cuda")
+        load(device="cuda")  # the embedded model, if its package travelled
         model = {}
     except LoadError:
         model = {"model": str(smollm2_shaped_model(Path(tempfile.mkdtemp())))}
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, model: {model.get('model', 'embedded')}")
     results = []
     for dtype in ("float32", "bfloat16"):
-        from decoding.loading import LoadOptions, load_engine
-
         engine = load_engine(LoadOptions(device="cuda", dtype=dtype, **model))
         results += stepping.run(engine, label=f"_cuda_{dtype}")
     table("Summary", ["benchmark", "ratio", "target"], [[r.name, r.ratio, f"{r.op}{r.target:g}"] for r in results])
