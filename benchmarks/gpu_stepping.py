@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from common import Result, load, table
+from common import load, table
 import stepping
 
 

@@ -4,13 +4,11 @@ import itertools
 import json
 import threading
 
-import pytest
 
 from decoding.loading import LoadOptions
 from decoding.settings import Strategy
 from tui.app import TokenstepApp
 from tui.widgets.candidates import CandidatePanel
-from tui.widgets.text_view import TextView
 
 SIZE = (120, 36)
 

@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label
-from textual.worker import Worker, get_current_worker
+from textual.worker import get_current_worker
 
 from decoding.errors import SessionError, TokenstepError
 from decoding.loading import EMBEDDED_NAME, LoadOptions
