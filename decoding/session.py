@@ -15,7 +15,7 @@ from decoding.engine import Engine
 from decoding.errors import SessionError, SettingsError
 from decoding.processors import build_processors
 from decoding.settings import Strategy
-from decoding.state import Distribution, PathToken, Snapshot
+from decoding.state import Candidate, Distribution, PathToken, Snapshot
 from decoding.tokens import RunningText, bytes_to_text
 
 DEFAULT_CHOICES = 10
@@ -38,6 +38,7 @@ class Session:
         self._rng = torch.Generator()  # made again on the logits' device at each reset
         self._distribution: Distribution | None = None
         self._current_logprobs: torch.Tensor | None = None  # log-softmax of _logits[-1], once computed
+        self._current_scores: torch.Tensor | None = None  # _logits[-1] after the processors, once computed
         self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
 
     # --- state -----------------------------------------------------------------------------------
@@ -68,7 +69,6 @@ class Session:
             finished=self.finished,
             strategy=self._strategy,
             choices=self._choices,
-            context_limit=self.engine.context_limit,
         )
 
     @property
@@ -100,9 +100,8 @@ class Session:
         if not self.prompt_ids or self.finished:
             return None
         if self._distribution is None:
-            logits = self._logits[-1]
-            processed = self._processed(logits) if self._processors else None
-            self._distribution = summarize(logits, self._logprobs(), processed, self._choices, self.token_text)
+            processed = self._scores() if self._processors else None
+            self._distribution = summarize(self._logits[-1], self._logprobs(), processed, self._choices, self.token_text)
         return self._distribution
 
     def token_text(self, token_id: int) -> str:
@@ -120,7 +119,7 @@ class Session:
         if strategy.seed != self._strategy.seed:
             self._rng.manual_seed(strategy.seed)
         self._strategy = strategy
-        self._distribution = None
+        self._distribution = self._current_scores = None
 
     def set_choices(self, choices: int) -> None:
         self._choices = _checked_choices(choices, self.engine.vocab_size)
@@ -149,9 +148,9 @@ class Session:
 
     def step(self) -> PathToken:
         """Choose the next token by the strategy and append it."""
-        logits = self._current_logits()
+        self._check_can_choose()
         rng_state = self._rng.get_state()
-        scores = self._processed(logits)
+        scores = self._scores()
         token_id = self._choose(scores)
         try:
             return self._append(token_id, False, scores if self._processors else None, rng_state)
@@ -163,7 +162,8 @@ class Session:
         """The token `step()` would choose now, without choosing it (the sampler's state is kept)."""
         rng_state = self._rng.get_state()
         try:
-            return self._choose(self._processed(self._current_logits()))
+            self._check_can_choose()
+            return self._choose(self._scores())
         finally:
             self._rng.set_state(rng_state)
 
@@ -196,10 +196,10 @@ class Session:
 
     def force(self, token_id: int) -> PathToken:
         """Append any token of the vocabulary, whatever the strategy would have chosen."""
-        logits = self._current_logits()
+        self._check_can_choose()
         if not isinstance(token_id, int) or not 0 <= token_id < self.engine.vocab_size:
             raise SessionError(f"token id {token_id!r} is not in the vocabulary (0 to {self.engine.vocab_size - 1}).")
-        processed = self._processed(logits) if self._processors else None
+        processed = self._scores() if self._processors else None
         return self._append(token_id, True, processed, self._rng.get_state())
 
     def undo(self) -> PathToken:
@@ -233,7 +233,8 @@ class Session:
             )
         return ids
 
-    def _current_logits(self) -> torch.Tensor:
+    def _check_can_choose(self) -> None:
+        """Refuse before a prompt, after end-of-sequence, or at the context limit."""
         if not self.prompt_ids:
             raise SessionError("There is no prompt yet: set one first.")
         if self.finished == "eos":
@@ -242,14 +243,20 @@ class Session:
             raise SessionError(
                 f"The context limit of {self.engine.context_limit} tokens is reached. Undo, or start a shorter prompt."
             )
-        return self._logits[-1]
 
-    def _processed(self, logits: torch.Tensor) -> torch.Tensor:
-        """The strategy's processors applied to a copy of `logits` (some processors write in place)."""
-        if not self._processors:
-            return logits
-        input_ids = torch.tensor([self.ids], dtype=torch.long, device=logits.device)
-        return self._processors(input_ids, logits.clone()[None])[0]
+    def _scores(self) -> torch.Tensor:
+        """The current logits after the strategy's processors (the logits when there are none).
+
+        Once per position: the panel, the choice and the record of a step all use them, and some
+        processors (n-gram blocking) walk the whole sequence. They run on a copy: some write in place.
+        """
+        if self._current_scores is None:
+            logits = self._logits[-1]
+            if self._processors:
+                input_ids = torch.tensor([self.ids], dtype=torch.long, device=logits.device)
+                logits = self._processors(input_ids, logits.clone()[None])[0]
+            self._current_scores = logits
+        return self._current_scores
 
     def _append(
         self, token_id: int, forced: bool, processed: torch.Tensor | None, rng_state: torch.Tensor
@@ -257,8 +264,13 @@ class Session:
         """Run `token_id` to get the next distribution, then record it, scored by the raw model."""
         logits, panel = self._logits[-1], self.distribution
         logprob = float(self._logprobs()[token_id])
-        rank = _rank_on_panel(panel, token_id)
-        processed_prob = None if processed is None else float(torch.softmax(processed, dim=-1)[token_id])
+        shown = _on_panel(panel, token_id)  # usually there: its rank and processed probability are known
+        if processed is None:
+            processed_prob = None
+        elif shown is not None:
+            processed_prob = shown.processed_prob
+        else:
+            processed_prob = float(torch.softmax(processed, dim=-1)[token_id])
         ending = self._ending_after(token_id)
         if ending is None:
             self._logits.append(self._run_model_on(token_id))  # may raise: nothing has changed yet
@@ -268,7 +280,7 @@ class Session:
             text=bytes_to_text(raw),
             prob=math.exp(logprob),
             logprob=logprob,
-            rank=rank_of(logits, token_id) if rank is None else rank,
+            rank=rank_of(logits, token_id) if shown is None else shown.rank,
             forced=forced,
             processed_prob=processed_prob,
             raw=raw,
@@ -283,7 +295,7 @@ class Session:
 
     def _moved(self) -> None:
         """The path changed: what was computed for the old position no longer holds."""
-        self._distribution = self._current_logprobs = None
+        self._distribution = self._current_logprobs = self._current_scores = None
         self._ahead.clear()
 
     def _pieces(self) -> tuple[str, ...]:
@@ -319,9 +331,8 @@ class Session:
             self.engine.feed(ids)
 
 
-def _rank_on_panel(panel: Distribution, token_id: int) -> int | None:
-    """The rank the panel already worked out, when the token is on it (it usually is)."""
-    return next((c.rank for c in panel.candidates if c.token_id == token_id), None)
+def _on_panel(panel: Distribution, token_id: int) -> Candidate | None:
+    return next((c for c in panel.candidates if c.token_id == token_id), None)
 
 
 def _checked_choices(choices: int, vocab_size: int) -> int:

@@ -63,7 +63,6 @@ class Snapshot:
     finished: str | None
     strategy: Strategy
     choices: int
-    context_limit: int
 
     @property
     def sequence_logprob(self) -> float:

@@ -153,7 +153,7 @@ class TokenstepApp(App[int]):
 
     def on_mount(self) -> None:
         self.query_one("#main").display = False
-        self.load(self.load_options)
+        self.load(self.load_options, Settings(self.strategy, self.choices), self.initial_prompt)
 
     def _model_name(self) -> str:
         options = self.load_options
@@ -162,13 +162,13 @@ class TokenstepApp(App[int]):
     # --- loading ----------------------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False, description="loading the model")
-    def load(self, options: LoadOptions) -> None:
+    def load(self, options: LoadOptions, settings: Settings, prompt: str) -> None:
         try:
             from decoding.loading import load_engine  # torch is imported here, after the first paint
             from decoding.session import Session
 
             engine = load_engine(options, lambda text: self.post_message(self.LoadProgress(text)))
-            session = Session(engine, self.strategy, self.choices)
+            session = Session(engine, settings.strategy, settings.choices)
         except TokenstepError as error:
             self.post_message(self.LoadFailed(str(error)))
             return
@@ -178,7 +178,7 @@ class TokenstepApp(App[int]):
         # The first panel, computed on this thread while it is warm; keys pressed meanwhile wait.
         start = self.clock()
         try:
-            session.reset(self.initial_prompt)
+            session.reset(prompt)
         except TokenstepError as error:  # a prompt the model cannot take: the app still opens
             self.post_message(self.CommandFailed(str(error)))
         self.post_message(self.Loaded(session, session.snapshot(), Timing(latency_ms=1000 * (self.clock() - start))))
@@ -219,7 +219,7 @@ class TokenstepApp(App[int]):
             self.query_one("#loading").display = True
             self.query_one(Spinner).start()
             self.query_one("#loading-text", Label).update(Text(f"Loading {self._model_name()}…"))
-            self.load(self.load_options)
+            self.load(self.load_options, Settings(self.strategy, self.choices), self.query_one("#prompt", Input).value)
 
         self.push_screen(ModelScreen(), chosen)
 
