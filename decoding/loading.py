@@ -6,11 +6,13 @@ Every failure a user can cause becomes a `LoadError` with a one-paragraph messag
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -110,9 +112,29 @@ def resolve_dtype(name: str, device: str):
     return torch.float32
 
 
+@contextmanager
+def collector_paused():
+    """Pause Python's cyclic garbage collector while torch, transformers and a model load.
+
+    They create millions of long-lived objects, and each full collection re-scans all of them:
+    paused, start-up is ~0.5 s shorter on two cores (`make bench`, start-up). Nested use is fine.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_engine(options: LoadOptions | None = None, progress: Progress = lambda message: None):
     """Load the model named by `options` and wrap it in the transformers engine."""
-    options = options or LoadOptions()
+    with collector_paused():
+        return _load_engine(options or LoadOptions(), progress)
+
+
+def _load_engine(options: LoadOptions, progress: Progress):
     device = resolve_device(options.device)
     if options.engine == "llama":
         return _load_llama(options, device, progress)

@@ -39,6 +39,7 @@ class Session:
         self._distribution: Distribution | None = None
         self._current_logprobs: torch.Tensor | None = None  # log-softmax of _logits[-1], once computed
         self._current_scores: torch.Tensor | None = None  # _logits[-1] after the processors, once computed
+        self._token_texts: dict[int, str] = {}  # a panel's ten texts each step would otherwise be decoded anew
         self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
 
     # --- state -----------------------------------------------------------------------------------
@@ -106,7 +107,9 @@ class Session:
 
     def token_text(self, token_id: int) -> str:
         """One token's own text; bytes that are only part of a UTF-8 character show as `<0xE2>`."""
-        return bytes_to_text(self.engine.token_bytes(token_id))
+        if token_id not in self._token_texts:
+            self._token_texts[token_id] = bytes_to_text(self.engine.token_bytes(token_id))
+        return self._token_texts[token_id]
 
     # --- settings --------------------------------------------------------------------------------
 
@@ -192,6 +195,8 @@ class Session:
     def _choose(self, scores: torch.Tensor) -> int:
         if self._strategy.do_sample:
             return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self._rng))
+        if not self._processors and self.distribution is not None:
+            return self.distribution.candidates[0].token_id  # the panel's row 0 is the argmax (ties by id)
         return int(torch.argmax(scores))
 
     def force(self, token_id: int) -> PathToken:

@@ -97,3 +97,14 @@ def test_gguf_converts_once_to_a_bit_identical_cached_copy(monkeypatch, tmp_path
         assert torch.equal(a, b), name
     assert sorted(os.listdir(target.parent)) == [target.name]  # no partial folder left behind
     assert loading.converted_gguf(gguf) == target  # the second time reuses it
+
+
+def test_the_garbage_collector_runs_again_after_a_load_whether_it_worked_or_not(tiny_model_dir, tmp_path):
+    """Loading pauses Python's collector for speed; left paused, a long session would grow without bound."""
+    import gc
+
+    load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
+    assert gc.isenabled()
+    with pytest.raises(LoadError):
+        load_engine(LoadOptions(model=str(tmp_path / "nothing"), device="cpu"))
+    assert gc.isenabled()

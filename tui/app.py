@@ -153,6 +153,10 @@ class TokenstepApp(App[int]):
 
     def on_mount(self) -> None:
         self.query_one("#main").display = False
+
+    def on_ready(self) -> None:
+        # Sent after the first frame is painted: importing torch holds the GIL for a second or more,
+        # so started any earlier it would keep the first frame off the screen.
         self.load(self.load_options, Settings(self.strategy, self.choices), self.initial_prompt)
 
     def _model_name(self) -> str:
@@ -164,10 +168,12 @@ class TokenstepApp(App[int]):
     @work(thread=True, exclusive=True, group="load", exit_on_error=False, description="loading the model")
     def load(self, options: LoadOptions, settings: Settings, prompt: str) -> None:
         try:
-            from decoding.loading import load_engine  # torch is imported here, after the first paint
-            from decoding.session import Session
+            from decoding.loading import collector_paused, load_engine
 
-            engine = load_engine(options, lambda text: self.post_message(self.LoadProgress(text)))
+            with collector_paused():  # torch is imported here, after the first paint
+                from decoding.session import Session
+
+                engine = load_engine(options, lambda text: self.post_message(self.LoadProgress(text)))
             session = Session(engine, settings.strategy, settings.choices)
         except TokenstepError as error:
             self.post_message(self.LoadFailed(str(error)))
