@@ -20,6 +20,7 @@ class Engine(Protocol):
     context_limit: int  # most tokens the model can attend to
     eos_token_ids: frozenset[int]
     can_look_ahead: bool  # whether detach_last/attach work (work ahead is skipped where not)
+    can_beam_search: bool  # whether side_by_side() works
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt, as `generate()` would be given them."""
@@ -48,3 +49,7 @@ class Engine(Protocol):
 
     def attach(self, tail: Any) -> None:
         """Append cached tokens returned by `detach_last` (no model work)."""
+
+    def side_by_side(self) -> Any:
+        """A runner for equal-length sequences stepped together on their own cache: `start(sequences)`
+        and `feed(one token per sequence)` return one row of logits per sequence; `reorder(rows)`."""

@@ -14,6 +14,7 @@ BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte-fallback 
 class TransformersEngine:
     name = "transformers"
     can_look_ahead = True
+    can_beam_search = True
 
     def __init__(self, model: PreTrainedModel, tokenizer, *, model_id: str) -> None:
         self.model = model.eval()
@@ -74,6 +75,38 @@ class TransformersEngine:
     def attach(self, tail: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for index, (keys, values) in enumerate(tail):
             self._cache.update(keys, values, index)
+
+
+    def side_by_side(self) -> SideBySide:
+        """A separate cache for several sequences stepped together (beam search)."""
+        return SideBySide(self.model)
+
+
+class SideBySide:
+    """Equal-length sequences run as one batch on their own KV cache, as `generate(num_beams=B)` runs them."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self._cache = DynamicCache(config=model.config)
+
+    def start(self, sequences: list[list[int]]) -> torch.Tensor:
+        """Run whole sequences from scratch; the last position's logits, one row per sequence."""
+        self._cache = DynamicCache(config=self.model.config)
+        return self._run(sequences)
+
+    def feed(self, token_ids: list[int]) -> torch.Tensor:
+        """One new token per sequence."""
+        return self._run([[token_id] for token_id in token_ids])
+
+    def reorder(self, rows: list[int]) -> None:
+        """Row i of the cache becomes old row rows[i] (a beam continues from its parent)."""
+        self._cache.reorder_cache(torch.tensor(rows, dtype=torch.long, device=self.model.device))
+
+    def _run(self, ids: list[list[int]]) -> torch.Tensor:
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.model.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].to(dtype=torch.float32)
 
 
 def _context_limit(config) -> int:

@@ -18,6 +18,7 @@ MAX_CONTEXT = 8192  # llama.cpp allocates the whole KV cache up front; the sessi
 class LlamaCppEngine:
     name = "llama.cpp"
     can_look_ahead = False  # its KV cache cannot set a cache entry aside
+    can_beam_search = False  # one sequence per context here
 
     def __init__(self, gguf: Path, *, model_id: str, gpu: bool) -> None:
         from llama_cpp import Llama
@@ -70,6 +71,9 @@ class LlamaCppEngine:
 
     def attach(self, tail) -> None:
         raise NotImplementedError("the llama.cpp engine cannot set cache entries aside")
+
+    def side_by_side(self):
+        raise NotImplementedError("the llama.cpp engine runs one sequence at a time")
 
 
 def _quantization(file_name: str) -> str:

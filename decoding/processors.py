@@ -9,6 +9,7 @@ from transformers import (
     LogitsProcessorList,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -19,6 +20,7 @@ from decoding.settings import Strategy
 _BUILDERS: dict[str, Callable[[Strategy], LogitsProcessor]] = {
     "repetition_penalty": lambda s: RepetitionPenaltyLogitsProcessor(penalty=s.repetition_penalty),
     "no_repeat_ngram_size": lambda s: NoRepeatNGramLogitsProcessor(s.no_repeat_ngram_size),
+    "suppress_tokens": lambda s: SuppressTokensLogitsProcessor(list(s.suppress_tokens)),
     "temperature": lambda s: TemperatureLogitsWarper(s.temperature),
     # min_tokens_to_keep=1 is what generate() uses for a single sequence.
     "top_k": lambda s: TopKLogitsWarper(top_k=s.top_k, min_tokens_to_keep=1),

@@ -11,7 +11,9 @@ from typing import Any
 
 from decoding.errors import SettingsError
 
-STRATEGY_KINDS = ("greedy", "sample")
+STRATEGY_KINDS = ("greedy", "sample", "beam")
+EARLY_STOPPING = (False, True, "never")  # GenerationConfig.early_stopping
+MAX_BEAMS = 64
 
 
 def _is_int(value: Any) -> bool:
@@ -27,7 +29,9 @@ class Strategy:
     """How the next token is chosen. Defaults switch every processor off (plain greedy).
 
     `top_k=0`, `top_p=1.0`, `temperature=1.0`, `repetition_penalty=1.0` and `no_repeat_ngram_size=0`
-    mean "off", exactly as in `GenerationConfig`.
+    mean "off", exactly as in `GenerationConfig`. `num_beams`, `length_penalty` and `early_stopping`
+    apply to beam search only; `suppress_tokens` lists ids never chosen (`tokenstep compare` uses it
+    to keep end-of-sequence out, so every strategy writes exactly N tokens).
     """
 
     kind: str = "greedy"
@@ -37,6 +41,10 @@ class Strategy:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     seed: int = 0
+    num_beams: int = 5
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    suppress_tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         problems = field_problems(self)
@@ -46,6 +54,10 @@ class Strategy:
     @property
     def do_sample(self) -> bool:
         return self.kind == "sample"
+
+    @property
+    def is_beam(self) -> bool:
+        return self.kind == "beam"
 
     @property
     def reshapes(self) -> bool:
@@ -59,6 +71,8 @@ class Strategy:
             active.append("repetition_penalty")
         if self.no_repeat_ngram_size > 0:
             active.append("no_repeat_ngram_size")
+        if self.suppress_tokens:
+            active.append("suppress_tokens")
         if self.do_sample:
             if self.temperature != 1.0:
                 active.append("temperature")
@@ -77,6 +91,10 @@ class Strategy:
         }
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        if self.is_beam:
+            kwargs.update(num_beams=self.num_beams, length_penalty=self.length_penalty, early_stopping=self.early_stopping)
+        if self.suppress_tokens:
+            kwargs.update(suppress_tokens=list(self.suppress_tokens))
         return kwargs
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,6 +107,12 @@ class Strategy:
     def describe(self) -> str:
         """A short label for a status line, e.g. 'sample T=0.7 top-k=50 seed=0'."""
         parts = [self.kind]
+        if self.is_beam:
+            parts.append(f"B={self.num_beams}")
+            if self.length_penalty != 1.0:
+                parts.append(f"lp={self.length_penalty:g}")
+            if self.early_stopping is not False:
+                parts.append(f"early={self.early_stopping}")
         if self.do_sample:
             if self.temperature != 1.0:
                 parts.append(f"T={self.temperature:g}")
@@ -130,5 +154,21 @@ def field_problems(s: Strategy | Any) -> dict[str, str]:
             f"no_repeat_ngram_size must be a whole number >= 0; 0 turns it off (got {s.no_repeat_ngram_size!r})",
         ),
         "seed": (_is_int(s.seed) and s.seed >= 0, f"seed must be a whole number >= 0 (got {s.seed!r})"),
+        "num_beams": (
+            _is_int(s.num_beams) and 2 <= s.num_beams <= MAX_BEAMS,
+            f"num_beams must be a whole number from 2 to {MAX_BEAMS}; one beam is greedy search (got {s.num_beams!r})",
+        ),
+        "length_penalty": (
+            _is_number(s.length_penalty),
+            f"length_penalty must be a number; 1 divides by the length, 0 ignores it (got {s.length_penalty!r})",
+        ),
+        "early_stopping": (
+            s.early_stopping is True or s.early_stopping is False or s.early_stopping == "never",
+            f"early_stopping must be false, true or never (got {s.early_stopping!r})",
+        ),
+        "suppress_tokens": (
+            isinstance(s.suppress_tokens, tuple) and all(_is_int(t) and t >= 0 for t in s.suppress_tokens),
+            f"suppress_tokens must be token ids (got {s.suppress_tokens!r})",
+        ),
     }
     return {name: message for name, (ok, message) in checks.items() if not ok}

@@ -67,3 +67,34 @@ class Snapshot:
     @property
     def sequence_logprob(self) -> float:
         return sum(token.logprob for token in self.path)
+
+
+@dataclass(frozen=True)
+class Beam:
+    """One beam-search hypothesis: a continuation of the prefix the search started from."""
+
+    token_ids: tuple[int, ...]
+    text: str  # the continuation, decoded as one sequence
+    logprob: float  # sum of its tokens' log-probabilities under the raw model
+    score: float  # what beam search ranks by: the sum of its tokens' processed log-probabilities
+    penalised: float  # score / length ** length_penalty (generate()'s sequences_scores for a finished one)
+    forced: int = 0  # how many of its tokens a person forced
+
+
+@dataclass(frozen=True)
+class BeamSnapshot:
+    """A beam search between steps, frozen for a view."""
+
+    prefix: str  # the text the search continues (prompt and path when it started)
+    beams: tuple[Beam, ...]  # live beams, best score first
+    candidates: tuple[Distribution, ...]  # candidates[i]: the next-token candidates of beams[i]
+    finished: tuple[Beam, ...]  # finished hypotheses, best penalised score first
+    steps: int
+    ended: str | None  # why the search is over, in words; None while it can go on
+    strategy: Strategy
+    max_new_tokens: int
+
+    @property
+    def best(self) -> Beam | None:
+        """What generate() would return now: the best finished hypothesis (at the end, always one)."""
+        return self.finished[0] if self.finished else None

@@ -1,0 +1,287 @@
+"""Beam search one step at a time, with the bookkeeping of transformers' `generate(num_beams=B)`
+(`GenerationMixin._beam_search`), so that run to the end it returns the same sequence and score.
+
+Each step adds every live beam's next-token log-probabilities (log-softmax, then the strategy's
+processors, as generate() applies them) to the beam's score. Of all (beam, token) pairs the 2B best are
+kept (room for end-of-sequence); those among the top B that end (EOS, or the max_new_tokens limit) are
+filed as finished hypotheses scored `score / length ** length_penalty`, and the B best that go on are the
+next live beams. The search ends when no live beam can still beat the finished ones (generate()'s
+`early_stopping` rules). Scores stay float32 tensors, so ties and roundings fall as in generate().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from decoding.distribution import summarize
+from decoding.engine import Engine
+from decoding.errors import SessionError, SettingsError
+from decoding.processors import build_processors
+from decoding.settings import Strategy
+from decoding.state import Beam, BeamSnapshot, Distribution
+from decoding.tokens import bytes_to_text
+
+IMPOSSIBLE = -1.0e9  # generate()'s score for "cannot be chosen"
+
+
+@dataclass(frozen=True)
+class _Hypothesis:
+    ids: tuple[int, ...]  # generated after the prefix
+    score: float  # sum of processed log-probabilities (float32 arithmetic, as generate())
+    logprob: float  # sum of raw-model log-probabilities
+    forced: int = 0
+
+
+@dataclass(frozen=True)
+class _State:
+    """Everything between two steps; kept per step, so undo is exact."""
+
+    running: tuple[_Hypothesis, ...]  # B live beams, best first (at the start: B copies of the prefix)
+    running_scores: torch.Tensor  # [B] float32
+    finished: tuple[_Hypothesis | None, ...]  # generate()'s B finished slots
+    finished_scores: torch.Tensor  # [B] float32, length-penalised; IMPOSSIBLE in an empty slot
+    finished_flags: tuple[bool, ...]
+    improvable: bool  # generate()'s early-stop heuristic: can a live beam still beat the finished ones?
+    logits: torch.Tensor | None  # [B, vocab] next-token logits of the live beams; None once ended
+    ended: str | None
+
+
+class BeamSearch:
+    """A beam search from `prefix_ids` that a person steps, undoes and steers (`force`)."""
+
+    def __init__(
+        self, engine: Engine, strategy: Strategy, prefix_ids: list[int], *, max_new_tokens: int, choices: int = 10
+    ) -> None:
+        if not strategy.is_beam:
+            raise SettingsError(f"beam search needs the beam strategy (got {strategy.kind!r}).")
+        if not engine.can_beam_search:
+            raise SettingsError(
+                f"The {engine.name} engine cannot run beam search: it runs one sequence at a time. "
+                "Use --engine transformers for beam search."
+            )
+        if not prefix_ids:
+            raise SessionError("There is no prompt yet: set one first.")
+        room = engine.context_limit - len(prefix_ids)
+        if room < 1:
+            raise SessionError(f"The prompt fills the model's context ({engine.context_limit} tokens): no room to search.")
+        self.engine, self.strategy, self.choices = engine, strategy, choices
+        self.prefix_ids = list(prefix_ids)
+        self.max_new_tokens = min(max_new_tokens, room)
+        self._processors = build_processors(strategy)
+        self._beams = strategy.num_beams
+        self._runner = engine.side_by_side()
+        logits = self._runner.start([self.prefix_ids] * self._beams)  # generate() runs B copies too
+        scores = torch.full((self._beams,), IMPOSSIBLE, device=logits.device)
+        scores[0] = 0.0  # only the first copy may grow, or the B beams would all pick the same tokens
+        self._state = _State(
+            running=(_Hypothesis((), 0.0, 0.0),) * self._beams,
+            running_scores=scores,
+            finished=(None,) * self._beams,
+            finished_scores=torch.full((self._beams,), IMPOSSIBLE, device=logits.device),
+            finished_flags=(False,) * self._beams,
+            improvable=True,
+            logits=logits,
+            ended=None,
+        )
+        self._history: list[_State] = []
+        self._cache_fits = True  # False after undo or a failed step: rebuilt before the next forward
+        self._scored: tuple[torch.Tensor, torch.Tensor] | None = None  # (raw, processed) log-probs of _state
+
+    # --- commands --------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Advance every live beam by one token, as one iteration of generate()'s beam loop."""
+        self._advance(None)
+
+    def force(self, beam: int, token_id: int) -> None:
+        """A step in which live beam `beam` (0 = best) continues with `token_id`: that pair is kept as a
+        live beam (in place of the weakest) even if the search would have dropped it."""
+        live = self._live()
+        if not isinstance(beam, int) or not 0 <= beam < len(live):
+            raise SessionError(f"There is no live beam {beam!r}: there are {len(live)}.")
+        if not isinstance(token_id, int) or not 0 <= token_id < self.engine.vocab_size:
+            raise SessionError(f"token id {token_id!r} is not in the vocabulary (0 to {self.engine.vocab_size - 1}).")
+        self._advance((live[beam], token_id))
+
+    def undo(self) -> None:
+        """Take back a whole beam step: every beam, score and finished hypothesis is as it was."""
+        if not self._history:
+            raise SessionError("Nothing to undo: the beam search is back at its start.")
+        self._state = self._history.pop()
+        self._scored = None
+        self._cache_fits = False
+
+    @property
+    def steps(self) -> int:
+        return len(self._history)
+
+    @property
+    def ended(self) -> str | None:
+        return self._state.ended
+
+    def snapshot(self) -> BeamSnapshot:
+        state = self._state
+        live = self._live()
+        candidates: tuple[Distribution, ...] = ()
+        if state.logits is not None:
+            raw, processed = self._log_probs()
+            candidates = tuple(
+                summarize(state.logits[row], raw[row], processed[row] if self._processors else None, self.choices, self._token_text)
+                for row in live
+            )
+        beams = tuple(self._view(state.running[row]) for row in live)
+        finished = tuple(
+            self._view(hypothesis, score)
+            for hypothesis, score, flag in zip(state.finished, state.finished_scores.tolist(), state.finished_flags)
+            if flag
+        )
+        return BeamSnapshot(
+            prefix=self.engine.decode(self.prefix_ids),
+            beams=beams,
+            candidates=candidates,
+            finished=tuple(sorted(finished, key=lambda beam: -beam.penalised)),
+            steps=self.steps,
+            ended=state.ended,
+            strategy=self.strategy,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+    # --- one step ----------------------------------------------------------------------------------
+
+    def _advance(self, forced: tuple[int, int] | None) -> None:
+        state = self._state
+        if state.ended:
+            raise SessionError(f"The beam search has ended ({state.ended}). Undo to go on, or start again.")
+        self._rebuild_cache()
+        raw, processed = self._log_probs()
+        beams, vocab = self._beams, raw.shape[-1]
+        totals = (processed + state.running_scores[:, None]).reshape(1, -1)
+        keep = max(2, 1 + len(self.engine.eos_token_ids)) * beams
+        top_scores, top_index = (t[0] for t in torch.topk(totals, k=keep))
+        flat = top_index.tolist()
+        forced_at = None
+        if forced is not None:
+            pair = forced[0] * vocab + forced[1]
+            if pair not in flat:  # in place of the weakest kept pair
+                flat[-1], top_scores = pair, torch.cat((top_scores[:-1], totals[0, pair : pair + 1]))
+            forced_at = flat.index(pair)
+        length = len(state.running[0].ids) + 1
+        candidates = [
+            self._extend(state.running[index // vocab], index % vocab, float(top_scores[k]), float(raw[index // vocab, index % vocab]), k == forced_at)
+            for k, index in enumerate(flat)
+        ]
+        ends = torch.tensor(
+            [h.ids[-1] in self.engine.eos_token_ids or length >= self.max_new_tokens for h in candidates], device=raw.device
+        )
+        chosen, go_on = self._next_live(top_scores, ends, forced_at)
+        finished, finished_scores, finished_flags = self._file_finished(state, candidates, top_scores, ends, length, forced_at)
+        running_scores = go_on[chosen]
+        improvable = state.improvable and self._can_improve(running_scores, finished_scores, finished_flags, length)
+        ended = self._why_ended(improvable, finished_flags, bool(ends.all()), length)
+        running = tuple(candidates[k] for k in chosen)
+        logits = None
+        if ended is None:
+            self._cache_fits = False  # until the forward below has run
+            self._runner.reorder([flat[k] // vocab for k in chosen])
+            logits = self._runner.feed([h.ids[-1] for h in running])
+            self._cache_fits = True
+        self._history.append(state)
+        self._state = _State(running, running_scores, finished, finished_scores, finished_flags, improvable, logits, ended)
+        self._scored = None
+
+    def _extend(self, parent: _Hypothesis, token_id: int, score: float, logprob: float, forced: bool) -> _Hypothesis:
+        return _Hypothesis(parent.ids + (token_id,), score, parent.logprob + logprob, parent.forced + forced)
+
+    def _next_live(self, top_scores: torch.Tensor, ends: torch.Tensor, forced_at: int | None) -> tuple[list[int], torch.Tensor]:
+        """The B best kept pairs that did not end (generate()'s `_get_running_beams_for_next_iteration`)."""
+        go_on = top_scores + ends.to(torch.float32) * IMPOSSIBLE
+        chosen = torch.topk(go_on[None], k=self._beams)[1][0].tolist()
+        if forced_at is not None and not bool(ends[forced_at]) and forced_at not in chosen:
+            chosen[-1] = forced_at
+            chosen.sort(key=lambda k: -float(go_on[k]))
+        return chosen, go_on
+
+    def _file_finished(self, state: _State, candidates: list[_Hypothesis], top_scores: torch.Tensor, ends: torch.Tensor, length: int, forced_at: int | None):
+        """Pairs among the top B that ended join the finished slots if they beat one
+        (generate()'s `_update_finished_beams`, with its -1e9 masks)."""
+        strategy = self.strategy
+        among_top = torch.arange(len(candidates), device=ends.device) < self._beams
+        if forced_at is not None:
+            among_top[forced_at] = True
+        just_ended = ends & among_top
+        penalised = top_scores / (length**strategy.length_penalty)
+        if all(state.finished_flags) and strategy.early_stopping is True:
+            penalised = penalised + IMPOSSIBLE
+        if not state.improvable:
+            penalised = penalised + IMPOSSIBLE
+        penalised = penalised + (~just_ended).to(torch.float32) * IMPOSSIBLE
+        merged = torch.cat((state.finished_scores, penalised))
+        slots = torch.topk(merged[None], k=self._beams)[1][0].tolist()
+        pool = state.finished + tuple(candidates)
+        flags = state.finished_flags + tuple(just_ended.tolist())
+        return tuple(pool[i] for i in slots), merged[slots], tuple(flags[i] for i in slots)
+
+    def _can_improve(self, running_scores: torch.Tensor, finished_scores: torch.Tensor, flags: tuple[bool, ...], length: int) -> bool:
+        """generate()'s `_check_early_stop_heuristic`: could the best live beam still beat the worst finished one?"""
+        strategy = self.strategy
+        longest = self.max_new_tokens if strategy.early_stopping == "never" and strategy.length_penalty > 0 else length
+        best_possible = running_scores[:1] / (longest**strategy.length_penalty)
+        finished = torch.tensor(flags, device=finished_scores.device)
+        worst_finished = torch.where(finished, finished_scores.min(), IMPOSSIBLE)
+        return bool(torch.any(best_possible > worst_finished))
+
+    def _why_ended(self, improvable: bool, flags: tuple[bool, ...], every_pair_ended: bool, length: int) -> str | None:
+        if not improvable:
+            return "no live beam can beat the finished hypotheses"
+        if all(flags) and self.strategy.early_stopping is True:
+            return f"{self._beams} hypotheses finished (early_stopping)"
+        if every_pair_ended:
+            return f"max_new_tokens={self.max_new_tokens} reached" if length >= self.max_new_tokens else "every kept continuation ended"
+        return None
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _log_probs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw, processed) next-token log-probabilities of the live beams, once per state."""
+        if self._scored is None:
+            state = self._state
+            raw = torch.log_softmax(state.logits, dim=-1)
+            processed = raw
+            if self._processors:
+                ids = torch.tensor([self.prefix_ids + list(h.ids) for h in state.running], device=raw.device)
+                processed = self._processors(ids, raw.clone())  # some processors write in place
+            self._scored = (raw, processed)
+        return self._scored
+
+    def _rebuild_cache(self) -> None:
+        """After undo (or a failed step) the cache holds other beams: run the live ones again."""
+        if not self._cache_fits:
+            self._runner.start([self.prefix_ids + list(h.ids) for h in self._state.running])
+            self._cache_fits = True
+
+    def _live(self) -> list[int]:
+        """Rows that hold a real beam (at the start only the first of the B copies)."""
+        return [row for row, score in enumerate(self._state.running_scores.tolist()) if score > IMPOSSIBLE / 2]
+
+    def _view(self, hypothesis: _Hypothesis, penalised: float | None = None) -> Beam:
+        """A live beam's penalised score is what it would get if it ended now."""
+        if penalised is None:
+            penalised = hypothesis.score / max(len(hypothesis.ids), 1) ** self.strategy.length_penalty
+        return Beam(
+            token_ids=hypothesis.ids,
+            text=self._continuation(hypothesis.ids),
+            logprob=hypothesis.logprob,
+            score=hypothesis.score,
+            penalised=penalised,
+            forced=hypothesis.forced,
+        )
+
+    def _continuation(self, ids: tuple[int, ...]) -> str:
+        prefix = self.engine.decode(self.prefix_ids)
+        full = self.engine.decode(self.prefix_ids + list(ids))
+        return full[len(prefix) :] if full.startswith(prefix) else self.engine.decode(list(ids))
+
+    def _token_text(self, token_id: int) -> str:
+        return bytes_to_text(self.engine.token_bytes(token_id))
