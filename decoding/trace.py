@@ -12,8 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from decoding.beam import BeamSearch
 from decoding.distribution import Candidate
 from decoding.session import PathToken, Session
+from decoding.state import Beam
 from decoding.tokens import one_line
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -71,6 +73,39 @@ def trace_record(session: Session) -> dict[str, Any]:
     }
 
 
+def run_beam_trace(search: BeamSearch) -> dict[str, Any]:
+    """Step `search` to its end (at most its max_new_tokens) and return the record: per step the live
+    beams and the finished hypotheses, then the winner as generate() would return it."""
+    steps = []
+    while not search.ended:
+        search.step()
+        snapshot = search.snapshot()
+        steps.append({"beams": [_beam_record(b) for b in snapshot.beams], "finished": [_beam_record(b) for b in snapshot.finished]})
+    engine, snapshot = search.engine, search.snapshot()
+    best = snapshot.best
+    return {
+        "model": engine.model_id,
+        "engine": engine.name,
+        "device": engine.device,
+        "dtype": engine.dtype,
+        "strategy": search.strategy.generation_kwargs(),
+        "max_new_tokens": search.max_new_tokens,
+        "prompt": snapshot.prefix,
+        "prompt_ids": search.prefix_ids,
+        "steps": steps,
+        "generated_ids": list(best.token_ids),
+        "generated_text": best.text,
+        "sequence_logprob": best.logprob,
+        "sequence_score": best.penalised,
+        "finished": snapshot.ended,
+    }
+
+
+def _beam_record(beam: Beam) -> dict[str, Any]:
+    record = {"text": beam.text, "token_ids": list(beam.token_ids), "logprob": beam.logprob, "score": beam.score}
+    return {**record, "penalised_score": beam.penalised, "forced": beam.forced}
+
+
 def _candidate_record(candidate: Candidate) -> dict[str, Any]:
     record = {"token_id": candidate.token_id, "text": candidate.text, "prob": candidate.prob, "logprob": candidate.logprob}
     if candidate.processed_prob is not None:
@@ -98,7 +133,7 @@ def _chosen_record(token: PathToken) -> dict[str, Any]:
 def format_trace(record: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return _terminal_safe_json(record)
-    header, rows = _table_cells(record)
+    header, rows, long_column = _table_cells(record)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -106,17 +141,34 @@ def format_trace(record: dict[str, Any], fmt: str) -> str:
         return out.getvalue().rstrip("\n")
     if fmt == "markdown":
         return _markdown(header, rows)
-    return _aligned(header, [[_tail(row[0]), *row[1:]] for row in rows])
+    return _aligned(header, [[_tail(cell) if i == long_column else cell for i, cell in enumerate(row)] for row in rows])
 
 
-def _table_cells(record: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _table_cells(record: dict[str, Any]) -> tuple[list[str], list[list[str]], int]:
+    """Header, rows, and which column holds text long enough to cut in an aligned table."""
+    if "sequence_score" in record:
+        return _beam_table_cells(record)
     width = max([len(step["candidates"]) for step in record["steps"]], default=record["choices"])
     header = ["Input"] + [f"Choice {i}" for i in range(width)]
     rows = []
     for step in record["steps"]:
         cells = [f"{one_line(c['text'])} ({100 * c['prob']:.2f}%)" for c in step["candidates"]]
         rows.append([one_line(step["input_text"]), *cells])
-    return header, rows
+    return header, rows, 0
+
+
+def _beam_table_cells(record: dict[str, Any]) -> tuple[list[str], list[list[str]], int]:
+    """One row per live beam per step, best first; then the finished hypotheses, the winner first."""
+    header = ["Step", "Beam", "Continuation", "logprob", "score", "penalised"]
+
+    def row(step: str, rank: str, beam: dict[str, Any]) -> list[str]:
+        numbers = (beam["logprob"], beam["score"], beam["penalised_score"])
+        return [step, rank, one_line(beam["text"]), *(f"{number:.3f}" for number in numbers)]
+
+    rows = [row(str(index), str(rank), beam) for index, step in enumerate(record["steps"], 1) for rank, beam in enumerate(step["beams"])]
+    final = record["steps"][-1]["finished"] if record["steps"] else []
+    rows += [row("finished", "best" if rank == 0 else str(rank), beam) for rank, beam in enumerate(final)]
+    return header, rows, 2
 
 
 def _tail(text: str) -> str:

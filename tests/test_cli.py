@@ -22,6 +22,8 @@ from tui.cli import main
         (["trace", "hi", "--picks", "a,b"], "--picks takes ranks"),
         (["trace", "hi", "--model", "./no/such/folder"], "no such folder"),
         (["--choices", "0"], "--choices must be at least 1"),
+        (["trace", "hi", "--strategy", "beam", "--num-beams", "1"], "num_beams must be a whole number from 2"),
+        (["trace", "hi", "--strategy", "beam", "--picks", "1"], "beam search keeps several"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(args, message):
@@ -69,3 +71,23 @@ def test_csv_markdown_and_table_carry_one_row_per_step(capsys, tiny_model_dir):
     assert markdown[1] == "|---|---|---|---|---|---|" and len(markdown) == 5
     table = trace(capsys, tiny_model_dir, "--steps", "3").splitlines()
     assert table[0].startswith("Input") and set(table[1]) <= {"-", " "} and len(table) == 5
+
+
+def test_beam_trace_lists_the_live_beams_per_step_then_the_finished_ones(capsys, tiny_model_dir):
+    beam = ("--strategy", "beam", "--num-beams", "3", "--steps", "4")
+    record = json.loads(trace(capsys, tiny_model_dir, *beam, "--format", "json"))
+    assert record["strategy"]["num_beams"] == 3 and record["max_new_tokens"] == 4
+    assert 1 <= len(record["steps"]) <= 4 and len(record["steps"][0]["beams"]) == 3
+    first = record["steps"][0]["beams"]
+    assert [b["score"] for b in first] == sorted((b["score"] for b in first), reverse=True)
+    best = record["steps"][-1]["finished"][0]
+    assert record["generated_ids"] == best["token_ids"] and record["sequence_score"] == best["penalised_score"]
+    assert record["sequence_logprob"] == pytest.approx(best["logprob"])
+
+    table = trace(capsys, tiny_model_dir, *beam).splitlines()
+    assert table[0].split() == ["Step", "Beam", "Continuation", "logprob", "score", "penalised"]
+    assert sum(line.startswith("1 ") for line in table) == 3 and any(line.startswith("finished  best") for line in table)
+    rows = list(csv.reader(io.StringIO(trace(capsys, tiny_model_dir, *beam, "--format", "csv"))))
+    assert rows[0][:3] == ["Step", "Beam", "Continuation"] and rows[-3][0] == "finished"
+    markdown = trace(capsys, tiny_model_dir, *beam, "--format", "markdown").splitlines()
+    assert markdown[0].startswith("| Step | Beam |") and len(markdown) == len(rows) + 1

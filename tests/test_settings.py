@@ -18,12 +18,31 @@ from decoding.settings import Strategy
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"no_repeat_ngram_size": -2}, "no_repeat_ngram_size"),
         ({"seed": -1}, "seed"),
-        ({"kind": "beam"}, "strategy"),
+        ({"kind": "contrastive"}, "strategy"),
+        ({"kind": "beam", "num_beams": 1}, "num_beams"),
+        ({"num_beams": 65}, "num_beams"),
+        ({"length_penalty": float("inf")}, "length_penalty"),
+        ({"early_stopping": "sometimes"}, "early_stopping"),
+        ({"suppress_tokens": (-1,)}, "suppress_tokens"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_field_named(changes, field):
     with pytest.raises(SettingsError, match=field):
         Strategy(**changes)
+
+
+def test_beam_settings_reach_generate_by_their_transformers_names():
+    beam = Strategy(kind="beam", num_beams=4, length_penalty=0.8, early_stopping="never", no_repeat_ngram_size=2)
+    assert beam.generation_kwargs() == {
+        "do_sample": False,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 2,
+        "num_beams": 4,
+        "length_penalty": 0.8,
+        "early_stopping": "never",
+    }
+    assert beam.active_processors() == ["no_repeat_ngram_size"]
+    assert beam.describe() == "beam B=4 lp=0.8 early=never no-repeat-2gram"
 
 
 def test_a_refused_change_leaves_the_old_strategy_as_it_was():

@@ -39,6 +39,24 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     group.add_argument("--repetition-penalty", type=float, default=1.0, help="> 0; 1 = off (default)")
     group.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeating n-grams of this size; 0 = off")
+    group.add_argument("--num-beams", type=int, default=5, help="beams kept by --strategy beam (default 5)")
+    group.add_argument(
+        "--length-penalty", type=float, default=1.0, help="beam: finished scores are divided by length ** this (default 1)"
+    )
+    group.add_argument(
+        "--early-stopping",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_early_stopping,
+        help="beam: stop once num_beams hypotheses have finished; `--early-stopping never` searches on as long as one could improve",
+    )
+
+
+def _early_stopping(text: str) -> str:
+    if text != "never":
+        raise argparse.ArgumentTypeError(f"takes no value, or `never` (got {text!r})")
+    return text
 
 
 def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -76,6 +94,9 @@ def strategy_from(args: argparse.Namespace) -> Strategy:
         seed=args.seed,
         repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        early_stopping=args.early_stopping,
     )
 
 
@@ -108,14 +129,30 @@ def run_trace_command(argv: Sequence[str]) -> int:
         raise TokenstepError(f"--choices must be at least 1 (got {args.choices}).")
     plan = TracePlan(args.prompt, args.steps, parse_picks(args.picks, args.choices))
     strategy, options = strategy_from(args), load_options_from(args)
+    if strategy.is_beam and plan.picks:
+        raise TokenstepError("--picks forces tokens on one path; beam search keeps several. Drop --picks or the beam strategy.")
 
     from decoding.loading import load_engine
-    from decoding.session import Session
-    from decoding.trace import format_trace, run_trace
+    from decoding.trace import format_trace
 
-    session = Session(load_engine(options, _progress_on_terminal), strategy, choices=args.choices)
-    print(format_trace(run_trace(session, plan), args.format))
+    engine = load_engine(options, _progress_on_terminal)
+    print(format_trace(_beam_record(engine, strategy, plan) if strategy.is_beam else _path_record(engine, strategy, plan, args.choices), args.format))
     return 0
+
+
+def _path_record(engine, strategy: Strategy, plan, choices: int) -> dict:
+    from decoding.session import Session
+    from decoding.trace import run_trace
+
+    return run_trace(Session(engine, strategy, choices=choices), plan)
+
+
+def _beam_record(engine, strategy: Strategy, plan) -> dict:
+    """Beam search for at most --steps new tokens, as generate(max_new_tokens=steps) would run it."""
+    from decoding.beam import BeamSearch
+    from decoding.trace import run_beam_trace
+
+    return run_beam_trace(BeamSearch(engine, strategy, engine.encode(plan.prompt), max_new_tokens=plan.steps))
 
 
 def _progress_on_terminal(message: str) -> None:
