@@ -21,6 +21,7 @@ class Engine(Protocol):
     eos_token_ids: frozenset[int]
     can_look_ahead: bool  # whether detach_last/attach work (work ahead is skipped where not)
     can_beam_search: bool  # whether side_by_side() works
+    can_fork: bool  # whether fork() works
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt, as `generate()` would be given them."""
@@ -49,6 +50,9 @@ class Engine(Protocol):
 
     def attach(self, tail: Any) -> None:
         """Append cached tokens returned by `detach_last` (no model work)."""
+
+    def fork(self) -> Engine:
+        """The same model with a cache of its own (for work beside a session, such as a comparison)."""
 
     def side_by_side(self) -> Any:
         """A runner for equal-length sequences stepped together on their own cache: `start(sequences)`

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import torch
@@ -15,6 +16,7 @@ class TransformersEngine:
     name = "transformers"
     can_look_ahead = True
     can_beam_search = True
+    can_fork = True
 
     def __init__(self, model: PreTrainedModel, tokenizer, *, model_id: str) -> None:
         self.model = model.eval()
@@ -76,6 +78,12 @@ class TransformersEngine:
         for index, (keys, values) in enumerate(tail):
             self._cache.update(keys, values, index)
 
+
+    def fork(self) -> TransformersEngine:
+        """The same model and tokenizer with a cache of its own: work that must not disturb this one's."""
+        twin = copy.copy(self)
+        twin._cache = DynamicCache(config=self.model.config)
+        return twin
 
     def side_by_side(self) -> SideBySide:
         """A separate cache for several sequences stepped together (beam search)."""

@@ -19,6 +19,7 @@ class LlamaCppEngine:
     name = "llama.cpp"
     can_look_ahead = False  # its KV cache cannot set a cache entry aside
     can_beam_search = False  # one sequence per context here
+    can_fork = False  # a second context would load the model again
 
     def __init__(self, gguf: Path, *, model_id: str, gpu: bool) -> None:
         from llama_cpp import Llama
@@ -71,6 +72,9 @@ class LlamaCppEngine:
 
     def attach(self, tail) -> None:
         raise NotImplementedError("the llama.cpp engine cannot set cache entries aside")
+
+    def fork(self):
+        raise NotImplementedError("the llama.cpp engine has one context")
 
     def side_by_side(self):
         raise NotImplementedError("the llama.cpp engine runs one sequence at a time")

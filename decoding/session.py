@@ -130,9 +130,10 @@ class Session:
 
     # --- commands --------------------------------------------------------------------------------
 
-    def reset(self, prompt: str) -> None:
-        """Start again from `prompt`. An invalid prompt is refused and the current path is kept."""
-        prompt_ids = self._checked_prompt(prompt)
+    def reset(self, prompt: str, prompt_ids: list[int] | None = None) -> None:
+        """Start again from `prompt` (or from `prompt_ids`, of which `prompt` is then the text: a path
+        re-encoded as text could tokenize differently). An invalid prompt is refused; the path is kept."""
+        prompt_ids = self._checked_prompt(prompt) if prompt_ids is None else self._checked_ids(list(prompt_ids))
         old_ids = self.ids
         self.engine.crop(0)
         try:
@@ -228,7 +229,9 @@ class Session:
     def _checked_prompt(self, prompt: str) -> list[int]:
         if not prompt:
             raise SessionError("The prompt is empty: type some text for the model to continue.")
-        ids = self.engine.encode(prompt)
+        return self._checked_ids(self.engine.encode(prompt))
+
+    def _checked_ids(self, ids: list[int]) -> list[int]:
         if not ids:
             raise SessionError("The prompt gives no tokens: type some text for the model to continue.")
         if len(ids) >= self.engine.context_limit:

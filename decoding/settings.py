@@ -172,3 +172,47 @@ def field_problems(s: Strategy | Any) -> dict[str, str]:
         ),
     }
     return {name: message for name, (ok, message) in checks.items() if not ok}
+
+
+# --- strategies written on one line: `tokenstep compare --strategies` ------------------------------
+
+CHAPTER_STRATEGIES = (
+    "greedy,beam:num_beams=5,beam:num_beams=5:no_repeat_ngram_size=2,sample:temperature=0.5,"
+    "sample:temperature=2.0,sample:top_k=50,sample:top_p=0.9,sample:top_k=50:top_p=0.9"
+)
+
+
+def parse_strategies(text: str, **common: Any) -> list[Strategy]:
+    """'greedy,beam:num_beams=3,sample:temperature=0.7:top_k=20' -> three Strategies (each with `common`)."""
+    specs = [spec.strip() for spec in text.split(",") if spec.strip()]
+    if not specs:
+        raise SettingsError("no strategies given: write them like greedy,beam:num_beams=3,sample:temperature=0.7")
+    return [_parse_strategy(spec, common) for spec in specs]
+
+
+def _parse_strategy(spec: str, common: dict[str, Any]) -> Strategy:
+    kind, *pairs = spec.split(":")
+    settings: dict[str, Any] = {**common, "kind": kind}
+    known = set(Strategy.__dataclass_fields__) - {"kind", "suppress_tokens"}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or name not in known:
+            raise SettingsError(f"{spec!r}: write settings as name=value, with a name among {', '.join(sorted(known))} (got {pair!r})")
+        settings[name] = _setting_value(value)
+    try:
+        return Strategy(**settings)
+    except SettingsError as error:
+        raise SettingsError(f"{spec!r}: {error}") from None
+
+
+def _setting_value(text: str) -> Any:
+    """Numbers as numbers, true/false as booleans, anything else as written (early_stopping=never)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text.strip()

@@ -132,7 +132,7 @@ def _chosen_record(token: PathToken) -> dict[str, Any]:
 
 def format_trace(record: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
-        return _terminal_safe_json(record)
+        return terminal_safe_json(record)
     header, rows, long_column = _table_cells(record)
     if fmt == "csv":
         out = io.StringIO()
@@ -140,8 +140,8 @@ def format_trace(record: dict[str, Any], fmt: str) -> str:
         writer.writerows([header, *rows])
         return out.getvalue().rstrip("\n")
     if fmt == "markdown":
-        return _markdown(header, rows)
-    return _aligned(header, [[_tail(cell) if i == long_column else cell for i, cell in enumerate(row)] for row in rows])
+        return markdown_table(header, rows)
+    return aligned_table(header, [[_tail(cell) if i == long_column else cell for i, cell in enumerate(row)] for row in rows])
 
 
 def _table_cells(record: dict[str, Any]) -> tuple[list[str], list[list[str]], int]:
@@ -175,14 +175,14 @@ def _tail(text: str) -> str:
     return text if len(text) <= INPUT_WIDTH else "…" + text[-(INPUT_WIDTH - 1) :]
 
 
-def _aligned(header: list[str], rows: list[list[str]]) -> str:
+def aligned_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
@@ -192,7 +192,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 _C1_AND_SEPARATORS = re.compile("[\u007f-\u009f\u2028\u2029]")
 
 
-def _terminal_safe_json(record: dict[str, Any]) -> str:
+def terminal_safe_json(record: dict[str, Any]) -> str:
     """JSON keeps non-ASCII text readable; the controls json leaves raw (DEL, C1, line separators) are escaped."""
     text = json.dumps(record, ensure_ascii=False, indent=2)
     return _C1_AND_SEPARATORS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from decoding.errors import TokenstepError
 from decoding.loading import DTYPES, ENGINES, LoadOptions
-from decoding.settings import STRATEGY_KINDS, Strategy
+from decoding.settings import CHAPTER_STRATEGIES, STRATEGY_KINDS, Strategy, parse_strategies
 
 DEFAULT_PROMPT = "Transformers are the"
 
@@ -85,6 +85,25 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     return app, trace
 
 
+def build_compare_parser() -> argparse.ArgumentParser:
+    compare = argparse.ArgumentParser(
+        prog="tokenstep compare",
+        description="Run several strategies for exactly N new tokens from the same prompt and seed; "
+        "print each continuation with its log-probability under the raw model and its repeated 3-grams.",
+    )
+    compare.add_argument("prompt")
+    compare.add_argument("--new-tokens", type=int, default=32, help="tokens each strategy writes (default 32)")
+    compare.add_argument("--format", default="table", choices=["table", "json", "markdown"])
+    compare.add_argument(
+        "--strategies",
+        default=CHAPTER_STRATEGIES,
+        help="comma-separated, each kind[:name=value...] (default: the chapter's set: %(default)s)",
+    )
+    compare.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every strategy (default 0)")
+    _add_model_options(compare)
+    return compare
+
+
 def strategy_from(args: argparse.Namespace) -> Strategy:
     return Strategy(
         kind=args.strategy,
@@ -155,6 +174,29 @@ def _beam_record(engine, strategy: Strategy, plan) -> dict:
     return run_beam_trace(BeamSearch(engine, strategy, engine.encode(plan.prompt), max_new_tokens=plan.steps))
 
 
+def run_compare_command(argv: Sequence[str]) -> int:
+    args = build_compare_parser().parse_args(argv)
+    if not args.prompt:
+        raise TokenstepError("The prompt is empty: give some text for the model to continue.")
+    if args.new_tokens < 1:
+        raise TokenstepError(f"--new-tokens must be at least 1 (got {args.new_tokens}).")
+    strategies = parse_strategies(args.strategies, seed=args.seed)
+    options = load_options_from(args)
+
+    from decoding.compare import compare, comparison_record, format_comparison
+    from decoding.loading import load_engine
+
+    engine = load_engine(options, _progress_on_terminal)
+    prefix_ids = engine.encode(args.prompt)
+    results = compare(engine, prefix_ids, strategies, args.new_tokens, progress=_compare_progress)
+    print(format_comparison(comparison_record(args.prompt, args.new_tokens, results), args.format))
+    return 0
+
+
+def _compare_progress(done: int, total: int) -> None:
+    _progress_on_terminal(f"compared {done} of {total} strategies")
+
+
 def _progress_on_terminal(message: str) -> None:
     """Loading news for a person watching (a GGUF conversion takes a while); pipes stay clean."""
     if sys.stderr.isatty():
@@ -188,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["trace"]:
             return run_trace_command(argv[1:])
+        if argv[:1] == ["compare"]:
+            return run_compare_command(argv[1:])
         return run_app_command(argv)
     except TokenstepError as error:
         print(f"tokenstep: {error}", file=sys.stderr)

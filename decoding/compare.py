@@ -1,0 +1,132 @@
+"""Strategies side by side: each writes exactly N tokens from the same prefix and seed, scored alike.
+
+End-of-sequence is suppressed (generate()'s `suppress_tokens`) so every continuation has the same length,
+which makes the log-probabilities comparable, as in the chapter's comparison of decoding methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from decoding.beam import BeamSearch
+from decoding.engine import Engine
+from decoding.errors import SessionError
+from decoding.session import Session
+from decoding.settings import Strategy
+from decoding.tokens import one_line
+from decoding.trace import aligned_table, markdown_table, terminal_safe_json
+
+NGRAM = 3  # repeats are counted among token 3-grams
+
+Progress = Callable[[int, int], None]  # (strategies done, strategies in all)
+
+
+class Cancelled(Exception):
+    """The comparison was stopped before the end."""
+
+
+@dataclass(frozen=True)
+class Continuation:
+    strategy: Strategy
+    token_ids: tuple[int, ...]
+    text: str
+    logprob: float  # the sequence's log-probability under the raw model
+    repeated_ngrams: int  # token 3-grams that repeat an earlier one
+
+    @property
+    def label(self) -> str:
+        return self.strategy.describe()
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / len(self.token_ids) if self.token_ids else 0.0
+
+
+def compare(
+    engine: Engine,
+    prefix_ids: list[int],
+    strategies: list[Strategy],
+    new_tokens: int,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Progress = lambda done, total: None,
+) -> list[Continuation]:
+    """Run each strategy for `new_tokens` from `prefix_ids`. `engine`'s own cache is used (and left
+    changed): give a fork to keep a session's. Raises Cancelled when `should_stop` says so."""
+    if new_tokens < 1:
+        raise SessionError(f"the number of new tokens must be at least 1 (got {new_tokens}).")
+    results = []
+    for done, strategy in enumerate(strategies):
+        progress(done, len(strategies))
+        exact = replace(strategy, suppress_tokens=tuple(sorted(engine.eos_token_ids)))
+        run = _beam if strategy.is_beam else _path
+        ids, logprob = run(engine, exact, prefix_ids, new_tokens, should_stop)
+        results.append(Continuation(strategy, ids, _continuation_text(engine, prefix_ids, ids), logprob, repeated_ngrams(ids)))
+    progress(len(strategies), len(strategies))
+    return results
+
+
+def _path(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop) -> tuple[tuple[int, ...], float]:
+    session = Session(engine, strategy)
+    session.reset(engine.decode(prefix_ids), prefix_ids)
+    while len(session.path) < new_tokens and not session.finished:
+        if should_stop():
+            raise Cancelled
+        session.step()
+    return tuple(session.generated_ids), session.sequence_logprob
+
+
+def _beam(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop) -> tuple[tuple[int, ...], float]:
+    search = BeamSearch(engine, strategy, prefix_ids, max_new_tokens=new_tokens)
+    while not search.ended:
+        if should_stop():
+            raise Cancelled
+        search.step()
+    best = search.snapshot().best
+    return best.token_ids, best.logprob
+
+
+def _continuation_text(engine: Engine, prefix_ids: list[int], ids: tuple[int, ...]) -> str:
+    prefix, full = engine.decode(prefix_ids), engine.decode(prefix_ids + list(ids))
+    return full[len(prefix) :] if full.startswith(prefix) else engine.decode(list(ids))
+
+
+def repeated_ngrams(ids: tuple[int, ...] | list[int], n: int = NGRAM) -> int:
+    """How many of the sequence's n-grams repeat one seen earlier in it."""
+    seen, repeats = set(), 0
+    for start in range(len(ids) - n + 1):
+        gram = tuple(ids[start : start + n])
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats
+
+
+def comparison_record(prompt: str, new_tokens: int, results: list[Continuation]) -> dict:
+    return {
+        "prompt": prompt,
+        "new_tokens": new_tokens,
+        "ngram": NGRAM,
+        "results": [
+            {
+                "strategy": r.label,
+                "settings": r.strategy.generation_kwargs() | {"seed": r.strategy.seed},
+                "generated_ids": list(r.token_ids),
+                "generated_text": r.text,
+                "sequence_logprob": r.logprob,
+                "mean_logprob": r.mean_logprob,
+                "repeated_ngrams": r.repeated_ngrams,
+            }
+            for r in results
+        ],
+    }
+
+
+def format_comparison(record: dict, fmt: str) -> str:
+    if fmt == "json":
+        return terminal_safe_json(record)
+    header = ["Strategy", "logprob", "mean", f"repeated {record['ngram']}-grams", "Continuation"]
+    rows = [
+        [r["strategy"], f"{r['sequence_logprob']:.2f}", f"{r['mean_logprob']:.3f}", str(r["repeated_ngrams"]), one_line(r["generated_text"])]
+        for r in record["results"]
+    ]
+    return markdown_table(header, rows) if fmt == "markdown" else aligned_table(header, rows)
