@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
@@ -16,6 +17,7 @@ from transformers import (
 )
 
 from decoding.settings import Strategy
+from decoding.state import ProcessorEffect, ProcessorReport
 
 _BUILDERS: dict[str, Callable[[Strategy], LogitsProcessor]] = {
     "repetition_penalty": lambda s: RepetitionPenaltyLogitsProcessor(penalty=s.repetition_penalty),
@@ -31,3 +33,29 @@ _BUILDERS: dict[str, Callable[[Strategy], LogitsProcessor]] = {
 def build_processors(strategy: Strategy) -> LogitsProcessorList:
     """The list `GenerationMixin._get_logits_processor` builds for these settings (one sequence)."""
     return LogitsProcessorList(_BUILDERS[name](strategy) for name in strategy.active_processors())
+
+
+def explain(strategy: Strategy, input_ids: list[int], logits: torch.Tensor, token_ids: list[int]) -> ProcessorReport:
+    """Apply the strategy's processors one at a time to one position's logits and record, for the
+    candidates `token_ids`, what each did: the same calls, in the same order, as `build_processors`."""
+    ids = torch.tensor([input_ids], dtype=torch.long, device=logits.device)
+    scores = logits.clone()[None]
+    effects = []
+    for name in strategy.active_processors():
+        after = _BUILDERS[name](strategy)(ids, scores.clone())
+        effects.append(_effect(name, scores[0], after[0], token_ids))
+        scores = after
+    return ProcessorReport(tuple(token_ids), tuple(effects))
+
+
+def _effect(name: str, before: torch.Tensor, after: torch.Tensor, token_ids: list[int]) -> ProcessorEffect:
+    ruled_out = (after == float("-inf")) & (before != float("-inf"))
+    changed = (after != before) & ~ruled_out
+    return ProcessorEffect(
+        name=name,
+        before=tuple(torch.softmax(before, dim=-1)[token_ids].tolist()),
+        after=tuple(torch.softmax(after, dim=-1)[token_ids].tolist()),
+        removed=tuple(t for t in token_ids if ruled_out[t]),
+        changed=tuple(t for t in token_ids if changed[t]),
+        removed_in_all=int(ruled_out.sum()),
+    )

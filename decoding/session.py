@@ -13,9 +13,9 @@ import torch
 from decoding.distribution import rank_of, summarize
 from decoding.engine import Engine
 from decoding.errors import SessionError, SettingsError
-from decoding.processors import build_processors
+from decoding.processors import build_processors, explain
 from decoding.settings import Strategy
-from decoding.state import Candidate, Distribution, PathToken, Snapshot
+from decoding.state import Candidate, Distribution, PathToken, ProcessorReport, Snapshot
 from decoding.tokens import RunningText, bytes_to_text
 
 DEFAULT_CHOICES = 10
@@ -104,6 +104,18 @@ class Session:
             processed = self._scores() if self._processors else None
             self._distribution = summarize(self._logits[-1], self._logprobs(), processed, self._choices, self.token_text)
         return self._distribution
+
+    def processor_report(self, index: int | None = None) -> ProcessorReport | None:
+        """What each of the strategy's processors did to the candidates before path token `index`
+        (default: the next token). None when the strategy has no processors or there is no such step."""
+        index = len(self._path) if index is None else index
+        if not self._processors or not 0 <= index < len(self._logits):
+            return None
+        panel = self._panels[index] if index < len(self._panels) else self.distribution
+        if panel is None:
+            return None
+        ids = self.ids[: len(self.prompt_ids) + index]
+        return explain(self._strategy, ids, self._logits[index], [c.token_id for c in panel.candidates])
 
     def token_text(self, token_id: int) -> str:
         """One token's own text; bytes that are only part of a UTF-8 character show as `<0xE2>`."""

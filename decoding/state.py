@@ -98,3 +98,23 @@ class BeamSnapshot:
     def best(self) -> Beam | None:
         """What generate() would return now: the best finished hypothesis (at the end, always one)."""
         return self.finished[0] if self.finished else None
+
+
+@dataclass(frozen=True)
+class ProcessorEffect:
+    """What one processor did to a step's candidates (`ProcessorReport.token_ids`, in that order)."""
+
+    name: str  # GenerationConfig's name for it: temperature, top_k, top_p, repetition_penalty, ...
+    before: tuple[float, ...]  # each candidate's probability going in (softmax of the scores so far)
+    after: tuple[float, ...]  # and coming out
+    removed: tuple[int, ...]  # candidates it ruled out (score set to -inf)
+    changed: tuple[int, ...]  # candidates whose score it changed otherwise (a penalty, a rescaling)
+    removed_in_all: int  # tokens of the whole vocabulary it ruled out
+
+
+@dataclass(frozen=True)
+class ProcessorReport:
+    """The strategy's processors applied one by one to one step's scores, in generate()'s order."""
+
+    token_ids: tuple[int, ...]  # the candidates followed: the step's panel
+    effects: tuple[ProcessorEffect, ...]

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from decoding.beam import BeamSearch
 from decoding.distribution import Candidate
 from decoding.session import PathToken, Session
-from decoding.state import Beam
+from decoding.state import Beam, ProcessorReport
 from decoding.tokens import one_line
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -52,6 +52,7 @@ def trace_record(session: Session) -> dict[str, Any]:
             "candidates": [_candidate_record(c) for c in panel.candidates],
             "chosen": _chosen_record(chosen),
             "entropy": panel.entropy,
+            **_processors_record(session.processor_report(index)),
         }
         for index, (panel, chosen) in enumerate(zip(session.panels, session.path))
     ]
@@ -104,6 +105,26 @@ def run_beam_trace(search: BeamSearch) -> dict[str, Any]:
 def _beam_record(beam: Beam) -> dict[str, Any]:
     record = {"text": beam.text, "token_ids": list(beam.token_ids), "logprob": beam.logprob, "score": beam.score}
     return {**record, "penalised_score": beam.penalised, "forced": beam.forced}
+
+
+def _processors_record(report: ProcessorReport | None) -> dict[str, Any]:
+    """Under a reshaping strategy: each processor in turn, with the candidates' probabilities (in the
+    order of `candidates`) before and after it, and which it removed or changed."""
+    if report is None:
+        return {}
+    return {
+        "processors": [
+            {
+                "name": effect.name,
+                "probs_before": list(effect.before),
+                "probs_after": list(effect.after),
+                "removed": list(effect.removed),
+                "changed": list(effect.changed),
+                "removed_in_all": effect.removed_in_all,
+            }
+            for effect in report.effects
+        ]
+    }
 
 
 def _candidate_record(candidate: Candidate) -> dict[str, Any]:

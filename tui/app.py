@@ -27,15 +27,17 @@ from textual.worker import get_current_worker
 from decoding.errors import SessionError, TokenstepError
 from decoding.loading import EMBEDDED_NAME, LoadOptions
 from decoding.settings import Strategy
-from decoding.state import Snapshot
+from decoding.state import BeamSnapshot, Snapshot
 from tui.model_screen import ModelScreen
 from tui.settings_screen import Settings, SettingsScreen
+from tui.widgets.beams import BeamPanel
 from tui.widgets.candidates import CandidatePanel
 from tui.widgets.spinner import Spinner
 from tui.widgets.status import StatusLine, Timing
 from tui.widgets.text_view import TextView
 
 if TYPE_CHECKING:  # torch loads in the worker, after the first paint
+    from decoding.beam import BeamSearch
     from decoding.session import Session
 
 Clock = Callable[[], float]
@@ -62,6 +64,8 @@ class TokenstepApp(App[int]):
         Binding("up", "highlight(-1)", show=False, id="highlight.up"),
         Binding("down", "highlight(1)", show=False, id="highlight.down"),
         Binding("enter", "pick_highlighted", "Pick highlighted", show=False, id="pick.highlighted"),
+        Binding("j", "highlight_beam(1)", "Beam", key_display="j/k", id="beam.down", tooltip="Highlight the next beam"),
+        Binding("k", "highlight_beam(-1)", show=False, id="beam.up"),
         Binding("backspace,left", "undo", "Undo", id="undo", tooltip="Take back the last token"),
         Binding("p", "play", "Play/pause", id="play"),
         Binding("s", "settings", "Settings", id="settings"),
@@ -83,9 +87,9 @@ class TokenstepApp(App[int]):
             self.text = text
 
     class Loaded(Message):
-        def __init__(self, session: Session, snapshot: Snapshot, timing: Timing) -> None:
+        def __init__(self, session: Session, snapshot: Snapshot, timing: Timing, beam: BeamSnapshot | None) -> None:
             super().__init__()
-            self.session, self.snapshot, self.timing = session, snapshot, timing
+            self.session, self.snapshot, self.timing, self.beam = session, snapshot, timing, beam
 
     class LoadFailed(Message):
         def __init__(self, text: str) -> None:
@@ -93,11 +97,12 @@ class TokenstepApp(App[int]):
             self.text = text
 
     class Updated(Message):
-        """The session changed; only the newest of a burst needs painting."""
+        """The session changed; only the newest of a burst needs painting. `beam` is the beam search's
+        state while the strategy is beam search, else None."""
 
-        def __init__(self, snapshot: Snapshot, timing: Timing | None = None) -> None:
+        def __init__(self, snapshot: Snapshot, timing: Timing | None = None, beam: BeamSnapshot | None = None) -> None:
             super().__init__()
-            self.snapshot, self.timing = snapshot, timing
+            self.snapshot, self.timing, self.beam = snapshot, timing, beam
 
         def can_replace(self, message: Message) -> bool:
             # Textual asks the older message whether the newer pending one may stand in for it;
@@ -133,7 +138,10 @@ class TokenstepApp(App[int]):
         self.export_dir = export_dir or Path.cwd()
         self.clock = clock
         self.session: Session | None = None  # used only inside worker threads
+        self.beam: BeamSearch | None = None  # likewise: the beam search while the strategy is beam
         self.snapshot: Snapshot | None = None
+        self.beam_view: BeamSnapshot | None = None
+        self.highlighted_beam = 0
         self.timing = Timing()
         self.queue: deque[Command] = deque()
         self.running: Command | None = None
@@ -147,12 +155,14 @@ class TokenstepApp(App[int]):
             yield Label(Text(f"Loading {self._model_name()}…"), id="loading-text")
         with Horizontal(id="main"):
             yield TextView(id="text")
+            yield BeamPanel(id="beams")
             yield CandidatePanel(id="candidates")
         yield StatusLine(Text("loading…"), id="status")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#main").display = False
+        self.query_one(BeamPanel).display = False
 
     def on_ready(self) -> None:
         # Sent after the first frame is painted: importing torch holds the GIL for a second or more,
@@ -183,11 +193,14 @@ class TokenstepApp(App[int]):
             return
         # The first panel, computed on this thread while it is warm; keys pressed meanwhile wait.
         start = self.clock()
+        self.beam = None
         try:
             session.reset(prompt)
+            self._restart_beam(session)
         except TokenstepError as error:  # a prompt the model cannot take: the app still opens
             self.post_message(self.CommandFailed(str(error)))
-        self.post_message(self.Loaded(session, session.snapshot(), Timing(latency_ms=1000 * (self.clock() - start))))
+        timing = Timing(latency_ms=1000 * (self.clock() - start))
+        self.post_message(self.Loaded(session, session.snapshot(), timing, self._beam_snapshot()))
 
     def on_tokenstep_app_load_progress(self, message: LoadProgress) -> None:
         self.query_one("#loading-text", Label).update(Text(message.text + "…"))
@@ -199,7 +212,7 @@ class TokenstepApp(App[int]):
         self.query_one(Spinner).stop()
         self.query_one("#loading").display = False
         self.query_one("#main").display = True
-        self.on_tokenstep_app_updated(self.Updated(message.snapshot, message.timing))
+        self.on_tokenstep_app_updated(self.Updated(message.snapshot, message.timing, message.beam))
         self._next_command(after_work_ahead=False)
 
     def on_tokenstep_app_load_failed(self, message: LoadFailed) -> None:
@@ -253,7 +266,7 @@ class TokenstepApp(App[int]):
                 self.post_message(self.CommandFailed(f"{command.name} failed: {type(error).__name__}: {error}"))
         finally:
             if not command.work_ahead:
-                self.post_message(self.Updated(self.session.snapshot()))
+                self.post_message(self.Updated(self.session.snapshot(), beam=self._beam_snapshot()))
             self.post_message(self.CommandDone())
 
     def on_tokenstep_app_command_done(self) -> None:
@@ -271,7 +284,9 @@ class TokenstepApp(App[int]):
         self.notify(message.text, severity="warning", markup=False)
 
     def on_tokenstep_app_updated(self, message: Updated) -> None:
-        self.snapshot = message.snapshot
+        if (message.beam is None) != (self.beam_view is None):
+            self.refresh_bindings()  # the beam keys come and go with beam search
+        self.snapshot, self.beam_view = message.snapshot, message.beam
         if message.timing is not None:
             self.timing = message.timing
         self.refresh_view()
@@ -279,9 +294,18 @@ class TokenstepApp(App[int]):
     def refresh_view(self) -> None:
         if self.snapshot is None:
             return
-        self.query_one(TextView).show(self.snapshot, self.visible_whitespace)
-        self.query_one(CandidatePanel).show(self.snapshot.distribution)
-        self.query_one(StatusLine).show(self.snapshot, self.timing, self.model_label)
+        beam = self.beam_view
+        self.query_one(TextView).display = beam is None
+        self.query_one(BeamPanel).display = beam is not None
+        if beam is None:
+            self.query_one(TextView).show(self.snapshot, self.visible_whitespace)
+            self.query_one(CandidatePanel).show(self.snapshot.distribution)
+            self.query_one(StatusLine).show(self.snapshot, self.timing, self.model_label)
+            return
+        self.highlighted_beam = max(0, min(self.highlighted_beam, len(beam.beams) - 1))
+        self.query_one(BeamPanel).show(beam, self.highlighted_beam)
+        self.query_one(CandidatePanel).show(beam.candidates[self.highlighted_beam] if beam.candidates else None)
+        self.query_one(StatusLine).show_beam(beam, self.timing, self.model_label)
 
     def watch_visible_whitespace(self) -> None:
         self.refresh_view()
@@ -298,41 +322,77 @@ class TokenstepApp(App[int]):
             start = app.clock()
             change(session)
             timing = Timing(latency_ms=1000 * (app.clock() - start))
-            app.post_message(app.Updated(session.snapshot(), timing))
+            app.post_message(app.Updated(session.snapshot(), timing, app._beam_snapshot()))
 
         return Command(name, run)
 
     def _reset_command(self, prompt: str) -> Command:
-        return self._timed("reset", lambda session: session.reset(prompt))
+        def reset(session: Session) -> None:
+            session.reset(prompt)
+            self._restart_beam(session)
+
+        return self._timed("reset", reset)
+
+    # --- beam search: its own state beside the session's path (worker threads only) ----------------
+
+    def _restart_beam(self, session: Session) -> None:
+        """Under the beam strategy, a new beam search from the path as it stands; else none."""
+        from decoding.beam import BeamSearch
+
+        strategy = session.strategy
+        self.beam = None
+        if strategy.is_beam and session.prompt_ids:
+            room = self.max_new_tokens
+            self.beam = BeamSearch(session.engine, strategy, session.ids, max_new_tokens=room, choices=session.choices)
+
+    def _beam_snapshot(self) -> BeamSnapshot | None:
+        return self.beam.snapshot() if self.beam is not None else None
+
+    def _step(self, session: Session) -> object:
+        return self.beam.step() if self.beam is not None else session.step()
+
+    def _undo(self, session: Session) -> object:
+        return self.beam.undo() if self.beam is not None else session.undo()
 
     def _play(self, session: Session, app: TokenstepApp) -> None:
         worker, started, steps, painted = get_current_worker(), app.clock(), 0, 0.0
-        if len(session.path) >= app.max_new_tokens:
+        if app.beam is None and len(session.path) >= app.max_new_tokens:
             raise SessionError(f"The path already has {len(session.path)} new tokens, the --max-new-tokens limit.")
-        while not worker.is_cancelled and not session.finished and len(session.path) < app.max_new_tokens:
+        if app.beam is not None and app.beam.ended:
+            raise SessionError(f"The beam search has ended ({app.beam.ended}). Undo, or start again.")
+        while not worker.is_cancelled and app._can_play_on(session):
             step_start = app.clock()
-            session.step()
+            app._step(session)
             steps += 1
             now = app.clock()
             if now - painted >= PLAY_FRAME_SECONDS:
                 # A few frames a second: painting every token would hold the GIL this thread needs
                 # (on 2 cores, play ran at 0.64x the session's own speed when every token was painted).
-                app.post_message(app.Updated(session.snapshot(), Timing(1000 * (now - step_start), steps / (now - started))))
+                timing = Timing(1000 * (now - step_start), steps / (now - started))
+                app.post_message(app.Updated(session.snapshot(), timing, app._beam_snapshot()))
                 painted = now
         if steps:
             now = app.clock()
-            app.post_message(app.Updated(session.snapshot(), Timing(1000 * (now - step_start), steps / (now - started))))
+            timing = Timing(1000 * (now - step_start), steps / (now - started))
+            app.post_message(app.Updated(session.snapshot(), timing, app._beam_snapshot()))
+
+    def _can_play_on(self, session: Session) -> bool:
+        if self.beam is not None:
+            return not self.beam.ended  # the search stops itself at max_new_tokens
+        return not session.finished and len(session.path) < self.max_new_tokens
 
     def _work_ahead(self, session: Session, app: TokenstepApp) -> None:
         """While the person reads: the next panel for the strategy's choice and the top candidates."""
         distribution, worker = session.distribution, get_current_worker()
-        if distribution is None:
+        if distribution is None or app.beam is not None:
             return
         ranked = [c.token_id for c in distribution.candidates[: app.look_ahead]]
         session.look_ahead([session.strategy_choice(), *ranked], should_stop=lambda: worker.is_cancelled)
 
-    def _force_row(self, row: int) -> Callable[[Session], object]:
+    def _force_row(self, row: int, beam_row: int) -> Callable[[Session], object]:
         def force(session: Session) -> object:
+            if self.beam is not None:
+                return self._force_onto_beam(row, beam_row)
             distribution = session.distribution
             if distribution is None:
                 return session.step()  # the session explains why nothing can be chosen
@@ -341,6 +401,15 @@ class TokenstepApp(App[int]):
             return session.force(distribution.candidates[row].token_id)
 
         return force
+
+    def _force_onto_beam(self, row: int, beam_row: int) -> None:
+        snapshot = self.beam.snapshot()
+        if snapshot.ended:
+            return self.beam.step()  # which explains that the search has ended
+        candidates = snapshot.candidates[beam_row].candidates
+        if row >= len(candidates):
+            raise SessionError(f"There is no row {row + 1}: the panel shows {len(candidates)} candidates.")
+        self.beam.force(beam_row, candidates[row].token_id)
 
     def _export(self, session: Session, app: TokenstepApp) -> None:
         from decoding.trace import trace_record
@@ -362,10 +431,10 @@ class TokenstepApp(App[int]):
         if self.playing:
             self._pause()  # space pauses play, as in a media player
             return
-        self.enqueue(self._timed("step", lambda session: session.step()))
+        self.enqueue(self._timed("step", self._step))
 
     def action_pick(self, row: int) -> None:
-        self._pause_then(self._timed("pick", self._force_row(row)))
+        self._pause_then(self._timed("pick", self._force_row(row, self.highlighted_beam)))
 
     def action_pick_highlighted(self) -> None:
         self.action_pick(self.query_one(CandidatePanel).cursor_row)
@@ -375,7 +444,18 @@ class TokenstepApp(App[int]):
         panel.move_cursor(panel.cursor_row + delta)
 
     def action_undo(self) -> None:
-        self._pause_then(self._timed("undo", lambda session: session.undo()))
+        self._pause_then(self._timed("undo", self._undo))
+
+    def action_highlight_beam(self, delta: int) -> None:
+        if self.beam_view is not None:
+            self.highlighted_beam += delta
+            self.refresh_view()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The beam keys only while beam search runs (hidden from the footer otherwise)."""
+        if action == "highlight_beam":
+            return self.beam_view is not None
+        return True
 
     def action_play(self) -> None:
         if self.playing:
@@ -402,7 +482,7 @@ class TokenstepApp(App[int]):
         def apply(result: Settings | None) -> None:
             if result is not None:
                 self.strategy, self.choices = result.strategy, result.choices
-                self.enqueue(self._timed("settings", lambda session: _apply_settings(session, result)))
+                self.enqueue(self._timed("settings", lambda session: self._apply_settings(session, result)))
 
         self.push_screen(SettingsScreen(settings), apply)
 
@@ -429,14 +509,29 @@ class TokenstepApp(App[int]):
         yield SystemCommand("Set candidates shown (k)", "How many candidates the panel lists", self.action_settings)
         yield SystemCommand("Switch to greedy", "Choose the most likely token", lambda: self._switch("greedy"))
         yield SystemCommand("Switch to sampling", "Draw from the (processed) distribution", lambda: self._switch("sample"))
+        yield SystemCommand("Switch to beam search", "Step all beams at once (settings: s)", lambda: self._switch("beam"))
         yield SystemCommand("Toggle visible whitespace", "Show spaces and newlines as ␣ and ↵", self.action_toggle_whitespace)
         yield SystemCommand("Export path", "Save the current path as a JSON trace", self.action_export)
         yield SystemCommand("Load another model", "A Hub id, folder or .gguf file", self.action_choose_model)
 
+    def _apply_settings(self, session: Session, settings: Settings) -> None:
+        """New settings; beam search (re)starts from the path as it stands. Refused as a whole if
+        the engine cannot run it (the old strategy stays)."""
+        old = session.strategy, session.choices
+        session.set_strategy(settings.strategy)
+        session.set_choices(settings.choices)
+        try:
+            self._restart_beam(session)
+        except TokenstepError:
+            session.set_strategy(old[0])
+            session.set_choices(old[1])
+            raise
+
     def _switch(self, kind: str) -> None:
-        self.strategy = self.strategy.with_changes(kind=kind)
+        current = self.snapshot.strategy if self.snapshot else self.strategy
+        self.strategy = current.with_changes(kind=kind)
         settings = Settings(self.strategy, self.choices)
-        self.enqueue(self._timed("settings", lambda session: _apply_settings(session, settings)))
+        self.enqueue(self._timed("settings", lambda session: self._apply_settings(session, settings)))
 
 
 def _short_model_name(model_id: str) -> str:
@@ -445,6 +540,4 @@ def _short_model_name(model_id: str) -> str:
     return path.name if path.exists() else model_id
 
 
-def _apply_settings(session: Session, settings: Settings) -> None:
-    session.set_strategy(settings.strategy)
-    session.set_choices(settings.choices)
+

@@ -21,8 +21,14 @@ FIELDS = [
     ("seed", "seed", int),
     ("repetition_penalty", "repetition penalty (1 = off)", float),
     ("no_repeat_ngram_size", "no-repeat n-gram size (0 = off)", int),
+    ("num_beams", "beams (beam search)", int),
+    ("length_penalty", "length penalty (beam search)", float),
     ("choices", "candidates shown", int),
 ]
+
+
+EARLY_STOPPING_VALUES = {"false": False, "true": True, "never": "never"}
+EARLY_STOPPING_CHOICES = [(text, text) for text in EARLY_STOPPING_VALUES]
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     yield Label(label)
                     yield Input(str(values[name]), id=name, select_on_focus=False, compact=True)
                     yield Label("", classes="error", id=f"{name}-error")
+                yield Label("early stopping (beam search)")
+                yield Select(EARLY_STOPPING_CHOICES, value=str(values["early_stopping"]).lower(), allow_blank=False, id="early_stopping", compact=True)
+                yield Label("", classes="error", id="early_stopping-error")
             yield Button("Apply", variant="primary", id="apply")
 
     def on_input_submitted(self) -> None:
@@ -65,7 +74,12 @@ class SettingsScreen(ModalScreen[Settings | None]):
     def apply(self) -> None:
         """Dismiss with the new settings, or show beside each field what is wrong and keep the screen open."""
         current = {**self.current.strategy.as_dict(), "choices": self.current.choices}
-        values, problems = {"kind": self.query_one("#kind", Select).value}, {}
+        values = {
+            "kind": self.query_one("#kind", Select).value,
+            "early_stopping": EARLY_STOPPING_VALUES[self.query_one("#early_stopping", Select).value],
+            "suppress_tokens": current["suppress_tokens"],
+        }
+        problems: dict[str, str] = {}
         for name, _, parse in FIELDS:
             try:
                 values[name] = parse(self.query_one(f"#{name}", Input).value.strip())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widgets import Static
 
-from decoding.state import Snapshot
+from decoding.state import BeamSnapshot, Snapshot
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,15 @@ class StatusLine(Static):
         if timing.tokens_per_s is not None:
             parts.append(f"{timing.tokens_per_s:.1f} tok/s")
         self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {snapshot.strategy.describe()}"))
+
+    def show_beam(self, beam: BeamSnapshot, timing: Timing, model: str) -> None:
+        parts = [f"beam step {beam.steps} of at most {beam.max_new_tokens}", f"{len(beam.beams)} live", f"{len(beam.finished)} finished"]
+        if beam.best is not None:
+            parts.append(f"best finished {beam.best.penalised:.3f}")
+        if beam.ended:
+            parts.append("ended")
+        if timing.latency_ms is not None:
+            parts.append(f"{timing.latency_ms:.0f} ms")
+        if timing.tokens_per_s is not None:
+            parts.append(f"{timing.tokens_per_s:.1f} steps/s")
+        self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {beam.strategy.describe()}"))

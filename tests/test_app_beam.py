@@ -1,0 +1,99 @@
+"""The beam view, the compare view and the processor view, driven with Pilot on the tiny model."""
+
+from decoding.beam import BeamSearch
+from decoding.settings import Strategy
+from tests.test_app import SIZE, make_app, panel_ids, settle
+from tui.widgets.beams import BeamPanel
+
+BEAM = Strategy(kind="beam", num_beams=3)
+
+
+def beam_text(app) -> str:
+    panel = app.query_one(BeamPanel)
+    return "\n".join(line.text for line in panel.render_lines(panel.region.reset_offset))
+
+
+def fresh_search(app, steps: int) -> BeamSearch:
+    """The same search run directly on the core, for comparison with what the app shows."""
+    session = app.session
+    search = BeamSearch(session.engine, BEAM, session.prompt_ids, max_new_tokens=app.max_new_tokens, choices=session.choices)
+    for _ in range(steps):
+        search.step()
+    return search
+
+
+async def test_the_beam_view_steps_all_beams_and_undoes_a_whole_step(tiny_model_dir):
+    app = make_app(tiny_model_dir, strategy=BEAM)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.query_one(BeamPanel).display and not app.query_one("#text").display
+        await pilot.press("space", "space")
+        await settle(pilot)
+        expected = fresh_search(app, 2).snapshot()
+        assert app.beam_view.beams == expected.beams and len(expected.beams) == 3
+        shown = beam_text(app)
+        assert all(f"{beam.score:9.3f}" in shown for beam in expected.beams)
+        assert "beam step 2" in str(app.query_one("#status").content)
+        await pilot.press("backspace")
+        await settle(pilot)
+        assert app.beam_view == fresh_search(app, 1).snapshot()
+
+
+async def test_j_highlights_a_beam_and_a_digit_forces_its_candidate_onto_it(tiny_model_dir):
+    app = make_app(tiny_model_dir, strategy=BEAM)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        await pilot.press("j", "j")
+        await pilot.pause()
+        assert app.highlighted_beam == 2
+        third = app.beam_view.beams[2]
+        assert panel_ids(app) == [c.token_id for c in app.beam_view.candidates[2].candidates]
+        ninth = panel_ids(app)[8]
+        await pilot.press("9")
+        await settle(pilot)
+        forced = [beam for beam in app.beam_view.beams if beam.token_ids == third.token_ids + (ninth,)]
+        assert len(forced) == 1 and forced[0].forced == 1
+        await pilot.press("k", "k", "k")
+        assert app.highlighted_beam == 0
+
+
+async def test_play_runs_the_search_to_its_end_and_switching_back_keeps_the_path(tiny_model_dir):
+    app = make_app(tiny_model_dir, max_new_tokens=6)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        path = app.snapshot.path
+        app._switch("beam")
+        await settle(pilot)
+        assert app.beam_view is not None and app.beam_view.prefix == app.session.text
+        await pilot.press("p")
+        await settle(pilot)
+        assert app.beam_view.ended and app.beam_view.best is not None
+        assert "finished hypotheses" in beam_text(app) and "ended:" in beam_text(app)
+        await pilot.press("space")
+        await settle(pilot)
+        assert app.beam_view.ended  # refused with a notice, nothing changed
+        app._switch("greedy")
+        await settle(pilot)
+        assert app.beam_view is None and app.snapshot.path == path and app.query_one("#text").display
+
+
+async def test_beam_settings_come_from_the_settings_screen(tiny_model_dir):
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("s")
+        await pilot.pause()
+        app.screen.query_one("#kind").value = "beam"
+        app.screen.query_one("#num_beams").value = "2"
+        app.screen.query_one("#length_penalty").value = "0.5"
+        app.screen.query_one("#early_stopping").value = "never"
+        await pilot.click("#apply")
+        await settle(pilot)
+        assert app.snapshot.strategy == Strategy(kind="beam", num_beams=2, length_penalty=0.5, early_stopping="never")
+        await pilot.press("space")
+        await settle(pilot)
+        assert len(app.beam_view.beams) == 2
