@@ -57,9 +57,10 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     yield Label(label)
                     yield Input(str(values[name]), id=name, select_on_focus=False, compact=True)
                     yield Label("", classes="error", id=f"{name}-error")
-                yield Label("early stopping (beam search)")
-                yield Select(EARLY_STOPPING_CHOICES, value=str(values["early_stopping"]).lower(), allow_blank=False, id="early_stopping", compact=True)
-                yield Label("", classes="error", id="early_stopping-error")
+                    if name == "length_penalty":
+                        yield Label("early stopping (beam search)")
+                        yield Select(EARLY_STOPPING_CHOICES, value=str(values["early_stopping"]).lower(), allow_blank=False, id="early_stopping", compact=True)
+                        yield Label("", classes="error", id="early_stopping-error")
             yield Button("Apply", variant="primary", id="apply")
 
     def on_input_submitted(self) -> None:
