@@ -97,3 +97,67 @@ async def test_beam_settings_come_from_the_settings_screen(tiny_model_dir):
         await pilot.press("space")
         await settle(pilot)
         assert len(app.beam_view.beams) == 2
+
+
+async def wait_for(pilot, condition, rounds=600):
+    for _ in range(rounds):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("never happened")
+
+
+async def test_c_compares_the_chapters_strategies_from_the_current_text(tiny_model_dir):
+    from decoding.compare import compare
+    from decoding.settings import CHAPTER_STRATEGIES, parse_strategies
+    from tui.compare_screen import CompareScreen
+
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("space", "2")
+        await settle(pilot)
+        path, next_panel = app.snapshot.path, app.snapshot.distribution
+        await pilot.press("c")
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        await wait_for(pilot, lambda: screen.record is not None)
+        results = screen.record["results"]
+        expected = compare(app.session.engine.fork(), app.session.ids, parse_strategies(CHAPTER_STRATEGIES), 32)
+        assert [r["generated_ids"] for r in results] == [list(e.token_ids) for e in expected]
+        shown = "\n".join(line.text for line in screen.query_one("#compare-table").render_lines(screen.query_one("#compare-table").region.reset_offset))
+        assert "beam B=5 no-repeat-2gram" in shown and "sample top-k=50 top-p=0.9" in shown
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen is not screen
+        assert app.snapshot.path == path and app.snapshot.distribution == next_panel  # the path's own cache untouched
+
+
+async def test_escape_cancels_a_comparison_and_the_explorer_goes_on(tiny_model_dir, monkeypatch):
+    import time
+
+    import decoding.compare
+    from tui.compare_screen import CompareScreen
+
+    started = []
+    real_path = decoding.compare._path
+
+    def slow_path(*args):  # the tiny model is fast: make each strategy take a while
+        started.append(True)
+        time.sleep(0.3)
+        return real_path(*args)
+
+    monkeypatch.setattr(decoding.compare, "_path", slow_path)
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        screen = app.screen
+        await wait_for(pilot, lambda: started)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert not isinstance(app.screen, CompareScreen) and screen.record is None
+        assert len(started) < 8  # stopped before the end
+        await pilot.press("space")
+        await settle(pilot)
+        assert len(app.snapshot.path) == 1

@@ -28,6 +28,7 @@ from decoding.errors import SessionError, TokenstepError
 from decoding.loading import EMBEDDED_NAME, LoadOptions
 from decoding.settings import Strategy
 from decoding.state import BeamSnapshot, Snapshot
+from tui.compare_screen import CompareScreen
 from tui.model_screen import ModelScreen
 from tui.settings_screen import Settings, SettingsScreen
 from tui.widgets.beams import BeamPanel
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # torch loads in the worker, after the first paint
 
 Clock = Callable[[], float]
 PLAY_FRAME_SECONDS = 0.25  # 4 frames a second while playing
+COMPARE_NEW_TOKENS = 32  # what each strategy writes in the compare view
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class TokenstepApp(App[int]):
         Binding("backspace,left", "undo", "Undo", id="undo", tooltip="Take back the last token"),
         Binding("p", "play", "Play/pause", id="play"),
         Binding("s", "settings", "Settings", id="settings"),
+        Binding("c", "compare", "Compare", id="compare", tooltip="The chapter's strategies side by side from here"),
         Binding("e", "export", "Export", id="export", tooltip="Save the path as a JSON trace"),
         Binding("v", "toggle_whitespace", "Whitespace", show=False, id="whitespace"),
         Binding("m", "choose_model", "Model", show=False, id="model"),
@@ -469,6 +472,34 @@ class TokenstepApp(App[int]):
         self._pause()
         self.set_focus(None)
 
+    def action_compare(self) -> None:
+        screen = CompareScreen(COMPARE_NEW_TOKENS)
+        command = Command("compare", lambda session, app: app._compare(session, screen))
+
+        def closed(_: None) -> None:
+            if command in self.queue:
+                self.queue.remove(command)
+            elif self.running is command:
+                self._pause()  # the comparison stops between two steps
+
+        self.push_screen(screen, closed)
+        self._pause_then(command)
+
+    def _compare(self, session: Session, screen: CompareScreen) -> None:
+        from decoding.compare import Cancelled, compare, comparison_record
+        from decoding.settings import CHAPTER_STRATEGIES, parse_strategies
+
+        if not session.engine.can_fork:
+            raise SessionError(f"The compare view needs the transformers engine (the {session.engine.name} engine has one cache).")
+        worker = get_current_worker()
+        strategies = parse_strategies(CHAPTER_STRATEGIES, seed=session.strategy.seed)
+        progress = lambda done, total: screen.post_message(CompareScreen.Progress(done, total))  # noqa: E731
+        try:
+            results = compare(session.engine.fork(), session.ids, strategies, COMPARE_NEW_TOKENS, lambda: worker.is_cancelled, progress)
+        except Cancelled:
+            return
+        screen.post_message(CompareScreen.Done(comparison_record(session.text, COMPARE_NEW_TOKENS, results)))
+
     def action_export(self) -> None:
         self.enqueue(Command("export", self._export))
 
@@ -512,6 +543,7 @@ class TokenstepApp(App[int]):
         yield SystemCommand("Switch to beam search", "Step all beams at once (settings: s)", lambda: self._switch("beam"))
         yield SystemCommand("Toggle visible whitespace", "Show spaces and newlines as ␣ and ↵", self.action_toggle_whitespace)
         yield SystemCommand("Export path", "Save the current path as a JSON trace", self.action_export)
+        yield SystemCommand("Compare strategies", "Greedy, beam, sampling, top-k, top-p side by side from here", self.action_compare)
         yield SystemCommand("Load another model", "A Hub id, folder or .gguf file", self.action_choose_model)
 
     def _apply_settings(self, session: Session, settings: Settings) -> None:

@@ -1,0 +1,84 @@
+"""The compare view (key `c`): the chapter's strategies, each for the same N tokens from the current text.
+
+The comparison runs in the model's worker; this screen shows its progress, then the table. Escape
+cancels a comparison still running (between two steps) and closes the view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Label, ProgressBar, Static
+
+from decoding.tokens import one_line
+
+
+def comparison_table(record: dict[str, Any]) -> Table:
+    table = Table(expand=True, show_edge=False)
+    table.add_column("strategy", no_wrap=True)
+    table.add_column("logprob", justify="right")
+    table.add_column("mean", justify="right")
+    table.add_column(f"repeated {record['ngram']}-grams", justify="right")
+    table.add_column("continuation", ratio=1)
+    best = max(r["sequence_logprob"] for r in record["results"])
+    for r in record["results"]:
+        style = "bold green" if r["sequence_logprob"] == best else ""
+        table.add_row(
+            Text(r["strategy"], style=style),
+            Text(f"{r['sequence_logprob']:.2f}", style=style),
+            Text(f"{r['mean_logprob']:.3f}"),
+            Text(str(r["repeated_ngrams"])),
+            Text(one_line(r["generated_text"])),  # Text, never markup: the model's words are shown as written
+        )
+    return table
+
+
+class CompareScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape", "close", "Cancel / close", id="compare.close")]
+
+    class Progress(Message):
+        def __init__(self, done: int, total: int) -> None:
+            super().__init__()
+            self.done, self.total = done, total
+
+    class Done(Message):
+        def __init__(self, record: dict[str, Any]) -> None:
+            super().__init__()
+            self.record = record
+
+    def __init__(self, new_tokens: int) -> None:
+        super().__init__()
+        self.new_tokens = new_tokens
+        self.record: dict[str, Any] | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="compare-dialog"):
+            yield Label(f"Strategies side by side: each writes {self.new_tokens} tokens from the current text (same seed)", id="compare-title")
+            yield Label("waiting for the model…", id="compare-progress")
+            yield ProgressBar(show_eta=False, id="compare-bar")
+            yield Static(id="compare-table")
+            yield Label("escape cancels", id="compare-hint", classes="dim")
+
+    def on_compare_screen_progress(self, message: Progress) -> None:
+        self.query_one(ProgressBar).update(total=message.total, progress=message.done)
+        self.query_one("#compare-progress", Label).update(f"compared {message.done} of {message.total} strategies…")
+
+    def on_compare_screen_done(self, message: Done) -> None:
+        self.record = message.record
+        self.query_one("#compare-progress", Label).update(
+            f"log-probabilities under the raw model, over {message.record['new_tokens']} tokens; the highest in green"
+        )
+        self.query_one(ProgressBar).display = False
+        self.query_one("#compare-table", Static).update(comparison_table(message.record))
+        self.query_one("#compare-hint", Label).update("escape closes")
+
+    def action_close(self) -> None:
+        """Close; a comparison still running is cancelled by the app (the callback of this screen)."""
+        self.dismiss(None)
