@@ -27,12 +27,13 @@ from textual.worker import get_current_worker
 from decoding.errors import SessionError, TokenstepError
 from decoding.loading import EMBEDDED_NAME, LoadOptions
 from decoding.settings import Strategy
-from decoding.state import BeamSnapshot, Snapshot
+from decoding.state import BeamSnapshot, ProcessorReport, Snapshot
 from tui.compare_screen import CompareScreen
 from tui.model_screen import ModelScreen
 from tui.settings_screen import Settings, SettingsScreen
 from tui.widgets.beams import BeamPanel
 from tui.widgets.candidates import CandidatePanel
+from tui.widgets.processors import ProcessorPanel
 from tui.widgets.spinner import Spinner
 from tui.widgets.status import StatusLine, Timing
 from tui.widgets.text_view import TextView
@@ -74,6 +75,7 @@ class TokenstepApp(App[int]):
         Binding("c", "compare", "Compare", id="compare", tooltip="The chapter's strategies side by side from here"),
         Binding("e", "export", "Export", id="export", tooltip="Save the path as a JSON trace"),
         Binding("v", "toggle_whitespace", "Whitespace", show=False, id="whitespace"),
+        Binding("w", "toggle_processors", "Processors", show=False, id="processors", tooltip="What each processor did"),
         Binding("m", "choose_model", "Model", show=False, id="model"),
         Binding("escape", "stop", "Stop", id="stop", tooltip="Stop playing and drop queued steps"),
         Binding("q", "quit", "Quit", id="quit"),
@@ -90,9 +92,9 @@ class TokenstepApp(App[int]):
             self.text = text
 
     class Loaded(Message):
-        def __init__(self, session: Session, snapshot: Snapshot, timing: Timing, beam: BeamSnapshot | None) -> None:
+        def __init__(self, session: Session, state: TokenstepApp.Updated) -> None:
             super().__init__()
-            self.session, self.snapshot, self.timing, self.beam = session, snapshot, timing, beam
+            self.session, self.state = session, state
 
     class LoadFailed(Message):
         def __init__(self, text: str) -> None:
@@ -103,9 +105,15 @@ class TokenstepApp(App[int]):
         """The session changed; only the newest of a burst needs painting. `beam` is the beam search's
         state while the strategy is beam search, else None."""
 
-        def __init__(self, snapshot: Snapshot, timing: Timing | None = None, beam: BeamSnapshot | None = None) -> None:
+        def __init__(
+            self,
+            snapshot: Snapshot,
+            timing: Timing | None = None,
+            beam: BeamSnapshot | None = None,
+            report: ProcessorReport | None = None,
+        ) -> None:
             super().__init__()
-            self.snapshot, self.timing, self.beam = snapshot, timing, beam
+            self.snapshot, self.timing, self.beam, self.report = snapshot, timing, beam, report
 
         def can_replace(self, message: Message) -> bool:
             # Textual asks the older message whether the newer pending one may stand in for it;
@@ -145,6 +153,8 @@ class TokenstepApp(App[int]):
         self.snapshot: Snapshot | None = None
         self.beam_view: BeamSnapshot | None = None
         self.highlighted_beam = 0
+        self.show_processors = False  # the processor view (w); read by the worker to add its report
+        self.report: ProcessorReport | None = None
         self.timing = Timing()
         self.queue: deque[Command] = deque()
         self.running: Command | None = None
@@ -159,13 +169,16 @@ class TokenstepApp(App[int]):
         with Horizontal(id="main"):
             yield TextView(id="text")
             yield BeamPanel(id="beams")
-            yield CandidatePanel(id="candidates")
+            with Vertical(id="side"):
+                yield CandidatePanel(id="candidates")
+                yield ProcessorPanel(id="processors")
         yield StatusLine(Text("loading…"), id="status")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#main").display = False
         self.query_one(BeamPanel).display = False
+        self.query_one(ProcessorPanel).display = False
 
     def on_ready(self) -> None:
         # Sent after the first frame is painted: importing torch holds the GIL for a second or more,
@@ -203,7 +216,7 @@ class TokenstepApp(App[int]):
         except TokenstepError as error:  # a prompt the model cannot take: the app still opens
             self.post_message(self.CommandFailed(str(error)))
         timing = Timing(latency_ms=1000 * (self.clock() - start))
-        self.post_message(self.Loaded(session, session.snapshot(), timing, self._beam_snapshot()))
+        self.post_message(self.Loaded(session, self._updated(session, timing)))
 
     def on_tokenstep_app_load_progress(self, message: LoadProgress) -> None:
         self.query_one("#loading-text", Label).update(Text(message.text + "…"))
@@ -215,7 +228,7 @@ class TokenstepApp(App[int]):
         self.query_one(Spinner).stop()
         self.query_one("#loading").display = False
         self.query_one("#main").display = True
-        self.on_tokenstep_app_updated(self.Updated(message.snapshot, message.timing, message.beam))
+        self.on_tokenstep_app_updated(message.state)
         self._next_command(after_work_ahead=False)
 
     def on_tokenstep_app_load_failed(self, message: LoadFailed) -> None:
@@ -269,7 +282,7 @@ class TokenstepApp(App[int]):
                 self.post_message(self.CommandFailed(f"{command.name} failed: {type(error).__name__}: {error}"))
         finally:
             if not command.work_ahead:
-                self.post_message(self.Updated(self.session.snapshot(), beam=self._beam_snapshot()))
+                self.post_message(self._updated(self.session))
             self.post_message(self.CommandDone())
 
     def on_tokenstep_app_command_done(self) -> None:
@@ -289,7 +302,7 @@ class TokenstepApp(App[int]):
     def on_tokenstep_app_updated(self, message: Updated) -> None:
         if (message.beam is None) != (self.beam_view is None):
             self.refresh_bindings()  # the beam keys come and go with beam search
-        self.snapshot, self.beam_view = message.snapshot, message.beam
+        self.snapshot, self.beam_view, self.report = message.snapshot, message.beam, message.report
         if message.timing is not None:
             self.timing = message.timing
         self.refresh_view()
@@ -298,6 +311,10 @@ class TokenstepApp(App[int]):
         if self.snapshot is None:
             return
         beam = self.beam_view
+        processors = self.query_one(ProcessorPanel)
+        processors.display = self.show_processors
+        if self.show_processors:
+            processors.show(self.report, self.snapshot.distribution, beam is not None)
         self.query_one(TextView).display = beam is None
         self.query_one(BeamPanel).display = beam is not None
         if beam is None:
@@ -325,7 +342,7 @@ class TokenstepApp(App[int]):
             start = app.clock()
             change(session)
             timing = Timing(latency_ms=1000 * (app.clock() - start))
-            app.post_message(app.Updated(session.snapshot(), timing, app._beam_snapshot()))
+            app.post_message(app._updated(session, timing))
 
         return Command(name, run)
 
@@ -348,8 +365,11 @@ class TokenstepApp(App[int]):
             room = self.max_new_tokens
             self.beam = BeamSearch(session.engine, strategy, session.ids, max_new_tokens=room, choices=session.choices)
 
-    def _beam_snapshot(self) -> BeamSnapshot | None:
-        return self.beam.snapshot() if self.beam is not None else None
+    def _updated(self, session: Session, timing: Timing | None = None) -> Updated:
+        """The news for the screen after model work: the path, and the beam search or processor report if shown."""
+        beam = self.beam.snapshot() if self.beam is not None else None
+        report = session.processor_report() if self.show_processors and beam is None else None
+        return self.Updated(session.snapshot(), timing, beam, report)
 
     def _step(self, session: Session) -> object:
         return self.beam.step() if self.beam is not None else session.step()
@@ -372,12 +392,12 @@ class TokenstepApp(App[int]):
                 # A few frames a second: painting every token would hold the GIL this thread needs
                 # (on 2 cores, play ran at 0.64x the session's own speed when every token was painted).
                 timing = Timing(1000 * (now - step_start), steps / (now - started))
-                app.post_message(app.Updated(session.snapshot(), timing, app._beam_snapshot()))
+                app.post_message(app._updated(session, timing))
                 painted = now
         if steps:
             now = app.clock()
             timing = Timing(1000 * (now - step_start), steps / (now - started))
-            app.post_message(app.Updated(session.snapshot(), timing, app._beam_snapshot()))
+            app.post_message(app._updated(session, timing))
 
     def _can_play_on(self, session: Session) -> bool:
         if self.beam is not None:
@@ -503,6 +523,13 @@ class TokenstepApp(App[int]):
     def action_export(self) -> None:
         self.enqueue(Command("export", self._export))
 
+    def action_toggle_processors(self) -> None:
+        """Show or hide what each processor did; the report is computed by the worker."""
+        self.show_processors = not self.show_processors
+        if self.show_processors:
+            self.enqueue(Command("explain", lambda session, app: None))  # its Updated carries the report
+        self.refresh_view()
+
     def action_toggle_whitespace(self) -> None:
         self.visible_whitespace = not self.visible_whitespace
 
@@ -542,6 +569,7 @@ class TokenstepApp(App[int]):
         yield SystemCommand("Switch to sampling", "Draw from the (processed) distribution", lambda: self._switch("sample"))
         yield SystemCommand("Switch to beam search", "Step all beams at once (settings: s)", lambda: self._switch("beam"))
         yield SystemCommand("Toggle visible whitespace", "Show spaces and newlines as ␣ and ↵", self.action_toggle_whitespace)
+        yield SystemCommand("Toggle processor view", "What temperature, top-k, top-p, penalties did to the candidates", self.action_toggle_processors)
         yield SystemCommand("Export path", "Save the current path as a JSON trace", self.action_export)
         yield SystemCommand("Compare strategies", "Greedy, beam, sampling, top-k, top-p side by side from here", self.action_compare)
         yield SystemCommand("Load another model", "A Hub id, folder or .gguf file", self.action_choose_model)

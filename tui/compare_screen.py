@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Label, ProgressBar, Static
@@ -59,7 +59,7 @@ class CompareScreen(ModalScreen[None]):
         self.record: dict[str, Any] | None = None
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="compare-dialog"):
+        with VerticalScroll(id="compare-dialog"):
             yield Label(f"Strategies side by side: each writes {self.new_tokens} tokens from the current text (same seed)", id="compare-title")
             yield Label("waiting for the model…", id="compare-progress")
             yield ProgressBar(show_eta=False, id="compare-bar")

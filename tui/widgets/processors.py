@@ -1,0 +1,64 @@
+"""The processor view (key `w`): what each of the strategy's processors did to this step's candidates.
+
+Rows are the panel's candidates; columns are the model's probability, then the probability after each
+processor in generate()'s order. A candidate a processor ruled out shows which one (✗ top_k); one whose
+score it changed otherwise (a repetition penalty) is marked ↓ or ↑.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from decoding.state import Distribution, ProcessorReport
+
+SHORT_NAMES = {
+    "repetition_penalty": "rep.pen.",
+    "no_repeat_ngram_size": "n-gram",
+    "suppress_tokens": "suppress",
+    "temperature": "temp.",
+    "top_k": "top-k",
+    "top_p": "top-p",
+}
+COLUMN = 10
+
+
+def _cell(text: str, style: str = "") -> Text:
+    return Text(text.rjust(COLUMN), style=style)
+
+
+def processor_table(report: ProcessorReport, distribution: Distribution) -> Text:
+    labels = {c.token_id: c.label for c in distribution.candidates}
+    header = Text(f"{'token':<14}" + "model".rjust(COLUMN), style="bold")
+    for effect in report.effects:
+        header.append(SHORT_NAMES.get(effect.name, effect.name)[:COLUMN].rjust(COLUMN))
+    lines = [header]
+    for row, token_id in enumerate(report.token_ids):
+        line = Text(f"{labels.get(token_id, str(token_id))[:13]:<14}")
+        line.append_text(_cell(f"{100 * report.effects[0].before[row]:.2f}%" if report.effects else ""))
+        removed_by = None
+        for effect in report.effects:
+            if removed_by:
+                line.append_text(_cell(""))
+            elif token_id in effect.removed:
+                removed_by = effect.name
+                line.append_text(_cell(f"✗ {SHORT_NAMES.get(effect.name, effect.name)}", "red"))
+            else:
+                mark = ""
+                if token_id in effect.changed:
+                    mark = "↓" if effect.after[row] < effect.before[row] else "↑"
+                line.append_text(_cell(f"{mark}{100 * effect.after[row]:.2f}%", "magenta" if mark else ""))
+        lines.append(line)
+    footer = Text("ruled out in the whole vocabulary: ", style="dim")
+    footer.append(", ".join(f"{SHORT_NAMES.get(e.name, e.name)} {e.removed_in_all}" for e in report.effects), style="dim")
+    return Text("\n").join([*lines, footer])
+
+
+class ProcessorPanel(Static):
+    def show(self, report: ProcessorReport | None, distribution: Distribution | None, beam_search: bool) -> None:
+        if beam_search:
+            self.update(Text("The processor view follows a single path; beam search applies its processors to each beam.", style="dim"))
+        elif report is None or distribution is None:
+            self.update(Text("No processors: the strategy takes the model's distribution as it is.", style="dim"))
+        else:
+            self.update(processor_table(report, distribution))
