@@ -47,3 +47,27 @@ def test_settings_screen(snap_compare, tiny_model_dir):
 def test_failed_load_screen(snap_compare):
     app = TokenstepApp(LoadOptions(model="./no/such/model", device="cpu"))
     assert snap_compare(app, terminal_size=SIZE, run_before=still)
+
+
+def test_beam_view_with_a_forced_token(snap_compare, tiny_model_dir):
+    from decoding.settings import Strategy
+
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("space", "space", "j", "4")
+        await still(pilot)
+
+    app = make_app(tiny_model_dir, strategy=Strategy(kind="beam", num_beams=3), max_new_tokens=6)
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_processor_view_under_a_reshaping_strategy(snap_compare, tiny_model_dir):
+    from decoding.settings import Strategy
+
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("space", "w")
+        await still(pilot)
+
+    strategy = Strategy(kind="sample", temperature=0.7, top_k=5, top_p=0.8, repetition_penalty=1.3)
+    assert snap_compare(make_app(tiny_model_dir, strategy=strategy), terminal_size=SIZE, run_before=run_before)
