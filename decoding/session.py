@@ -17,6 +17,7 @@ from decoding.processors import build_processors, explain
 from decoding.settings import Strategy
 from decoding.state import Candidate, Distribution, PathToken, ProcessorReport, Snapshot
 from decoding.tokens import RunningText, bytes_to_text
+from decoding.tree import Tree
 
 DEFAULT_CHOICES = 10
 
@@ -41,6 +42,7 @@ class Session:
         self._current_scores: torch.Tensor | None = None  # _logits[-1] after the processors, once computed
         self._token_texts: dict[int, str] = {}  # a panel's ten texts each step would otherwise be decoded anew
         self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
+        self.tree = Tree()  # every path walked from every prompt; the current path is tree.current's
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -146,6 +148,10 @@ class Session:
         """Start again from `prompt` (or from `prompt_ids`, of which `prompt` is then the text: a path
         re-encoded as text could tokenize differently). An invalid prompt is refused; the path is kept."""
         prompt_ids = self._checked_prompt(prompt) if prompt_ids is None else self._checked_ids(list(prompt_ids))
+        self._start(prompt, prompt_ids)
+        self.tree.add_root(prompt, prompt_ids)
+
+    def _start(self, prompt: str, prompt_ids: list[int]) -> None:
         old_ids = self.ids
         self.engine.crop(0)
         try:
@@ -234,7 +240,34 @@ class Session:
             self._logits.pop()
             self.engine.crop(len(self.ids))
         self._moved()
+        self.tree.up()
         return token
+
+    def jump(self, node_id: int) -> None:
+        """Go to any node of the tree: the shared start of the two paths stays cached, the rest is run
+        again one token at a time, as it was first run, so every distribution is exactly as it was."""
+        target = self.tree.path(node_id)
+        root, nodes = target[0], target[1:]
+        if list(root.prompt_ids) != self.prompt_ids:
+            self._start(root.prompt, list(root.prompt_ids))
+            self.tree.current = root.id
+        shared = 0
+        while shared < min(len(nodes), len(self._path)) and nodes[shared].token.token_id == self._path[shared].token_id:
+            shared += 1
+        while len(self._path) > shared:
+            self.undo()
+        for node in nodes[shared:]:
+            self._check_can_choose()
+            self._append(node.token.token_id, node.token.forced, self._scores() if self._processors else None, self._rng.get_state())
+            if node.rng is not None:
+                self._rng.set_state(torch.frombuffer(bytearray(node.rng), dtype=torch.uint8))
+
+    def adopt(self, tree: Tree) -> None:
+        """Take over a saved tree (same model) and go to its current node."""
+        if tree.current is None:
+            raise SessionError("The saved session holds no prompt yet.")
+        self.tree = tree
+        self.jump(tree.current)
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -311,6 +344,9 @@ class Session:
         self._rng_states.append(rng_state)
         self.finished = ending
         self._moved()
+        sampled = self._strategy.do_sample and not forced  # only a draw moves the sampler on
+        made_by = "forced" if forced else self._strategy.describe()
+        self.tree.advance(token, panel, made_by, _state_bytes(self._rng) if sampled else None)
         return token
 
     def _moved(self) -> None:
@@ -360,3 +396,7 @@ def _checked_choices(choices: int, vocab_size: int) -> int:
         raise SettingsError(f"the number of candidates shown must be a whole number from 1 to {vocab_size} (got {choices!r}).")
     return choices
 
+
+
+def _state_bytes(generator: torch.Generator) -> bytes:
+    return generator.get_state().numpy().tobytes()

@@ -1,0 +1,123 @@
+"""Every path a person walks, kept: each prompt is a root, each chosen token a node with its step data.
+
+Undo moves up without deleting; choosing a different token from a node opens a sibling branch; choosing
+one already tried moves into that branch again. Pure Python (no torch), so it can be saved as JSON and
+shown by a view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from decoding.state import Distribution, PathToken
+from decoding.tokens import one_line
+
+
+@dataclass
+class Node:
+    id: int
+    parent: int | None  # None for a root
+    token: PathToken | None = None  # None for a root
+    panel: Distribution | None = None  # the candidates on offer when the token was chosen
+    made_by: str = "prompt"  # "forced", or the strategy that chose it ("greedy", "sample T=0.7 seed=0")
+    rng: bytes | None = None  # the sampler's state once this token was chosen; None: unchanged from the parent
+    children: list[int] = field(default_factory=list)
+    prompt: str = ""  # roots only
+    prompt_ids: tuple[int, ...] = ()  # roots only
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A row of the tree view: a run of nodes without a fork, from just after a fork (or a root)."""
+
+    node_ids: tuple[int, ...]
+    level: int  # how many forks above it
+    text: str  # its tokens' text on one line (a root's: its prompt)
+    logprob: float  # the sequence log-probability at its last node
+    made_by: str  # how its first token was made
+    on_path: bool  # the current node is in it, or below it
+    current: bool  # the current node is its last node
+
+    @property
+    def end(self) -> int:
+        return self.node_ids[-1]
+
+
+class Tree:
+    def __init__(self) -> None:
+        self.nodes: dict[int, Node] = {}
+        self.roots: list[int] = []
+        self.current: int | None = None
+
+    def add_root(self, prompt: str, prompt_ids: list[int]) -> Node:
+        """Start at this prompt: its existing root if it was used before, else a new one."""
+        for root_id in self.roots:
+            if self.nodes[root_id].prompt_ids == tuple(prompt_ids):
+                self.current = root_id
+                return self.nodes[root_id]
+        root = self._new(None, prompt=prompt, prompt_ids=tuple(prompt_ids))
+        self.roots.append(root.id)
+        return root
+
+    def advance(self, token: PathToken, panel: Distribution | None, made_by: str, rng: bytes | None) -> Node:
+        """The current node's child for `token`: the branch already there, or a new sibling branch."""
+        for child_id in self.nodes[self.current].children:
+            if self.nodes[child_id].token.token_id == token.token_id:
+                self.current = child_id
+                return self.nodes[child_id]
+        return self._new(self.current, token=token, panel=panel, made_by=made_by, rng=rng)
+
+    def up(self) -> None:
+        self.current = self.nodes[self.current].parent
+
+    def path(self, node_id: int) -> list[Node]:
+        """Root first, `node_id` last."""
+        nodes = []
+        while node_id is not None:
+            nodes.append(self.nodes[node_id])
+            node_id = nodes[-1].parent
+        return nodes[::-1]
+
+    def siblings(self, node_id: int) -> list[int]:
+        """The node and its siblings in the order they were made (for a root: all roots)."""
+        parent = self.nodes[node_id].parent
+        return list(self.roots) if parent is None else list(self.nodes[parent].children)
+
+    def sibling(self, node_id: int, delta: int) -> int:
+        """The sibling `delta` places away (wrapping around), or the node itself if it has none."""
+        siblings = self.siblings(node_id)
+        return siblings[(siblings.index(node_id) + delta) % len(siblings)]
+
+    def branches(self) -> list[Branch]:
+        """Rows for a view, depth first: each root, then its runs of nodes, forks indented."""
+        on_path = {node.id for node in self.path(self.current)} if self.current is not None else set()
+        rows: list[Branch] = []
+        for root_id in self.roots:
+            root = self.nodes[root_id]
+            rows.append(Branch((root_id,), 0, one_line(root.prompt), 0.0, "prompt", root_id in on_path, root_id == self.current))
+            for child in root.children:
+                self._walk(child, 1, on_path, rows)
+        return rows
+
+    def _walk(self, start: int, level: int, on_path: set[int], rows: list[Branch]) -> None:
+        run = [start]
+        while len(self.nodes[run[-1]].children) == 1:
+            run.append(self.nodes[run[-1]].children[0])
+        text = "".join(self.nodes[node_id].token.text for node_id in run)
+        logprob = sum(node.token.logprob for node in self.path(run[-1]) if node.token is not None)
+        rows.append(
+            Branch(
+                tuple(run), level, one_line(text), logprob, self.nodes[start].made_by,
+                any(node_id in on_path for node_id in run), self.current == run[-1],
+            )
+        )
+        for child in self.nodes[run[-1]].children:
+            self._walk(child, level + 1, on_path, rows)
+
+    def _new(self, parent: int | None, **fields) -> Node:
+        node = Node(id=len(self.nodes), parent=parent, **fields)
+        self.nodes[node.id] = node
+        if parent is not None:
+            self.nodes[parent].children.append(node.id)
+        self.current = node.id
+        return node
