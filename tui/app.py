@@ -6,7 +6,6 @@ and in the order asked, in a thread worker that posts messages; no widget is tou
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -37,10 +36,13 @@ from tui.widgets.processors import ProcessorPanel
 from tui.widgets.spinner import Spinner
 from tui.widgets.status import StatusLine, Timing
 from tui.widgets.text_view import TextView
+from tui.widgets.tree_view import TreePanel
 
 if TYPE_CHECKING:  # torch loads in the worker, after the first paint
     from decoding.beam import BeamSearch
     from decoding.session import Session
+    from decoding.session_file import SavedSession, SessionWriter
+    from decoding.tree import Branch
 
 Clock = Callable[[], float]
 PLAY_FRAME_SECONDS = 0.25  # 4 frames a second while playing
@@ -73,7 +75,11 @@ class TokenstepApp(App[int]):
         Binding("p", "play", "Play/pause", id="play"),
         Binding("s", "settings", "Settings", id="settings"),
         Binding("c", "compare", "Compare", id="compare", tooltip="The chapter's strategies side by side from here"),
-        Binding("e", "export", "Export", id="export", tooltip="Save the path as a JSON trace"),
+        Binding("t", "toggle_tree", "Tree", id="tree", tooltip="Every branch walked; enter jumps"),
+        Binding("left_square_bracket", "sibling(-1)", show=False, id="sibling.previous"),
+        Binding("right_square_bracket", "sibling(1)", show=False, id="sibling.next"),
+        Binding("e", "export", "Export", id="export", tooltip="Save the path as JSON, CSV and Markdown traces"),
+        Binding("E", "export_tree", show=False, id="export.tree", tooltip="Save the whole tree as JSON"),
         Binding("v", "toggle_whitespace", "Whitespace", show=False, id="whitespace"),
         Binding("w", "toggle_processors", "Processors", show=False, id="processors", tooltip="What each processor did"),
         Binding("m", "choose_model", "Model", show=False, id="model"),
@@ -111,9 +117,10 @@ class TokenstepApp(App[int]):
             timing: Timing | None = None,
             beam: BeamSnapshot | None = None,
             report: ProcessorReport | None = None,
+            tree: tuple[Branch, ...] | None = None,
         ) -> None:
             super().__init__()
-            self.snapshot, self.timing, self.beam, self.report = snapshot, timing, beam, report
+            self.snapshot, self.timing, self.beam, self.report, self.tree = snapshot, timing, beam, report, tree
 
         def can_replace(self, message: Message) -> bool:
             # Textual asks the older message whether the newer pending one may stand in for it;
@@ -128,6 +135,11 @@ class TokenstepApp(App[int]):
     class CommandDone(Message):
         pass
 
+    class Notice(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
     # --- set-up -----------------------------------------------------------------------------------
 
     def __init__(
@@ -141,6 +153,8 @@ class TokenstepApp(App[int]):
         look_ahead: int = 5,
         export_dir: Path | None = None,
         clock: Clock = time.perf_counter,
+        session_path: Path | None = None,
+        saved: SavedSession | None = None,
     ) -> None:
         super().__init__()
         self.load_options, self.strategy, self.choices = load_options, strategy, choices
@@ -155,6 +169,12 @@ class TokenstepApp(App[int]):
         self.highlighted_beam = 0
         self.show_processors = False  # the processor view (w); read by the worker to add its report
         self.report: ProcessorReport | None = None
+        self.show_tree = False  # the tree panel (t); read by the worker likewise
+        self.tree_rows: tuple[Branch, ...] = ()
+        self.session_path = session_path  # saved after every change; None: not saved
+        self.saved = saved  # a session file to reopen once the model is loaded
+        self.writer: SessionWriter | None = None  # worker threads only
+        self.foreign: tuple[tuple[Branch, ...], str] = ((), "")  # a session of another model, read-only
         self.timing = Timing()
         self.queue: deque[Command] = deque()
         self.running: Command | None = None
@@ -168,6 +188,7 @@ class TokenstepApp(App[int]):
             yield Label(Text(f"Loading {self._model_name()}…"), id="loading-text")
         with Horizontal(id="main"):
             yield TextView(id="text")
+            yield TreePanel(id="tree")
             yield BeamPanel(id="beams")
             with Vertical(id="side"):
                 yield CandidatePanel(id="candidates")
@@ -179,6 +200,7 @@ class TokenstepApp(App[int]):
         self.query_one("#main").display = False
         self.query_one(BeamPanel).display = False
         self.query_one(ProcessorPanel).display = False
+        self.query_one(TreePanel).display = False
 
     def on_ready(self) -> None:
         # Sent after the first frame is painted: importing torch holds the GIL for a second or more,
@@ -211,12 +233,56 @@ class TokenstepApp(App[int]):
         start = self.clock()
         self.beam = None
         try:
-            session.reset(prompt)
+            self._open_session(session, prompt)
             self._restart_beam(session)
         except TokenstepError as error:  # a prompt the model cannot take: the app still opens
             self.post_message(self.CommandFailed(str(error)))
+        self._start_saving(session)
         timing = Timing(latency_ms=1000 * (self.clock() - start))
         self.post_message(self.Loaded(session, self._updated(session, timing)))
+
+    # --- the session file: reopened after loading, saved after every change (worker threads) --------
+
+    def _open_session(self, session: Session, prompt: str) -> None:
+        """Reopen the saved tree on the same model; a session of another model is only shown."""
+        from decoding import session_file
+
+        saved, self.saved = self.saved, None
+        if saved is None:
+            return session.reset(prompt)
+        if session_file.same_model(saved.model, session.engine):
+            session.set_strategy(saved.strategy)
+            session.set_choices(saved.choices)
+            return session.adopt(saved.tree)
+        model = saved.model.get("model_id", "another model")
+        self.foreign = (tuple(saved.tree.branches()), str(model))
+        old, self.session_path = self.session_path, session_file.new_session_path()
+        self.post_message(
+            self.CommandFailed(
+                f"{old} was made with {model}, not this model: its tree is shown read-only (t) and left as it is. "
+                f"This exploration is saved to {self.session_path}."
+            )
+        )
+        session.reset(prompt)
+
+    def _start_saving(self, session: Session) -> None:
+        from decoding import session_file
+
+        self.writer = None
+        if self.session_path is not None:
+            self.writer = session_file.SessionWriter(self.session_path, session.engine)
+            self._save(session)
+            session_file.remember_last(self.session_path)
+
+    def _save(self, session: Session) -> None:
+        """Write the session file; on failure say so once and go on unsaved (nothing else is lost)."""
+        if self.writer is None or session.tree.current is None:
+            return
+        try:
+            self.writer.save(session.tree, session.strategy, session.choices)
+        except OSError as error:
+            self.writer = None
+            self.post_message(self.CommandFailed(f"Could not save the session to {self.session_path} ({error}); it goes on unsaved."))
 
     def on_tokenstep_app_load_progress(self, message: LoadProgress) -> None:
         self.query_one("#loading-text", Label).update(Text(message.text + "…"))
@@ -228,6 +294,9 @@ class TokenstepApp(App[int]):
         self.query_one(Spinner).stop()
         self.query_one("#loading").display = False
         self.query_one("#main").display = True
+        prompt = self.query_one("#prompt", Input)
+        if message.state.snapshot.prompt and prompt.value != message.state.snapshot.prompt:
+            prompt.value = message.state.snapshot.prompt  # a reopened session's prompt
         self.on_tokenstep_app_updated(message.state)
         self._next_command(after_work_ahead=False)
 
@@ -250,6 +319,10 @@ class TokenstepApp(App[int]):
                 return
             self.action_stop()
             self.session = None
+            if self.session_path is not None:  # the old file keeps the old model's tree
+                from decoding.session_file import new_session_path
+
+                self.session_path = new_session_path()
             self.query_one("#main").display = False
             self.query_one("#loading").display = True
             self.query_one(Spinner).start()
@@ -282,6 +355,7 @@ class TokenstepApp(App[int]):
                 self.post_message(self.CommandFailed(f"{command.name} failed: {type(error).__name__}: {error}"))
         finally:
             if not command.work_ahead:
+                self._save(self.session)
                 self.post_message(self._updated(self.session))
             self.post_message(self.CommandDone())
 
@@ -299,10 +373,15 @@ class TokenstepApp(App[int]):
     def on_tokenstep_app_command_failed(self, message: CommandFailed) -> None:
         self.notify(message.text, severity="warning", markup=False)
 
+    def on_tokenstep_app_notice(self, message: Notice) -> None:
+        self.notify(message.text, markup=False)
+
     def on_tokenstep_app_updated(self, message: Updated) -> None:
         if (message.beam is None) != (self.beam_view is None):
             self.refresh_bindings()  # the beam keys come and go with beam search
         self.snapshot, self.beam_view, self.report = message.snapshot, message.beam, message.report
+        if message.tree is not None:
+            self.tree_rows = message.tree
         if message.timing is not None:
             self.timing = message.timing
         self.refresh_view()
@@ -315,8 +394,12 @@ class TokenstepApp(App[int]):
         processors.display = self.show_processors
         if self.show_processors:
             processors.show(self.report, self.snapshot.distribution, beam is not None)
-        self.query_one(TextView).display = beam is None
-        self.query_one(BeamPanel).display = beam is not None
+        tree = self.query_one(TreePanel)
+        tree.display = self.show_tree
+        if self.show_tree:
+            tree.show(self.tree_rows, *self.foreign)
+        self.query_one(TextView).display = beam is None and not self.show_tree
+        self.query_one(BeamPanel).display = beam is not None and not self.show_tree
         if beam is None:
             self.query_one(TextView).show(self.snapshot, self.visible_whitespace)
             self.query_one(CandidatePanel).show(self.snapshot.distribution)
@@ -369,7 +452,8 @@ class TokenstepApp(App[int]):
         """The news for the screen after model work: the path, and the beam search or processor report if shown."""
         beam = self.beam.snapshot() if self.beam is not None else None
         report = session.processor_report() if self.show_processors and beam is None else None
-        return self.Updated(session.snapshot(), timing, beam, report)
+        tree = tuple(session.tree.branches()) if self.show_tree else None
+        return self.Updated(session.snapshot(), timing, beam, report, tree)
 
     def _step(self, session: Session) -> object:
         return self.beam.step() if self.beam is not None else session.step()
@@ -386,6 +470,7 @@ class TokenstepApp(App[int]):
         while not worker.is_cancelled and app._can_play_on(session):
             step_start = app.clock()
             app._step(session)
+            app._save(session)  # ~1 ms: a kill loses at most the step in flight
             steps += 1
             now = app.clock()
             if now - painted >= PLAY_FRAME_SECONDS:
@@ -435,11 +520,20 @@ class TokenstepApp(App[int]):
         self.beam.force(beam_row, candidates[row].token_id)
 
     def _export(self, session: Session, app: TokenstepApp) -> None:
-        from decoding.trace import trace_record
+        """The current path in the formats of `tokenstep trace`: JSON (replayable), CSV and Markdown."""
+        from decoding.trace import format_trace, trace_record
 
-        path = app.export_dir / time.strftime("tokenstep-trace-%Y%m%d-%H%M%S.json")
-        path.write_text(json.dumps(trace_record(session), ensure_ascii=False, indent=2), encoding="utf-8")
-        app.call_from_thread(app.notify, f"Saved the path to {path}", markup=False)
+        record, stem = trace_record(session), app.export_dir / time.strftime("tokenstep-trace-%Y%m%d-%H%M%S")
+        for fmt, suffix in (("json", ".json"), ("csv", ".csv"), ("markdown", ".md")):
+            stem.with_suffix(suffix).write_text(format_trace(record, fmt) + "\n", encoding="utf-8")
+        app.post_message(app.Notice(f"Saved the path to {stem}.json, .csv and .md"))
+
+    def _export_tree(self, session: Session, app: TokenstepApp) -> None:
+        from decoding import session_file
+
+        path = app.export_dir / time.strftime("tokenstep-tree-%Y%m%d-%H%M%S.json")
+        session_file.save(path, session.tree, session.engine, session.strategy, session.choices)
+        app.post_message(app.Notice(f"Saved the whole tree to {path} (a session file: tokenstep --session opens it)"))
 
     # --- actions ----------------------------------------------------------------------------------
 
@@ -523,6 +617,38 @@ class TokenstepApp(App[int]):
     def action_export(self) -> None:
         self.enqueue(Command("export", self._export))
 
+    def action_export_tree(self) -> None:
+        self.enqueue(Command("export tree", self._export_tree))
+
+    def action_toggle_tree(self) -> None:
+        self.show_tree = not self.show_tree
+        if self.show_tree:
+            self.query_one(TreePanel).rows = ()  # its cursor starts where the session stands
+            self.enqueue(Command("tree", lambda session, app: None))  # its Updated carries the rows
+            self.query_one(TreePanel).focus()
+        else:
+            self.set_focus(None)
+        self.refresh_view()
+
+    def action_sibling(self, delta: int) -> None:
+        def to_sibling(session: Session) -> None:
+            session.jump(session.tree.sibling(session.tree.current, delta))
+            self._restart_beam(session)
+
+        self._pause_then(self._timed("sibling", to_sibling))
+
+    @on(TreePanel.Jump)
+    def jump_to(self, event: TreePanel.Jump) -> None:
+        if event.node_id is None:
+            self.notify("That branch is from another model's session: read-only.", severity="warning")
+            return
+
+        def jump(session: Session) -> None:
+            session.jump(event.node_id)
+            self._restart_beam(session)
+
+        self._pause_then(self._timed("jump", jump))
+
     def action_toggle_processors(self) -> None:
         """Show or hide what each processor did; the report is computed by the worker."""
         self.show_processors = not self.show_processors
@@ -570,7 +696,9 @@ class TokenstepApp(App[int]):
         yield SystemCommand("Switch to beam search", "Step all beams at once (settings: s)", lambda: self._switch("beam"))
         yield SystemCommand("Toggle visible whitespace", "Show spaces and newlines as ␣ and ↵", self.action_toggle_whitespace)
         yield SystemCommand("Toggle processor view", "What temperature, top-k, top-p, penalties did to the candidates", self.action_toggle_processors)
-        yield SystemCommand("Export path", "Save the current path as a JSON trace", self.action_export)
+        yield SystemCommand("Export path", "Save the current path as JSON, CSV and Markdown traces", self.action_export)
+        yield SystemCommand("Export tree", "Save every branch as JSON (a session file)", self.action_export_tree)
+        yield SystemCommand("Toggle tree", "Every branch walked; enter jumps to one", self.action_toggle_tree)
         yield SystemCommand("Compare strategies", "Greedy, beam, sampling, top-k, top-p side by side from here", self.action_compare)
         yield SystemCommand("Load another model", "A Hub id, folder or .gguf file", self.action_choose_model)
 

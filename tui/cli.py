@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from decoding.errors import TokenstepError
@@ -71,6 +72,9 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     app.add_argument(
         "--look-ahead", type=int, default=5, help="candidates whose next panel is computed while you read (default 5; 0 = off)"
     )
+    sessions = app.add_mutually_exclusive_group()
+    sessions.add_argument("--session", type=Path, help="open or create this session file (default: a new one in the data folder)")
+    sessions.add_argument("--resume", action="store_true", help="open the last session")
     _add_model_options(app)
     _add_strategy_options(app)
 
@@ -211,18 +215,38 @@ def run_app_command(argv: Sequence[str]) -> int:
         raise TokenstepError(f"--look-ahead must be 0 or more (got {args.look_ahead}).")
     if args.max_new_tokens < 1:
         raise TokenstepError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens}).")
+    from decoding import session_file
     from tui.app import TokenstepApp
 
+    path = session_file.last_session() if args.resume else args.session or session_file.new_session_path()
+    saved = session_file.load(path) if path.exists() else None  # a damaged file stops here, untouched
+    options, strategy, choices = load_options_from(args), strategy_from(args), args.choices
+    if saved is not None:
+        strategy, choices = saved.strategy, saved.choices
+        if args.model is None:  # reopen on the model it was made with
+            options = _saved_model_options(saved.model, options)
     app = TokenstepApp(
-        load_options_from(args),
-        strategy_from(args),
+        options,
+        strategy,
         prompt=args.prompt,
-        choices=args.choices,
+        choices=choices,
         max_new_tokens=args.max_new_tokens,
         look_ahead=args.look_ahead,
+        session_path=path,
+        saved=saved,
     )
     app.run()
     return app.return_code or 0
+
+
+def _saved_model_options(model: dict, options: LoadOptions) -> LoadOptions:
+    from dataclasses import replace
+
+    from decoding.loading import EMBEDDED_NAME
+
+    model_id = model.get("model_id")
+    engine = "llama" if model.get("engine") == "llama.cpp" else "transformers"
+    return replace(options, model=None if model_id == EMBEDDED_NAME else model_id, engine=engine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

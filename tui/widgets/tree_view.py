@@ -1,0 +1,75 @@
+"""The tree panel (key `t`): every branch walked, compactly; enter jumps to the highlighted one.
+
+Each row is a run of tokens since a fork (a root's row is its prompt), indented by how many forks lie
+above it, with the sequence log-probability at its end and how its first token was made. ● marks where
+the session stands; rows on the current path are bold. A session file from another model is listed
+below, read-only.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import Static
+
+from decoding.tree import Branch
+
+HIGHLIGHT_STYLE = "on grey27"
+
+
+class TreePanel(Static, can_focus=True):
+    BINDINGS = [
+        Binding("up", "move(-1)", show=False, id="tree.up"),
+        Binding("down", "move(1)", show=False, id="tree.down"),
+        Binding("enter", "jump", "Jump here", id="tree.jump"),
+    ]
+
+    class Jump(Message):
+        def __init__(self, node_id: int | None) -> None:
+            super().__init__()
+            self.node_id = node_id  # None: the row is read-only
+
+    rows: tuple[Branch, ...] = ()
+    foreign: tuple[Branch, ...] = ()
+    foreign_model = ""
+    cursor = 0
+
+    def show(self, rows: tuple[Branch, ...], foreign: tuple[Branch, ...] = (), foreign_model: str = "") -> None:
+        first_show = not self.rows
+        self.rows, self.foreign, self.foreign_model = rows, foreign, foreign_model
+        if first_show:  # start on where the session stands
+            self.cursor = next((i for i, row in enumerate(rows) if row.current), 0)
+        self._paint()
+
+    def action_move(self, delta: int) -> None:
+        self.cursor = max(0, min(self.cursor + delta, len(self.rows) + len(self.foreign) - 1))
+        self._paint()
+
+    def action_jump(self) -> None:
+        if self.cursor < len(self.rows):
+            self.post_message(self.Jump(self.rows[self.cursor].end))
+        elif self.foreign:
+            self.post_message(self.Jump(None))
+
+    def _paint(self) -> None:
+        width = max(20, (self.content_size.width or 80) - 26)
+        lines = [Text("branches (↑ ↓ move, enter jumps, [ ] siblings, t closes)", style="dim")]
+        for index, row in enumerate(self.rows):
+            lines.append(_line(row, width, index == self.cursor))
+        if self.foreign:
+            lines.append(Text(f"\nread-only: made with {self.foreign_model}, another model", style="bold yellow"))
+            for index, row in enumerate(self.foreign, start=len(self.rows)):
+                lines.append(_line(row, width, index == self.cursor, style="dim"))
+        self.update(Text("\n").join(lines))
+
+
+def _line(row: Branch, width: int, highlighted: bool, style: str = "") -> Text:
+    indent = "  " * row.level
+    text = row.text if len(indent + row.text) <= width else row.text[: max(1, width - len(indent) - 1)] + "…"
+    line = Text(indent + ("● " if row.current else "  "), style="cyan")
+    line.append(text.ljust(max(0, width - len(indent))), style=style or ("bold" if row.on_path else ""))
+    line.append(f" {row.logprob:8.2f}  {row.made_by[:14]}", style=style or "dim")
+    if highlighted:
+        line.stylize(HIGHLIGHT_STYLE)
+    return line
