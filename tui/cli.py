@@ -178,6 +178,52 @@ def _beam_record(engine, strategy: Strategy, plan) -> dict:
     return run_beam_trace(BeamSearch(engine, strategy, engine.encode(plan.prompt), max_new_tokens=plan.steps))
 
 
+def build_replay_parser() -> argparse.ArgumentParser:
+    replay = argparse.ArgumentParser(
+        prog="tokenstep replay",
+        description="Run a saved trace (trace --format json, or e in the app) again on its model and strategy, "
+        "and report step by step whether the same candidates and choices come out.",
+    )
+    replay.add_argument("trace", type=Path)
+    replay.add_argument("--tolerance", type=float, default=1e-4, help="largest probability difference that counts as the same (default 1e-4)")
+    group = replay.add_argument_group("model (default: the trace's own)")
+    group.add_argument("--model", help="another Hub id, folder or .gguf file")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    group.add_argument("--dtype", choices=DTYPES, help="default: the trace's")
+    return replay
+
+
+def run_replay_command(argv: Sequence[str]) -> int:
+    import json
+
+    from decoding.replay import format_checks, load_options, replay_beam, replay_path, strategy_of
+
+    args = build_replay_parser().parse_args(argv)
+    if args.tolerance < 0:
+        raise TokenstepError(f"--tolerance must be 0 or more (got {args.tolerance}).")
+    try:
+        record = json.loads(args.trace.read_text(encoding="utf-8"))
+        beam = "sequence_score" in record
+        if not isinstance(record.get("steps"), list) or "prompt" not in record:
+            raise ValueError("no steps or prompt")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise TokenstepError(f"{args.trace} is not a tokenstep JSON trace ({error}).") from None
+    strategy = strategy_of(record)
+    options = load_options(record, model=args.model, device=args.device, dtype=args.dtype)
+
+    from decoding.loading import load_engine
+
+    engine = load_engine(options, _progress_on_terminal)
+    if beam:
+        checks = replay_beam(engine, record)
+    else:
+        from decoding.session import Session
+
+        checks = replay_path(Session(engine, strategy, choices=record.get("choices", 10)), record)
+    print(format_checks(checks, args.tolerance, "score" if beam else "probability"))
+    return 0 if all(check.agrees(args.tolerance) for check in checks) else 1
+
+
 def run_compare_command(argv: Sequence[str]) -> int:
     args = build_compare_parser().parse_args(argv)
     if not args.prompt:
@@ -256,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_trace_command(argv[1:])
         if argv[:1] == ["compare"]:
             return run_compare_command(argv[1:])
+        if argv[:1] == ["replay"]:
+            return run_replay_command(argv[1:])
         return run_app_command(argv)
     except TokenstepError as error:
         print(f"tokenstep: {error}", file=sys.stderr)

@@ -1,0 +1,113 @@
+"""`tokenstep replay`: run a saved trace again on its model and strategy, and say step by step whether
+the same candidates and choices come out (probabilities compared to a tolerance).
+
+This is how a result is checked on another machine or after an upgrade. A step whose choice differs
+is put back on the recorded path (the recorded token is forced), so later steps are still compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from decoding.errors import SessionError, SettingsError
+from decoding.loading import DTYPES, EMBEDDED_NAME, LoadOptions
+from decoding.settings import Strategy
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    step: int  # 1-based
+    same_candidates: bool  # the same token ids, in the same order
+    largest_difference: float  # of the probability of a candidate both lists have
+    same_choice: bool
+    note: str = ""
+
+    def agrees(self, tolerance: float) -> bool:
+        return self.same_candidates and self.same_choice and self.largest_difference <= tolerance
+
+
+def load_options(record: dict[str, Any], **overrides: Any) -> LoadOptions:
+    """The trace's own model, engine and dtype, unless overridden (an override of None keeps the trace's)."""
+    model = record.get("model")
+    options = {
+        "model": None if model == EMBEDDED_NAME else model,
+        "engine": "llama" if record.get("engine") == "llama.cpp" else "transformers",
+        "dtype": record.get("dtype") if record.get("dtype") in DTYPES else "auto",
+    }
+    options.update({name: value for name, value in overrides.items() if value is not None})
+    return LoadOptions(**options)
+
+
+def strategy_of(record: dict[str, Any]) -> Strategy:
+    """The Strategy a trace records (its `strategy` holds generate()'s arguments)."""
+    kwargs = dict(record.get("strategy") or {})
+    kind = "beam" if kwargs.get("num_beams", 1) > 1 else "sample" if kwargs.get("do_sample") else "greedy"
+    known = {f.name for f in fields(Strategy)} - {"kind", "seed"}
+    settings = {name: value for name, value in kwargs.items() if name in known}
+    if "suppress_tokens" in settings:
+        settings["suppress_tokens"] = tuple(settings["suppress_tokens"])
+    try:
+        return Strategy(kind=kind, seed=record.get("seed", 0), **settings)
+    except SettingsError as error:
+        raise SessionError(f"The trace's strategy is not valid here: {error}") from None
+
+
+def replay_path(session, record: dict[str, Any]) -> list[StepCheck]:
+    """Compare a path trace (`tokenstep trace`, or `e` in the app) step by step."""
+    session.reset(record["prompt"])
+    if session.prompt_ids != list(record.get("prompt_ids", session.prompt_ids)):
+        raise SessionError("The prompt tokenizes differently here: this is not the trace's tokenizer.")
+    checks = []
+    for number, step in enumerate(record["steps"], start=1):
+        panel = session.distribution
+        if panel is None:
+            checks.append(StepCheck(number, False, 0.0, False, f"the generation ended here ({session.finished})"))
+            break
+        ours = {c.token_id: c.prob for c in panel.candidates}
+        theirs = {c["token_id"]: c["prob"] for c in step["candidates"]}
+        same_ids = list(ours) == list(theirs)
+        shared = set(ours) & set(theirs)
+        difference = max((abs(ours[t] - theirs[t]) for t in shared), default=0.0)
+        chosen = step["chosen"]
+        if chosen["forced"]:
+            session.force(chosen["token_id"])
+            same_choice, note = True, "forced"
+        else:
+            made = session.step()
+            same_choice = made.token_id == chosen["token_id"]
+            note = "" if same_choice else f"chose {made.text!r} ({made.token_id}), the trace {chosen['text']!r}"
+            if not same_choice:  # back onto the recorded path, so the next steps still compare
+                session.undo()
+                session.force(chosen["token_id"])
+        checks.append(StepCheck(number, same_ids, difference, same_choice, note))
+    return checks
+
+
+def replay_beam(engine, record: dict[str, Any]) -> list[StepCheck]:
+    """Compare a beam trace: per step, the live beams (their tokens and scores)."""
+    from decoding.beam import BeamSearch
+    from decoding.trace import run_beam_trace
+
+    search = BeamSearch(engine, strategy_of(record), list(record["prompt_ids"]), max_new_tokens=record["max_new_tokens"])
+    again = run_beam_trace(search)
+    checks = []
+    for number, (ours, theirs) in enumerate(zip(again["steps"], record["steps"]), start=1):
+        same = [b["token_ids"] for b in ours["beams"]] == [b["token_ids"] for b in theirs["beams"]]
+        difference = max((abs(a["score"] - b["score"]) for a, b in zip(ours["beams"], theirs["beams"])), default=0.0)
+        checks.append(StepCheck(number, same, difference, same, "" if same else "other beams"))
+    if len(again["steps"]) != len(record["steps"]):
+        checks.append(StepCheck(len(checks) + 1, False, 0.0, False, f"{len(again['steps'])} steps here, {len(record['steps'])} in the trace"))
+    return checks
+
+
+def format_checks(checks: list[StepCheck], tolerance: float, score_name: str = "probability") -> str:
+    lines = [f"{'step':>4}  {'candidates':<10}  {'largest Δ ' + score_name:<24}  {'choice':<8}  note"]
+    for check in checks:
+        lines.append(
+            f"{check.step:>4}  {'same' if check.same_candidates else 'DIFFER':<10}  {check.largest_difference:<24.2e}  "
+            f"{'same' if check.same_choice else 'DIFFER':<8}  {check.note}"
+        )
+    failing = [check.step for check in checks if not check.agrees(tolerance)]
+    verdict = f"all {len(checks)} steps agree (tolerance {tolerance:g})" if not failing else f"{len(failing)} of {len(checks)} steps differ: {failing}"
+    return "\n".join([*lines, verdict])
