@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from common import PROMPT, Result, load, seconds, table
 from stepping import NEW_TOKENS, play_loop
@@ -20,7 +23,11 @@ def timed_app(**options):
 
     class TimedApp(TokenstepApp):
         def __init__(self) -> None:
-            super().__init__(LoadOptions(device="cpu"), prompt=PROMPT, **options)
+            # Saving the session after every step, as `tokenstep` does, is part of the app's cost.
+            folder = Path(tempfile.mkdtemp(prefix="tokenstep-bench-"))
+            os.environ["TOKENSTEP_DATA"] = str(folder)  # not the user's "last session"
+            path = folder / "session.json"
+            super().__init__(LoadOptions(device="cpu"), prompt=PROMPT, session_path=path, **options)
             self.changed = asyncio.Event()
             self.picked_at = 0.0
             self.pick_latencies: list[float] = []

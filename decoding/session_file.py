@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +98,14 @@ def _node_record(node: Node) -> dict[str, Any]:
     if node.parent is None:
         record.update(prompt=node.prompt, prompt_ids=list(node.prompt_ids))
     else:
-        token = asdict(node.token)
-        token["raw"] = node.token.raw.hex()
-        record["token"] = token
-        record["panel"] = asdict(node.panel) if node.panel is not None else None
+        # vars(), not dataclasses.asdict: asdict deep-copies, and this runs after every step
+        record["token"] = {**vars(node.token), "raw": node.token.raw.hex()}
+        panel = node.panel
+        record["panel"] = None if panel is None else {
+            "candidates": [vars(candidate) for candidate in panel.candidates],
+            "entropy": panel.entropy,
+            "processed_entropy": panel.processed_entropy,
+        }
     if node.rng is not None:
         record["rng"] = base64.b64encode(node.rng).decode("ascii")
     return record
