@@ -71,6 +71,8 @@ class SessionWriter:
         for node_id, node in tree.nodes.items():
             if node_id not in self._nodes:
                 self._nodes[node_id] = json.dumps(_node_record(node), ensure_ascii=False)
+        for gone in self._nodes.keys() - tree.nodes.keys():  # deleted branches
+            del self._nodes[gone]
         head = f'{{"format": "{FORMAT}", "version": {VERSION}, "model": {self._model}, '
         settings = f'"strategy": {json.dumps(strategy.as_dict())}, "choices": {int(choices)}, '
         tree_json = f'"tree": {{"roots": {json.dumps(tree.roots)}, "current": {json.dumps(tree.current)}, "nodes": [{", ".join(self._nodes.values())}]}}}}'

@@ -88,6 +88,26 @@ class Tree:
         siblings = self.siblings(node_id)
         return siblings[(siblings.index(node_id) + delta) % len(siblings)]
 
+    def delete(self, node_id: int) -> None:
+        """Remove a node and everything below it; never the current path (delete elsewhere first)."""
+        doomed = self._subtree(node_id)
+        if self.current in doomed:
+            raise ValueError("the current path runs through it")
+        node = self.nodes[node_id]
+        if node.parent is None:
+            self.roots.remove(node_id)
+        else:
+            self.nodes[node.parent].children.remove(node_id)
+        for doomed_id in doomed:
+            del self.nodes[doomed_id]
+
+    def _subtree(self, node_id: int) -> set[int]:
+        found, stack = set(), [node_id]
+        while stack:
+            found.add(stack[-1])
+            stack.extend(self.nodes[stack.pop()].children)
+        return found
+
     def branches(self) -> list[Branch]:
         """Rows for a view, depth first: each root, then its runs of nodes, forks indented."""
         on_path = {node.id for node in self.path(self.current)} if self.current is not None else set()
@@ -115,7 +135,7 @@ class Tree:
             self._walk(child, level + 1, on_path, rows)
 
     def _new(self, parent: int | None, **fields) -> Node:
-        node = Node(id=len(self.nodes), parent=parent, **fields)
+        node = Node(id=max(self.nodes, default=-1) + 1, parent=parent, **fields)  # ids stay unique after deletes
         self.nodes[node.id] = node
         if parent is not None:
             self.nodes[parent].children.append(node.id)

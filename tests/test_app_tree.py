@@ -144,3 +144,18 @@ def test_resume_without_a_last_session_says_so(tmp_path):
 
     result = run_cli("--resume", env={**os.environ, "TOKENSTEP_DATA": str(tmp_path)})
     assert result.returncode == 2 and "no session to resume" in result.stderr
+
+
+async def test_x_in_the_tree_deletes_a_branch_but_not_the_one_in_use(tiny_model_dir):
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await branch_twice(pilot)
+        await pilot.press("t")
+        await settle(pilot)
+        await pilot.press("x")  # the highlighted row is where the session stands: refused
+        await settle(pilot)
+        assert len(app.query_one(TreePanel).rows) == 4
+        await pilot.press("up", "x")
+        await settle(pilot)
+        rows = app.query_one(TreePanel).rows
+        assert len(rows) == 2 and rows[-1].current and len(app.snapshot.path) == 2  # no fork left: one run

@@ -128,3 +128,25 @@ def test_a_file_from_another_model_is_recognised(tiny_session, tmp_path):
     record["model"]["fingerprint"] = "0123456789abcdef"
     path.write_text(json.dumps(record))
     assert not session_file.same_model(session_file.load(path).model, tiny_session.engine)
+
+
+def test_only_a_deleted_branch_is_lost_and_never_the_current_path(tiny_session, tmp_path):
+    tiny_session.step()
+    tiny_session.step()
+    keep = tiny_session.tree.current
+    tiny_session.undo()
+    tiny_session.undo()
+    tiny_session.force(tiny_session.distribution.candidates[3].token_id)
+    tiny_session.step()
+    doomed = tiny_session.tree.nodes[tiny_session.tree.current].parent
+    tiny_session.jump(keep)
+    with pytest.raises(ValueError):
+        tiny_session.tree.delete(tiny_session.tree.nodes[keep].parent)
+    tiny_session.tree.delete(doomed)
+    assert len(tiny_session.tree.nodes) == 3 and tiny_session.tree.current == keep
+    tiny_session.undo()
+    tiny_session.force(tiny_session.distribution.candidates[2].token_id)  # new ids never reuse old ones
+    assert len(set(tiny_session.tree.nodes)) == 4
+    path = tmp_path / "s.json"
+    session_file.save(path, tiny_session.tree, tiny_session.engine, Strategy(), 10)
+    assert session_file.tree_record(session_file.load(path).tree) == session_file.tree_record(tiny_session.tree)

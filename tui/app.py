@@ -637,6 +637,16 @@ class TokenstepApp(App[int]):
 
         self._pause_then(self._timed("sibling", to_sibling))
 
+    @on(TreePanel.Delete)
+    def delete_branch(self, event: TreePanel.Delete) -> None:
+        def delete(session: Session) -> None:
+            try:
+                session.tree.delete(event.node_id)
+            except ValueError:
+                raise SessionError("That branch holds where you stand: jump elsewhere first, then delete it.") from None
+
+        self._pause_then(self._timed("delete", delete))
+
     @on(TreePanel.Jump)
     def jump_to(self, event: TreePanel.Jump) -> None:
         if event.node_id is None:

@@ -23,12 +23,18 @@ class TreePanel(Static, can_focus=True):
         Binding("up", "move(-1)", show=False, id="tree.up"),
         Binding("down", "move(1)", show=False, id="tree.down"),
         Binding("enter", "jump", "Jump here", id="tree.jump"),
+        Binding("delete,x", "delete", "Delete branch", id="tree.delete"),
     ]
 
     class Jump(Message):
         def __init__(self, node_id: int | None) -> None:
             super().__init__()
             self.node_id = node_id  # None: the row is read-only
+
+    class Delete(Message):
+        def __init__(self, node_id: int) -> None:
+            super().__init__()
+            self.node_id = node_id  # the first node of the highlighted branch
 
     rows: tuple[Branch, ...] = ()
     foreign: tuple[Branch, ...] = ()
@@ -52,9 +58,13 @@ class TreePanel(Static, can_focus=True):
         elif self.foreign:
             self.post_message(self.Jump(None))
 
+    def action_delete(self) -> None:
+        if self.cursor < len(self.rows):
+            self.post_message(self.Delete(self.rows[self.cursor].node_ids[0]))
+
     def _paint(self) -> None:
         width = max(20, (self.content_size.width or 80) - 26)
-        lines = [Text("branches (↑ ↓ move, enter jumps, [ ] siblings, t closes)", style="dim")]
+        lines = [Text("branches (↑ ↓ move, enter jumps, x deletes, [ ] siblings, t closes)", style="dim")]
         for index, row in enumerate(self.rows):
             lines.append(_line(row, width, index == self.cursor))
         if self.foreign:
