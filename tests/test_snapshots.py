@@ -71,3 +71,17 @@ def test_processor_view_under_a_reshaping_strategy(snap_compare, tiny_model_dir)
 
     strategy = Strategy(kind="sample", temperature=0.7, top_k=5, top_p=0.8, repetition_penalty=1.3)
     assert snap_compare(make_app(tiny_model_dir, strategy=strategy), terminal_size=SIZE, run_before=run_before)
+
+
+def test_tree_panel_with_two_prompts_and_a_fork(snap_compare, tiny_model_dir):
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("space", "space", "backspace", "4", "space")
+        await still(pilot)
+        pilot.app.query_one("#prompt").value = "Another prompt"
+        await pilot.press("tab", "enter")
+        await still(pilot)
+        await pilot.press("escape", "space", "t")
+        await still(pilot)
+
+    assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=run_before)

@@ -63,7 +63,7 @@ class TreePanel(Static, can_focus=True):
             self.post_message(self.Delete(self.rows[self.cursor].node_ids[0]))
 
     def _paint(self) -> None:
-        width = max(20, (self.content_size.width or 80) - 26)
+        width = max(20, (self.content_size.width or 80) - 30)  # what the numbers and "how" leave
         lines = [Text("branches (↑ ↓ move, enter jumps, x deletes, [ ] siblings, t closes)", style="dim")]
         for index, row in enumerate(self.rows):
             lines.append(_line(row, width, index == self.cursor))
@@ -77,7 +77,8 @@ class TreePanel(Static, can_focus=True):
 def _line(row: Branch, width: int, highlighted: bool, style: str = "") -> Text:
     indent = "  " * row.level
     text = row.text if len(indent + row.text) <= width else row.text[: max(1, width - len(indent) - 1)] + "…"
-    line = Text(indent + ("● " if row.current else "  "), style="cyan")
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(indent + ("● " if row.current else "  "), style="cyan")
     line.append(text.ljust(max(0, width - len(indent))), style=style or ("bold" if row.on_path else ""))
     line.append(f" {row.logprob:8.2f}  {row.made_by[:14]}", style=style or "dim")
     if highlighted:
