@@ -159,3 +159,33 @@ async def test_x_in_the_tree_deletes_a_branch_but_not_the_one_in_use(tiny_model_
         await settle(pilot)
         rows = app.query_one(TreePanel).rows
         assert len(rows) == 2 and rows[-1].current and len(app.snapshot.path) == 2  # no fork left: one run
+
+
+def test_the_command_opens_the_named_or_last_session_with_its_settings(tiny_model_dir, tmp_path, monkeypatch):
+    from decoding.settings import Strategy
+    from tui import cli
+    from tui.app import TokenstepApp
+
+    monkeypatch.setenv("TOKENSTEP_DATA", str(tmp_path / "data"))
+    opened = []
+    monkeypatch.setattr(TokenstepApp, "run", lambda self: opened.append(self))
+    model = ["--model", str(tiny_model_dir), "--device", "cpu"]
+    assert cli.main(model) == 0  # no --session: a new file in the data folder
+    assert opened[-1].session_path.parent == tmp_path / "data" / "sessions" and opened[-1].saved is None
+
+    path = tmp_path / "s.json"
+    from decoding import session_file
+    from decoding.loading import LoadOptions, load_engine
+    from decoding.session import Session
+
+    engine = load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
+    session = Session(engine, Strategy(kind="sample", top_p=0.5), choices=7)
+    session.reset("saved prompt")
+    session.step()
+    session_file.save(path, session.tree, engine, session.strategy, 7)
+    session_file.remember_last(path)
+    assert cli.main([*model, "--resume"]) == 0
+    app = opened[-1]
+    assert app.session_path == path.resolve() and app.strategy == Strategy(kind="sample", top_p=0.5) and app.choices == 7
+    assert cli.main(["--session", str(path)]) == 0  # the saved model is used
+    assert opened[-1].load_options.model == str(tiny_model_dir)
