@@ -28,6 +28,7 @@ from decoding.loading import EMBEDDED_NAME, LoadOptions
 from decoding.settings import Strategy
 from decoding.state import BeamSnapshot, ProcessorReport, Snapshot
 from tui.compare_screen import CompareScreen
+from tui.keeper import SessionKeeper
 from tui.model_screen import ModelScreen
 from tui.settings_screen import Settings, SettingsScreen
 from tui.widgets.beams import BeamPanel
@@ -41,7 +42,7 @@ from tui.widgets.tree_view import TreePanel
 if TYPE_CHECKING:  # torch loads in the worker, after the first paint
     from decoding.beam import BeamSearch
     from decoding.session import Session
-    from decoding.session_file import SavedSession, SessionWriter
+    from decoding.session_file import SavedSession
     from decoding.tree import Branch
 
 Clock = Callable[[], float]
@@ -171,10 +172,7 @@ class TokenstepApp(App[int]):
         self.report: ProcessorReport | None = None
         self.show_tree = False  # the tree panel (t); read by the worker likewise
         self.tree_rows: tuple[Branch, ...] = ()
-        self.session_path = session_path  # saved after every change; None: not saved
-        self.saved = saved  # a session file to reopen once the model is loaded
-        self.writer: SessionWriter | None = None  # worker threads only
-        self.foreign: tuple[tuple[Branch, ...], str] = ((), "")  # a session of another model, read-only
+        self.keeper = SessionKeeper(session_path, saved, lambda text: self.post_message(self.CommandFailed(text)))
         self.timing = Timing()
         self.queue: deque[Command] = deque()
         self.running: Command | None = None
@@ -233,56 +231,13 @@ class TokenstepApp(App[int]):
         start = self.clock()
         self.beam = None
         try:
-            self._open_session(session, prompt)
+            self.keeper.open(session, prompt)
             self._restart_beam(session)
         except TokenstepError as error:  # a prompt the model cannot take: the app still opens
             self.post_message(self.CommandFailed(str(error)))
-        self._start_saving(session)
+        self.keeper.start(session)
         timing = Timing(latency_ms=1000 * (self.clock() - start))
         self.post_message(self.Loaded(session, self._updated(session, timing)))
-
-    # --- the session file: reopened after loading, saved after every change (worker threads) --------
-
-    def _open_session(self, session: Session, prompt: str) -> None:
-        """Reopen the saved tree on the same model; a session of another model is only shown."""
-        from decoding import session_file
-
-        saved, self.saved = self.saved, None
-        if saved is None:
-            return session.reset(prompt)
-        if session_file.same_model(saved.model, session.engine):
-            session.set_strategy(saved.strategy)
-            session.set_choices(saved.choices)
-            return session.adopt(saved.tree)
-        model = saved.model.get("model_id", "another model")
-        self.foreign = (tuple(saved.tree.branches()), str(model))
-        old, self.session_path = self.session_path, session_file.new_session_path()
-        self.post_message(
-            self.CommandFailed(
-                f"{old} was made with {model}, not this model: its tree is shown read-only (t) and left as it is. "
-                f"This exploration is saved to {self.session_path}."
-            )
-        )
-        session.reset(prompt)
-
-    def _start_saving(self, session: Session) -> None:
-        from decoding import session_file
-
-        self.writer = None
-        if self.session_path is not None:
-            self.writer = session_file.SessionWriter(self.session_path, session.engine)
-            self._save(session)
-            session_file.remember_last(self.session_path)
-
-    def _save(self, session: Session) -> None:
-        """Write the session file; on failure say so once and go on unsaved (nothing else is lost)."""
-        if self.writer is None or session.tree.current is None:
-            return
-        try:
-            self.writer.save(session.tree, session.strategy, session.choices)
-        except OSError as error:
-            self.writer = None
-            self.post_message(self.CommandFailed(f"Could not save the session to {self.session_path} ({error}); it goes on unsaved."))
 
     def on_tokenstep_app_load_progress(self, message: LoadProgress) -> None:
         self.query_one("#loading-text", Label).update(Text(message.text + "…"))
@@ -319,10 +274,7 @@ class TokenstepApp(App[int]):
                 return
             self.action_stop()
             self.session = None
-            if self.session_path is not None:  # the old file keeps the old model's tree
-                from decoding.session_file import new_session_path
-
-                self.session_path = new_session_path()
+            self.keeper.new_file()
             self.query_one("#main").display = False
             self.query_one("#loading").display = True
             self.query_one(Spinner).start()
@@ -355,7 +307,7 @@ class TokenstepApp(App[int]):
                 self.post_message(self.CommandFailed(f"{command.name} failed: {type(error).__name__}: {error}"))
         finally:
             if not command.work_ahead:
-                self._save(self.session)
+                self.keeper.save(self.session)
                 self.post_message(self._updated(self.session))
             self.post_message(self.CommandDone())
 
@@ -397,7 +349,7 @@ class TokenstepApp(App[int]):
         tree = self.query_one(TreePanel)
         tree.display = self.show_tree
         if self.show_tree:
-            tree.show(self.tree_rows, *self.foreign)
+            tree.show(self.tree_rows, *self.keeper.foreign)
         self.query_one(TextView).display = beam is None and not self.show_tree
         self.query_one(BeamPanel).display = beam is not None and not self.show_tree
         if beam is None:
@@ -470,7 +422,7 @@ class TokenstepApp(App[int]):
         while not worker.is_cancelled and app._can_play_on(session):
             step_start = app.clock()
             app._step(session)
-            app._save(session)  # ~1 ms: a kill loses at most the step in flight
+            app.keeper.save(session)  # ~1 ms: a kill loses at most the step in flight
             steps += 1
             now = app.clock()
             if now - painted >= PLAY_FRAME_SECONDS:

@@ -1,0 +1,71 @@
+"""Keeps the app's session file: reopens a saved tree once the model is loaded, saves after every change.
+
+Runs on the model's worker threads (like the session it saves); what a person must know (a file from
+another model, a failed save) comes back through `note`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # torch-free, but only needed once the model is loaded
+    from decoding.session import Session
+    from decoding.session_file import SavedSession, SessionWriter
+    from decoding.tree import Branch
+
+
+class SessionKeeper:
+    def __init__(self, path: Path | None, saved: SavedSession | None, note: Callable[[str], None]) -> None:
+        self.path = path  # None: nothing is saved (tests, benchmarks)
+        self.saved = saved  # to reopen once, when the model is loaded
+        self.note = note
+        self.foreign: tuple[tuple[Branch, ...], str] = ((), "")  # another model's tree, shown read-only
+        self._writer: SessionWriter | None = None
+
+    def open(self, session: Session, prompt: str) -> None:
+        """Reopen the saved tree on the same model, or start at `prompt`; another model's tree is only shown."""
+        from decoding import session_file
+
+        saved, self.saved = self.saved, None
+        if saved is None:
+            return session.reset(prompt)
+        if session_file.same_model(saved.model, session.engine):
+            session.set_strategy(saved.strategy)
+            session.set_choices(saved.choices)
+            return session.adopt(saved.tree)
+        model = str(saved.model.get("model_id", "another model"))
+        self.foreign = (tuple(saved.tree.branches()), model)
+        old, self.path = self.path, session_file.new_session_path()
+        self.note(
+            f"{old} was made with {model}, not this model: its tree is shown read-only (t) and left as it is. "
+            f"This exploration is saved to {self.path}."
+        )
+        session.reset(prompt)
+
+    def start(self, session: Session) -> None:
+        """Save from now on (after loading a model)."""
+        from decoding import session_file
+
+        self._writer = None
+        if self.path is not None:
+            self._writer = session_file.SessionWriter(self.path, session.engine)
+            self.save(session)
+            session_file.remember_last(self.path)
+
+    def save(self, session: Session) -> None:
+        """Write the file (~1 ms); on failure say so once and go on unsaved: nothing else is lost."""
+        if self._writer is None or session.tree.current is None:
+            return
+        try:
+            self._writer.save(session.tree, session.strategy, session.choices)
+        except OSError as error:
+            self._writer = None
+            self.note(f"Could not save the session to {self.path} ({error}); it goes on unsaved.")
+
+    def new_file(self) -> None:
+        """Another model is being loaded: the old file keeps the old model's tree."""
+        from decoding.session_file import new_session_path
+
+        if self.path is not None:
+            self.path = new_session_path()
