@@ -161,3 +161,20 @@ async def test_escape_cancels_a_comparison_and_the_explorer_goes_on(tiny_model_d
         await pilot.press("space")
         await settle(pilot)
         assert len(app.snapshot.path) == 1
+
+
+async def test_a_comparison_that_cannot_run_says_why_in_the_view(tiny_model_dir, monkeypatch):
+    from tui.compare_screen import CompareScreen
+
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        monkeypatch.setattr(type(app.session.engine), "can_fork", False)
+        await pilot.press("c")
+        screen = app.screen
+        await settle(pilot)
+        assert isinstance(app.screen, CompareScreen) and screen.record is None
+        assert "needs the transformers engine" in str(screen.query_one("#compare-progress").content)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, CompareScreen)

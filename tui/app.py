@@ -555,15 +555,18 @@ class TokenstepApp(App[int]):
         from decoding.compare import Cancelled, compare, comparison_record
         from decoding.settings import CHAPTER_STRATEGIES, parse_strategies
 
-        if not session.engine.can_fork:
-            raise SessionError(f"The compare view needs the transformers engine (the {session.engine.name} engine has one cache).")
         worker = get_current_worker()
         strategies = parse_strategies(CHAPTER_STRATEGIES, seed=session.strategy.seed)
         progress = lambda done, total: screen.post_message(CompareScreen.Progress(done, total))  # noqa: E731
         try:
+            if not session.engine.can_fork:
+                raise SessionError(f"The compare view needs the transformers engine (the {session.engine.name} engine has one cache).")
             results = compare(session.engine.fork(), session.ids, strategies, COMPARE_NEW_TOKENS, lambda: worker.is_cancelled, progress)
         except Cancelled:
             return
+        except TokenstepError as error:
+            screen.post_message(CompareScreen.Failed(str(error)))
+            raise
         screen.post_message(CompareScreen.Done(comparison_record(session.text, COMPARE_NEW_TOKENS, results)))
 
     def action_export(self) -> None:

@@ -53,6 +53,11 @@ class CompareScreen(ModalScreen[None]):
             super().__init__()
             self.record = record
 
+    class Failed(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
     def __init__(self, new_tokens: int) -> None:
         super().__init__()
         self.new_tokens = new_tokens
@@ -77,6 +82,11 @@ class CompareScreen(ModalScreen[None]):
         )
         self.query_one(ProgressBar).display = False
         self.query_one("#compare-table", Static).update(comparison_table(message.record))
+        self.query_one("#compare-hint", Label).update("escape closes")
+
+    def on_compare_screen_failed(self, message: Failed) -> None:
+        self.query_one("#compare-progress", Label).update(Text(message.text, style="bold red"))
+        self.query_one(ProgressBar).display = False
         self.query_one("#compare-hint", Label).update("escape closes")
 
     def action_close(self) -> None:
