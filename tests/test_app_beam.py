@@ -55,6 +55,7 @@ async def test_j_highlights_a_beam_and_a_digit_forces_its_candidate_onto_it(tiny
         await settle(pilot)
         forced = [beam for beam in app.beam_view.beams if beam.token_ids == third.token_ids + (ninth,)]
         assert len(forced) == 1 and forced[0].forced == 1
+        assert app.beam_view.beams[app.highlighted_beam] == forced[0]  # the highlight followed it
         await pilot.press("k", "k", "k")
         assert app.highlighted_beam == 0
 

@@ -65,7 +65,7 @@ class TokenstepApp(App[int]):
     TITLE = "tokenstep"
     BINDINGS = [
         Binding("space,right", "step", "Step", id="step", tooltip="One step by the current strategy"),
-        Binding("1", "pick(0)", "Pick row", key_display="1-9", id="pick.1", tooltip="Force-pick that row"),
+        Binding("1", "pick(0)", "Pick", key_display="1-9", id="pick.1", tooltip="Force-pick that row"),
         *(Binding(str(n), f"pick({n - 1})", show=False, id=f"pick.{n}") for n in range(2, 10)),
         Binding("up", "highlight(-1)", show=False, id="highlight.up"),
         Binding("down", "highlight(1)", show=False, id="highlight.down"),
@@ -73,7 +73,7 @@ class TokenstepApp(App[int]):
         Binding("j", "highlight_beam(1)", "Beam", key_display="j/k", id="beam.down", tooltip="Highlight the next beam"),
         Binding("k", "highlight_beam(-1)", show=False, id="beam.up"),
         Binding("backspace,left", "undo", "Undo", id="undo", tooltip="Take back the last token"),
-        Binding("p", "play", "Play/pause", id="play"),
+        Binding("p", "play", "Play", id="play", tooltip="Play or pause"),
         Binding("s", "settings", "Settings", id="settings"),
         Binding("c", "compare", "Compare", id="compare", tooltip="The chapter's strategies side by side from here"),
         Binding("t", "toggle_tree", "Tree", id="tree", tooltip="Every branch walked; enter jumps"),
@@ -135,6 +135,11 @@ class TokenstepApp(App[int]):
 
     class CommandDone(Message):
         pass
+
+    class BeamHighlight(Message):
+        def __init__(self, rank: int) -> None:
+            super().__init__()
+            self.rank = rank
 
     class Notice(Message):
         def __init__(self, text: str) -> None:
@@ -325,6 +330,10 @@ class TokenstepApp(App[int]):
     def on_tokenstep_app_command_failed(self, message: CommandFailed) -> None:
         self.notify(message.text, severity="warning", markup=False)
 
+    def on_tokenstep_app_beam_highlight(self, message: BeamHighlight) -> None:
+        self.highlighted_beam = message.rank
+        self.refresh_view()
+
     def on_tokenstep_app_notice(self, message: Notice) -> None:
         self.notify(message.text, markup=False)
 
@@ -469,7 +478,12 @@ class TokenstepApp(App[int]):
         candidates = snapshot.candidates[beam_row].candidates
         if row >= len(candidates):
             raise SessionError(f"There is no row {row + 1}: the panel shows {len(candidates)} candidates.")
+        forced = snapshot.beams[beam_row].token_ids + (candidates[row].token_id,)
         self.beam.force(beam_row, candidates[row].token_id)
+        beams = self.beam.snapshot().beams
+        rank = next((i for i, beam in enumerate(beams) if beam.token_ids == forced), None)
+        if rank is not None:
+            self.post_message(self.BeamHighlight(rank))  # the highlight follows the forced beam
 
     def _export(self, session: Session, app: TokenstepApp) -> None:
         """The current path in the formats of `tokenstep trace`: JSON (replayable), CSV and Markdown."""
