@@ -35,6 +35,7 @@ class Session:
         self._running_text = RunningText()
         self._logits: list[torch.Tensor] = []  # _logits[i]: raw logits that predicted path token i
         self._rng_states: list[torch.Tensor] = []  # sampler state before path token i was chosen
+        self._strategies: list[Strategy] = []  # the strategy in force when path token i was chosen
         self._ahead: dict[int, tuple[torch.Tensor, object]] = {}  # token id -> (next logits, its cache entry)
         self._rng = torch.Generator()  # made again on the logits' device at each reset
         self._distribution: Distribution | None = None
@@ -111,13 +112,14 @@ class Session:
         """What each of the strategy's processors did to the candidates before path token `index`
         (default: the next token). None when the strategy has no processors or there is no such step."""
         index = len(self._path) if index is None else index
-        if not self._processors or not 0 <= index < len(self._logits):
+        if not 0 <= index < len(self._logits):
             return None
+        strategy = self._strategies[index] if index < len(self._strategies) else self._strategy  # as it was then
         panel = self._panels[index] if index < len(self._panels) else self.distribution
-        if panel is None:
+        if panel is None or not strategy.reshapes:
             return None
         ids = self.ids[: len(self.prompt_ids) + index]
-        return explain(self._strategy, ids, self._logits[index], [c.token_id for c in panel.candidates])
+        return explain(strategy, ids, self._logits[index], [c.token_id for c in panel.candidates])
 
     def token_text(self, token_id: int) -> str:
         """One token's own text; bytes that are only part of a UTF-8 character show as `<0xE2>`."""
@@ -160,7 +162,7 @@ class Session:
             self._refeed(old_ids)
             raise
         self.prompt, self.prompt_ids = prompt, prompt_ids
-        self._path, self._panels, self._logits, self._rng_states = [], [], [logits], []
+        self._path, self._panels, self._logits, self._rng_states, self._strategies = [], [], [logits], [], []
         self._running_text = RunningText()
         # Sample on the logits' device, as generate() does, so the same seed gives the same tokens.
         self._rng = torch.Generator(device=logits.device)
@@ -234,6 +236,7 @@ class Session:
         self._panels.pop()
         self._running_text.pop()
         self._rng.set_state(self._rng_states.pop())
+        self._strategies.pop()
         if self.finished:
             self.finished = None  # the ending token was never fed, so cache and logits already fit
         else:
@@ -342,6 +345,7 @@ class Session:
         self._path.append(token)
         self._panels.append(panel)
         self._rng_states.append(rng_state)
+        self._strategies.append(self._strategy)
         self.finished = ending
         self._moved()
         sampled = self._strategy.do_sample and not forced  # only a draw moves the sampler on

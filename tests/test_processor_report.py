@@ -41,13 +41,14 @@ def test_prompt_tokens_are_penalised_and_banned(tiny_engine):
     assert set(ngram.removed) == in_prompt & set(report.token_ids)
 
 
-def test_greedy_has_no_report_and_past_steps_have_theirs(tiny_engine):
+def test_greedy_has_no_report_and_past_steps_keep_theirs(tiny_engine):
     assert Session(tiny_engine).processor_report() is None
     session = Session(tiny_engine, RESHAPING)
     session.reset("hello")
     first = session.processor_report()
     session.step()
-    assert session.processor_report(0) == first
+    session.set_strategy(Strategy())  # a later change of strategy does not rewrite the past
+    assert session.processor_report(0) == first and session.processor_report() is None
 
 
 def test_json_trace_has_each_processors_effect_per_step(capsys, tiny_model_dir):
