@@ -64,7 +64,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     app = argparse.ArgumentParser(
         prog="tokenstep",
         description="Step through a language model's text generation one token at a time. "
-        "`tokenstep trace --help` for the headless trace.",
+        "Also: `tokenstep trace`, `tokenstep compare` and `tokenstep replay` (each with --help).",
     )
     app.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     app.add_argument("--choices", type=int, default=10, help="candidates shown (default 10)")
