@@ -123,7 +123,7 @@ class Tree:
         run = [start]
         while len(self.nodes[run[-1]].children) == 1:
             run.append(self.nodes[run[-1]].children[0])
-        text = "".join(self.nodes[node_id].token.text for node_id in run)
+        text = _run_text([self.nodes[node_id].token for node_id in run])
         logprob = sum(node.token.logprob for node in self.path(run[-1]) if node.token is not None)
         rows.append(
             Branch(
@@ -141,3 +141,15 @@ class Tree:
             self.nodes[parent].children.append(node.id)
         self.current = node.id
         return node
+
+
+def _run_text(tokens: list[PathToken]) -> str:
+    """Whole characters, as the text view shows them; bytes still waiting for the rest of their
+    character at the end show as `<0xE2>` rather than not at all."""
+    text = "".join(token.piece for token in tokens)
+    pending = []
+    for token in reversed(tokens):
+        if token.piece:
+            break
+        pending.append(token.text)
+    return text + "".join(reversed(pending))

@@ -150,3 +150,18 @@ def test_only_a_deleted_branch_is_lost_and_never_the_current_path(tiny_session, 
     path = tmp_path / "s.json"
     session_file.save(path, tiny_session.tree, tiny_session.engine, Strategy(), 10)
     assert session_file.tree_record(session_file.load(path).tree) == session_file.tree_record(tiny_session.tree)
+
+
+def test_branch_text_shows_whole_characters_and_bytes_still_waiting():
+    from decoding.state import PathToken
+    from decoding.tree import Tree
+
+    def token(token_id, raw, piece):
+        return PathToken(token_id, f"<0x{raw[0]:02X}>" if not piece else piece, 0.5, -0.7, 0, False, raw=raw, piece=piece)
+
+    tree = Tree()
+    tree.add_root("p", [1])
+    tree.advance(token(2, b"\xc3", ""), None, "greedy", None)  # the first byte of é
+    tree.advance(token(3, b"\xa9", "é"), None, "greedy", None)
+    tree.advance(token(4, b"\xe2", ""), None, "greedy", None)  # waits for the rest of its character
+    assert tree.branches()[1].text == "é<0xE2>"
