@@ -179,3 +179,19 @@ async def test_a_comparison_that_cannot_run_says_why_in_the_view(tiny_model_dir,
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, CompareScreen)
+
+
+async def test_an_engine_without_beam_search_refuses_it_and_keeps_the_strategy(tiny_model_dir, monkeypatch):
+    app = make_app(tiny_model_dir)
+    notes = []
+    app.notify = lambda message, **kwargs: notes.append(message)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        monkeypatch.setattr(type(app.session.engine), "can_beam_search", False)
+        app._switch("beam")
+        await settle(pilot)
+        assert any("cannot run beam search" in note for note in notes)
+        assert app.snapshot.strategy == Strategy() and app.beam_view is None
+        await pilot.press("space")
+        await settle(pilot)
+        assert len(app.snapshot.path) == 1
