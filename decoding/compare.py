@@ -11,7 +11,7 @@ from typing import Callable
 
 from decoding.beam import BeamSearch
 from decoding.engine import Engine
-from decoding.errors import SessionError
+from decoding.errors import SessionError, SettingsError
 from decoding.session import Session
 from decoding.settings import Strategy
 from decoding.tokens import one_line
@@ -55,6 +55,8 @@ def compare(
     changed): give a fork to keep a session's. Raises Cancelled when `should_stop` says so."""
     if new_tokens < 1:
         raise SessionError(f"the number of new tokens must be at least 1 (got {new_tokens}).")
+    if any(s.is_beam for s in strategies) and not engine.can_beam_search:  # say so before any work
+        raise SettingsError(f"The {engine.name} engine cannot run beam search; leave beam out of --strategies or use --engine transformers.")
     results = []
     for done, strategy in enumerate(strategies):
         progress(done, len(strategies))
