@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from decoding.distribution import summarize
-from decoding.engine import Engine
+from decoding.distribution import summarize, top_ids
+from decoding.engine import Engine, decode_continuation
 from decoding.errors import SessionError, SettingsError
 from decoding.processors import build_processors
 from decoding.settings import Strategy
 from decoding.state import Beam, BeamSnapshot, Distribution
-from decoding.tokens import bytes_to_text
+from decoding.tokens import TokenTexts
 
 IMPOSSIBLE = -1.0e9  # generate()'s score for "cannot be chosen"
 
@@ -68,6 +68,8 @@ class BeamSearch:
             raise SessionError(f"The prompt fills the model's context ({engine.context_limit} tokens): no room to search.")
         self.engine, self.strategy, self.choices = engine, strategy, choices
         self.prefix_ids = list(prefix_ids)
+        self.prefix_text = engine.decode(self.prefix_ids)
+        self._token_text = TokenTexts(engine.token_bytes)
         self.max_new_tokens = min(max_new_tokens, room)
         self._processors = build_processors(strategy)
         self._beams = strategy.num_beams
@@ -95,15 +97,25 @@ class BeamSearch:
         """Advance every live beam by one token, as one iteration of generate()'s beam loop."""
         self._advance(None)
 
-    def force(self, beam: int, token_id: int) -> None:
+    def force(self, beam: int, token_id: int) -> int | None:
         """A step in which live beam `beam` (0 = best) continues with `token_id`: that pair is kept as a
-        live beam (in place of the weakest) even if the search would have dropped it."""
+        live beam (in place of the weakest) even if the search would have dropped it. Returns its rank
+        among the live beams after the step (None if it ended, as a finished hypothesis)."""
         live = self._live()
         if not isinstance(beam, int) or not 0 <= beam < len(live):
             raise SessionError(f"There is no live beam {beam!r}: there are {len(live)}.")
         if not isinstance(token_id, int) or not 0 <= token_id < self.engine.vocab_size:
             raise SessionError(f"token id {token_id!r} is not in the vocabulary (0 to {self.engine.vocab_size - 1}).")
+        forced = self._state.running[live[beam]].ids + (token_id,)
         self._advance((live[beam], token_id))
+        ranks = [rank for rank, row in enumerate(self._live()) if self._state.running[row].ids == forced]
+        return ranks[0] if ranks else None
+
+    def candidate_ids(self, beam: int) -> list[int]:
+        """The token ids of live beam `beam`'s candidate rows, best first (as its panel lists them)."""
+        if self._state.logits is None:
+            return []
+        return top_ids(self._state.logits[self._live()[beam]], self.choices)
 
     def undo(self) -> None:
         """Take back a whole beam step: every beam, score and finished hypothesis is as it was."""
@@ -138,7 +150,7 @@ class BeamSearch:
             if flag
         )
         return BeamSnapshot(
-            prefix=self.engine.decode(self.prefix_ids),
+            prefix=self.prefix_text,
             beams=beams,
             candidates=candidates,
             finished=tuple(sorted(finished, key=lambda beam: -beam.penalised)),
@@ -271,17 +283,10 @@ class BeamSearch:
             penalised = hypothesis.score / max(len(hypothesis.ids), 1) ** self.strategy.length_penalty
         return Beam(
             token_ids=hypothesis.ids,
-            text=self._continuation(hypothesis.ids),
+            text=decode_continuation(self.engine, self.prefix_ids, hypothesis.ids, self.prefix_text),
             logprob=hypothesis.logprob,
             score=hypothesis.score,
             penalised=penalised,
             forced=hypothesis.forced,
         )
 
-    def _continuation(self, ids: tuple[int, ...]) -> str:
-        prefix = self.engine.decode(self.prefix_ids)
-        full = self.engine.decode(self.prefix_ids + list(ids))
-        return full[len(prefix) :] if full.startswith(prefix) else self.engine.decode(list(ids))
-
-    def _token_text(self, token_id: int) -> str:
-        return bytes_to_text(self.engine.token_bytes(token_id))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from decoding.beam import BeamSearch
-from decoding.engine import Engine
+from decoding.engine import Engine, decode_continuation
 from decoding.errors import SessionError, SettingsError
 from decoding.session import Session
 from decoding.settings import Strategy
@@ -63,7 +63,7 @@ def compare(
         exact = replace(strategy, suppress_tokens=tuple(sorted(engine.eos_token_ids)))
         run = _beam if strategy.is_beam else _path
         ids, logprob = run(engine, exact, prefix_ids, new_tokens, should_stop)
-        results.append(Continuation(strategy, ids, _continuation_text(engine, prefix_ids, ids), logprob, repeated_ngrams(ids)))
+        results.append(Continuation(strategy, ids, decode_continuation(engine, prefix_ids, ids), logprob, repeated_ngrams(ids)))
     progress(len(strategies), len(strategies))
     return results
 
@@ -86,11 +86,6 @@ def _beam(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens:
         search.step()
     best = search.snapshot().best
     return best.token_ids, best.logprob
-
-
-def _continuation_text(engine: Engine, prefix_ids: list[int], ids: tuple[int, ...]) -> str:
-    prefix, full = engine.decode(prefix_ids), engine.decode(prefix_ids + list(ids))
-    return full[len(prefix) :] if full.startswith(prefix) else engine.decode(list(ids))
 
 
 def repeated_ngrams(ids: tuple[int, ...] | list[int], n: int = NGRAM) -> int:

@@ -57,3 +57,11 @@ class Engine(Protocol):
     def side_by_side(self) -> Any:
         """A runner for equal-length sequences stepped together on their own cache: `start(sequences)`
         and `feed(one token per sequence)` return one row of logits per sequence; `reorder(rows)`."""
+
+
+def decode_continuation(engine: Engine, prefix_ids: list[int], ids: list[int] | tuple[int, ...], prefix_text: str | None = None) -> str:
+    """The text `ids` add after `prefix_ids`, decoded together with the prefix so a character split
+    across the boundary comes out whole. `prefix_text`: the prefix decoded, if the caller has it."""
+    prefix_text = engine.decode(prefix_ids) if prefix_text is None else prefix_text
+    full = engine.decode(list(prefix_ids) + list(ids))
+    return full[len(prefix_text) :] if full.startswith(prefix_text) else engine.decode(list(ids))

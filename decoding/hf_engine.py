@@ -52,15 +52,11 @@ class TransformersEngine:
 
     def feed(self, ids: list[int]) -> torch.Tensor:
         before = self.cached_length
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
         try:
-            with torch.inference_mode():
-                out = self.model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
+            return _last_logits(self.model, self._cache, [ids])[0]
         except BaseException:
             self.crop(before)  # some layers may already hold the new positions
             raise
-        # generate() reads the logits as float32 before its processors; so do we.
-        return out.logits[0, -1].to(dtype=torch.float32)
 
     def crop(self, length: int) -> None:
         if length <= 0:
@@ -111,10 +107,16 @@ class SideBySide:
         self._cache.reorder_cache(torch.tensor(rows, dtype=torch.long, device=self.model.device))
 
     def _run(self, ids: list[list[int]]) -> torch.Tensor:
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self.model.device)
-        with torch.inference_mode():
-            out = self.model(input_ids=input_ids, cache=self._cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].to(dtype=torch.float32)
+        return _last_logits(self.model, self._cache, ids)
+
+
+def _last_logits(model: PreTrainedModel, cache: DynamicCache, ids: list[list[int]]) -> torch.Tensor:
+    """Run equal-length rows of new tokens on `cache`; each row's last logits, as float32 (generate()
+    reads them as float32 before its processors; so do we)."""
+    input_ids = torch.tensor(ids, dtype=torch.long, device=model.device)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1].to(dtype=torch.float32)
 
 
 def _context_limit(config) -> int:

@@ -52,6 +52,15 @@ class LoadOptions:
             raise LoadError(f"--device-map only accepts 'auto' (got {self.device_map!r}).")
 
 
+def recorded_model(model_id: str | None, engine_name: str | None) -> dict[str, str | None]:
+    """LoadOptions' `model` and `engine` for a model as traces and session files record it (the name
+    shown, and the engine's name)."""
+    return {
+        "model": None if model_id == EMBEDDED_NAME else model_id,
+        "engine": "llama" if engine_name == "llama.cpp" else "transformers",
+    }
+
+
 def cache_root() -> Path:
     """Where converted models live: $TOKENSTEP_CACHE, else $XDG_CACHE_HOME/tokenstep, else ~/.cache/tokenstep."""
     if override := os.environ.get("TOKENSTEP_CACHE"):

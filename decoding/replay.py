@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from decoding.errors import SessionError, SettingsError
-from decoding.loading import DTYPES, EMBEDDED_NAME, LoadOptions
+from decoding.loading import DTYPES, LoadOptions, recorded_model
 from decoding.settings import Strategy
 
 
@@ -29,10 +29,8 @@ class StepCheck:
 
 def load_options(record: dict[str, Any], **overrides: Any) -> LoadOptions:
     """The trace's own model, engine and dtype, unless overridden (an override of None keeps the trace's)."""
-    model = record.get("model")
     options = {
-        "model": None if model == EMBEDDED_NAME else model,
-        "engine": "llama" if record.get("engine") == "llama.cpp" else "transformers",
+        **recorded_model(record.get("model"), record.get("engine")),
         "dtype": record.get("dtype") if record.get("dtype") in DTYPES else "auto",
     }
     options.update({name: value for name, value in overrides.items() if value is not None})
@@ -45,8 +43,6 @@ def strategy_of(record: dict[str, Any]) -> Strategy:
     kind = "beam" if kwargs.get("num_beams", 1) > 1 else "sample" if kwargs.get("do_sample") else "greedy"
     known = {f.name for f in fields(Strategy)} - {"kind", "seed"}
     settings = {name: value for name, value in kwargs.items() if name in known}
-    if "suppress_tokens" in settings:
-        settings["suppress_tokens"] = tuple(settings["suppress_tokens"])
     try:
         return Strategy(kind=kind, seed=record.get("seed", 0), **settings)
     except SettingsError as error:

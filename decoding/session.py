@@ -11,12 +11,12 @@ import math
 import torch
 
 from decoding.distribution import rank_of, summarize
-from decoding.engine import Engine
+from decoding.engine import Engine, decode_continuation
 from decoding.errors import SessionError, SettingsError
 from decoding.processors import build_processors, explain
 from decoding.settings import Strategy
 from decoding.state import Candidate, Distribution, PathToken, ProcessorReport, Snapshot
-from decoding.tokens import RunningText, bytes_to_text
+from decoding.tokens import RunningText, TokenTexts, bytes_to_text
 from decoding.tree import Tree
 
 DEFAULT_CHOICES = 10
@@ -41,7 +41,7 @@ class Session:
         self._distribution: Distribution | None = None
         self._current_logprobs: torch.Tensor | None = None  # log-softmax of _logits[-1], once computed
         self._current_scores: torch.Tensor | None = None  # _logits[-1] after the processors, once computed
-        self._token_texts: dict[int, str] = {}  # a panel's ten texts each step would otherwise be decoded anew
+        self.token_text = TokenTexts(engine.token_bytes)  # one token's own text, e.g. `<0xE2>` for a partial byte
         self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
         self.tree = Tree()  # every path walked from every prompt; the current path is tree.current's
 
@@ -90,8 +90,7 @@ class Session:
 
     @property
     def generated_text(self) -> str:
-        prompt_text, full = self.engine.decode(self.prompt_ids), self.text
-        return full[len(prompt_text) :] if full.startswith(prompt_text) else self.engine.decode(self.generated_ids)
+        return decode_continuation(self.engine, self.prompt_ids, self.generated_ids)
 
     @property
     def sequence_logprob(self) -> float:
@@ -104,8 +103,7 @@ class Session:
         if not self.prompt_ids or self.finished:
             return None
         if self._distribution is None:
-            processed = self._scores() if self._processors else None
-            self._distribution = summarize(self._logits[-1], self._logprobs(), processed, self._choices, self.token_text)
+            self._distribution = summarize(self._logits[-1], self._logprobs(), self._processed(), self._choices, self.token_text)
         return self._distribution
 
     def processor_report(self, index: int | None = None) -> ProcessorReport | None:
@@ -120,12 +118,6 @@ class Session:
             return None
         ids = self.ids[: len(self.prompt_ids) + index]
         return explain(strategy, ids, self._logits[index], [c.token_id for c in panel.candidates])
-
-    def token_text(self, token_id: int) -> str:
-        """One token's own text; bytes that are only part of a UTF-8 character show as `<0xE2>`."""
-        if token_id not in self._token_texts:
-            self._token_texts[token_id] = bytes_to_text(self.engine.token_bytes(token_id))
-        return self._token_texts[token_id]
 
     # --- settings --------------------------------------------------------------------------------
 
@@ -177,7 +169,7 @@ class Session:
         scores = self._scores()
         token_id = self._choose(scores)
         try:
-            return self._append(token_id, False, scores if self._processors else None, rng_state)
+            return self._append(token_id, False, self._processed(), rng_state)
         except BaseException:
             self._rng.set_state(rng_state)
             raise
@@ -225,8 +217,7 @@ class Session:
         self._check_can_choose()
         if not isinstance(token_id, int) or not 0 <= token_id < self.engine.vocab_size:
             raise SessionError(f"token id {token_id!r} is not in the vocabulary (0 to {self.engine.vocab_size - 1}).")
-        processed = self._scores() if self._processors else None
-        return self._append(token_id, True, processed, self._rng.get_state())
+        return self._append(token_id, True, self._processed(), self._rng.get_state())
 
     def undo(self) -> PathToken:
         """Take back the last token: crop the cache (no recomputation) and restore its distribution."""
@@ -261,7 +252,7 @@ class Session:
             self.undo()
         for node in nodes[shared:]:
             self._check_can_choose()
-            self._append(node.token.token_id, node.token.forced, self._scores() if self._processors else None, self._rng.get_state())
+            self._append(node.token.token_id, node.token.forced, self._processed(), self._rng.get_state())
             if node.rng is not None:
                 self._rng.set_state(torch.frombuffer(bytearray(node.rng), dtype=torch.uint8))
 
@@ -313,6 +304,10 @@ class Session:
                 logits = self._processors(input_ids, logits.clone()[None])[0]
             self._current_scores = logits
         return self._current_scores
+
+    def _processed(self) -> torch.Tensor | None:
+        """The processed scores when the strategy has processors: what the panel shows beside the model's."""
+        return self._scores() if self._processors else None
 
     def _append(
         self, token_id: int, forced: bool, processed: torch.Tensor | None, rng_state: torch.Tensor
@@ -399,7 +394,6 @@ def _checked_choices(choices: int, vocab_size: int) -> int:
     if isinstance(choices, bool) or not isinstance(choices, int) or not 1 <= choices <= vocab_size:
         raise SettingsError(f"the number of candidates shown must be a whole number from 1 to {vocab_size} (got {choices!r}).")
     return choices
-
 
 
 def _state_bytes(generator: torch.Generator) -> bytes:

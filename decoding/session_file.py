@@ -129,13 +129,9 @@ def load(path: Path) -> SavedSession:
     if record.get("version") != VERSION:
         raise SessionError(f"{path} is a version {record.get('version')!r} session; this tokenstep reads version {VERSION}.")
     try:
-        return SavedSession(_tree(record["tree"]), dict(record["model"]), Strategy(**_strategy_fields(record["strategy"])), int(record["choices"]))
+        return SavedSession(_tree(record["tree"]), dict(record["model"]), Strategy(**record["strategy"]), int(record["choices"]))
     except (KeyError, TypeError, ValueError, AttributeError, SettingsError) as error:
         raise SessionError(f"{path} is damaged ({type(error).__name__}: {error}). It was left as it is.") from None
-
-
-def _strategy_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    return {**fields, "suppress_tokens": tuple(fields.get("suppress_tokens", ()))}
 
 
 def _tree(record: dict[str, Any]) -> Tree:

@@ -47,6 +47,8 @@ class Strategy:
     suppress_tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.suppress_tokens, list):  # as JSON and generate() write it
+            object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens))
         problems = field_problems(self)
         if problems:
             raise SettingsError("; ".join(problems.values()))

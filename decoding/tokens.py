@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import unicodedata
+from typing import Callable
 
 VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥"}
 
@@ -22,6 +23,20 @@ codecs.register_error("tokenstep-hex", _hex_bytes)
 def bytes_to_text(raw: bytes) -> str:
     """Decode UTF-8, showing bytes that are not valid on their own (a partial character) as `<0xE2>`."""
     return raw.decode("utf-8", errors="tokenstep-hex")
+
+
+class TokenTexts:
+    """Each token's own text (`bytes_to_text` of its bytes), decoded once: panels show the same tokens
+    step after step."""
+
+    def __init__(self, token_bytes: Callable[[int], bytes]) -> None:
+        self._token_bytes = token_bytes
+        self._texts: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        if token_id not in self._texts:
+            self._texts[token_id] = bytes_to_text(self._token_bytes(token_id))
+        return self._texts[token_id]
 
 
 class RunningText:

@@ -116,23 +116,25 @@ class Tree:
             root = self.nodes[root_id]
             rows.append(Branch((root_id,), 0, one_line(root.prompt), 0.0, "prompt", root_id in on_path, root_id == self.current))
             for child in root.children:
-                self._walk(child, 1, on_path, rows)
+                self._walk(child, 1, 0.0, on_path, rows)
         return rows
 
-    def _walk(self, start: int, level: int, on_path: set[int], rows: list[Branch]) -> None:
+    def _walk(self, start: int, level: int, logprob_above: float, on_path: set[int], rows: list[Branch]) -> None:
+        """One run from `start` down to a fork or a leaf, then the runs below it; `logprob_above`: the
+        sequence log-probability where the run starts."""
         run = [start]
         while len(self.nodes[run[-1]].children) == 1:
             run.append(self.nodes[run[-1]].children[0])
-        text = _run_text([self.nodes[node_id].token for node_id in run])
-        logprob = sum(node.token.logprob for node in self.path(run[-1]) if node.token is not None)
+        tokens = [self.nodes[node_id].token for node_id in run]
+        logprob = logprob_above + sum(token.logprob for token in tokens)
         rows.append(
             Branch(
-                tuple(run), level, one_line(text), logprob, self.nodes[start].made_by,
+                tuple(run), level, one_line(_run_text(tokens)), logprob, self.nodes[start].made_by,
                 any(node_id in on_path for node_id in run), self.current == run[-1],
             )
         )
         for child in self.nodes[run[-1]].children:
-            self._walk(child, level + 1, on_path, rows)
+            self._walk(child, level + 1, logprob, on_path, rows)
 
     def _new(self, parent: int | None, **fields) -> Node:
         node = Node(id=max(self.nodes, default=-1) + 1, parent=parent, **fields)  # ids stay unique after deletes

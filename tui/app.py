@@ -52,10 +52,11 @@ COMPARE_NEW_TOKENS = 32  # what each strategy writes in the compare view
 
 @dataclass(frozen=True)
 class Command:
-    """One unit of model work, run in the worker thread: `run(session, app)`."""
+    """One unit of model work, run in the worker thread: `run(session, app)`, which may return the
+    timing to show. The screen is sent the new state once, when it ends."""
 
     name: str
-    run: Callable[[Session, "TokenstepApp"], None]
+    run: Callable[[Session, "TokenstepApp"], Timing | None]
     work_ahead: bool = False  # speculative: cancelled by any command a person asks for
 
 
@@ -303,8 +304,9 @@ class TokenstepApp(App[int]):
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False, description="model command")
     def _run(self, command: Command) -> None:
+        timing = None
         try:
-            command.run(self.session, self)
+            timing = command.run(self.session, self)
         except TokenstepError as error:
             self.post_message(self.CommandFailed(str(error)))
         except Exception as error:  # out of GPU memory and the like: the path is left as it was
@@ -313,7 +315,7 @@ class TokenstepApp(App[int]):
         finally:
             if not command.work_ahead:
                 self.keeper.save(self.session)
-                self.post_message(self._updated(self.session))
+                self.post_message(self._updated(self.session, timing))
             self.post_message(self.CommandDone())
 
     def on_tokenstep_app_command_done(self) -> None:
@@ -382,11 +384,10 @@ class TokenstepApp(App[int]):
     # --- commands ---------------------------------------------------------------------------------
 
     def _timed(self, name: str, change: Callable[[Session], object]) -> Command:
-        def run(session: Session, app: TokenstepApp) -> None:
+        def run(session: Session, app: TokenstepApp) -> Timing:
             start = app.clock()
             change(session)
-            timing = Timing(latency_ms=1000 * (app.clock() - start))
-            app.post_message(app._updated(session, timing))
+            return Timing(latency_ms=1000 * (app.clock() - start))
 
         return Command(name, run)
 
@@ -422,7 +423,9 @@ class TokenstepApp(App[int]):
     def _undo(self, session: Session) -> object:
         return self.beam.undo() if self.beam is not None else session.undo()
 
-    def _play(self, session: Session, app: TokenstepApp) -> None:
+    def _play(self, session: Session, app: TokenstepApp) -> Timing | None:
+        """Step until the end, the limit or a key; frames go out a few times a second, the last one
+        (with the final timing) when the command ends."""
         worker, started, steps, painted = get_current_worker(), app.clock(), 0, 0.0
         if app.beam is None and len(session.path) >= app.max_new_tokens:
             raise SessionError(f"The path already has {len(session.path)} new tokens, the --max-new-tokens limit.")
@@ -440,10 +443,10 @@ class TokenstepApp(App[int]):
                 timing = Timing(1000 * (now - step_start), steps / (now - started))
                 app.post_message(app._updated(session, timing))
                 painted = now
-        if steps:
-            now = app.clock()
-            timing = Timing(1000 * (now - step_start), steps / (now - started))
-            app.post_message(app._updated(session, timing))
+        if not steps:
+            return None
+        now = app.clock()
+        return Timing(1000 * (now - step_start), steps / (now - started))
 
     def _can_play_on(self, session: Session) -> bool:
         if self.beam is not None:
@@ -472,16 +475,12 @@ class TokenstepApp(App[int]):
         return force
 
     def _force_onto_beam(self, row: int, beam_row: int) -> None:
-        snapshot = self.beam.snapshot()
-        if snapshot.ended:
+        if self.beam.ended:
             return self.beam.step()  # which explains that the search has ended
-        candidates = snapshot.candidates[beam_row].candidates
+        candidates = self.beam.candidate_ids(beam_row)
         if row >= len(candidates):
             raise SessionError(f"There is no row {row + 1}: the panel shows {len(candidates)} candidates.")
-        forced = snapshot.beams[beam_row].token_ids + (candidates[row].token_id,)
-        self.beam.force(beam_row, candidates[row].token_id)
-        beams = self.beam.snapshot().beams
-        rank = next((i for i, beam in enumerate(beams) if beam.token_ids == forced), None)
+        rank = self.beam.force(beam_row, candidates[row])
         if rank is not None:
             self.post_message(self.BeamHighlight(rank))  # the highlight follows the forced beam
 

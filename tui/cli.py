@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 from decoding.errors import TokenstepError
-from decoding.loading import DTYPES, ENGINES, LoadOptions
+from decoding.loading import DTYPES, ENGINES, LoadOptions, recorded_model
 from decoding.settings import CHAPTER_STRATEGIES, STRATEGY_KINDS, Strategy, parse_strategies
 
 DEFAULT_PROMPT = "Transformers are the"
@@ -270,7 +271,7 @@ def run_app_command(argv: Sequence[str]) -> int:
     if saved is not None:
         strategy, choices = saved.strategy, saved.choices
         if args.model is None:  # reopen on the model it was made with
-            options = _saved_model_options(saved.model, options)
+            options = replace(options, **recorded_model(saved.model.get("model_id"), saved.model.get("engine")))
     app = TokenstepApp(
         options,
         strategy,
@@ -283,16 +284,6 @@ def run_app_command(argv: Sequence[str]) -> int:
     )
     app.run()
     return app.return_code or 0
-
-
-def _saved_model_options(model: dict, options: LoadOptions) -> LoadOptions:
-    from dataclasses import replace
-
-    from decoding.loading import EMBEDDED_NAME
-
-    model_id = model.get("model_id")
-    engine = "llama" if model.get("engine") == "llama.cpp" else "transformers"
-    return replace(options, model=None if model_id == EMBEDDED_NAME else model_id, engine=engine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
