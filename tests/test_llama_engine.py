@@ -17,6 +17,16 @@ PROB_TOLERANCE = 0.06
 MIN_SHARED_OF_TOP10 = 7
 
 
+def test_llama_cpp_was_built_for_any_cpu_of_its_kind():
+    """`make` builds llama.cpp with portable flags (.ci/build-llama.sh): a build that enables AMX crashed
+    in ggml's AMX kernels, and one with AVX-512 would not start on a CPU without it."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    assert "AMX" not in info, f"llama.cpp was built with AMX (GGML_NATIVE?): {info}"
+    assert "AVX512" not in info, f"llama.cpp was built for AVX-512 CPUs only: {info}"
+
+
 @pytest.fixture(scope="module")
 def llama_engine():
     return load_engine(LoadOptions(engine="llama"))
