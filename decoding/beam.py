@@ -133,6 +133,20 @@ class BeamSearch:
     def ended(self) -> str | None:
         return self._state.ended
 
+    def steps_so_far(self) -> list[tuple[tuple[Beam, ...], tuple[Beam, ...]]]:
+        """(live beams, finished hypotheses) after each step taken, as the snapshot showed them."""
+        return [self._beams_of(state) for state in [*self._history[1:], self._state][: self.steps]]
+
+    def _beams_of(self, state: _State) -> tuple[tuple[Beam, ...], tuple[Beam, ...]]:
+        live = self._live(state)
+        beams = tuple(self._view(state.running[row]) for row in live)
+        finished = tuple(
+            self._view(hypothesis, score)
+            for hypothesis, score, flag in zip(state.finished, state.finished_scores.tolist(), state.finished_flags)
+            if flag
+        )
+        return beams, tuple(sorted(finished, key=lambda beam: -beam.penalised))
+
     def snapshot(self) -> BeamSnapshot:
         state = self._state
         live = self._live()
@@ -143,17 +157,12 @@ class BeamSearch:
                 summarize(state.logits[row], raw[row], processed[row] if self._processors else None, self.choices, self._token_text)
                 for row in live
             )
-        beams = tuple(self._view(state.running[row]) for row in live)
-        finished = tuple(
-            self._view(hypothesis, score)
-            for hypothesis, score, flag in zip(state.finished, state.finished_scores.tolist(), state.finished_flags)
-            if flag
-        )
+        beams, finished = self._beams_of(state)
         return BeamSnapshot(
             prefix=self.prefix_text,
             beams=beams,
             candidates=candidates,
-            finished=tuple(sorted(finished, key=lambda beam: -beam.penalised)),
+            finished=finished,
             steps=self.steps,
             ended=state.ended,
             strategy=self.strategy,
@@ -273,9 +282,10 @@ class BeamSearch:
             self._runner.start([self.prefix_ids + list(h.ids) for h in self._state.running])
             self._cache_fits = True
 
-    def _live(self) -> list[int]:
+    def _live(self, state: _State | None = None) -> list[int]:
         """Rows that hold a real beam (at the start only the first of the B copies)."""
-        return [row for row, score in enumerate(self._state.running_scores.tolist()) if score > IMPOSSIBLE / 2]
+        scores = (state or self._state).running_scores.tolist()
+        return [row for row, score in enumerate(scores) if score > IMPOSSIBLE / 2]
 
     def _view(self, hypothesis: _Hypothesis, penalised: float | None = None) -> Beam:
         """A live beam's penalised score is what it would get if it ended now."""

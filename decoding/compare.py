@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from decoding.beam import BeamSearch
 from decoding.engine import Engine, decode_continuation
 from decoding.errors import SessionError, SettingsError
-from decoding.session import Session
 from decoding.settings import Strategy
 from decoding.tokens import one_line
 from decoding.trace import aligned_table, markdown_table, terminal_safe_json
@@ -33,6 +31,7 @@ class Continuation:
     text: str
     logprob: float  # the sequence's log-probability under the raw model
     repeated_ngrams: int  # token 3-grams that repeat an earlier one
+    cut_short: str | None = None  # why it has fewer tokens than asked for (the context limit), if it has
 
     @property
     def label(self) -> str:
@@ -63,12 +62,15 @@ def compare(
         exact = replace(strategy, suppress_tokens=tuple(sorted(engine.eos_token_ids)))
         run = _beam if strategy.is_beam else _path
         ids, logprob = run(engine, exact, prefix_ids, new_tokens, should_stop)
-        results.append(Continuation(strategy, ids, decode_continuation(engine, prefix_ids, ids), logprob, repeated_ngrams(ids)))
+        cut_short = "the context limit" if len(ids) < new_tokens else None  # EOS is suppressed: nothing else ends one
+        results.append(Continuation(strategy, ids, decode_continuation(engine, prefix_ids, ids), logprob, repeated_ngrams(ids), cut_short))
     progress(len(strategies), len(strategies))
     return results
 
 
 def _path(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop) -> tuple[tuple[int, ...], float]:
+    from decoding.session import Session
+
     session = Session(engine, strategy)
     session.reset(engine.decode(prefix_ids), prefix_ids)
     while len(session.path) < new_tokens and not session.finished:
@@ -79,7 +81,9 @@ def _path(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens:
 
 
 def _beam(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop) -> tuple[tuple[int, ...], float]:
-    search = BeamSearch(engine, strategy, prefix_ids, max_new_tokens=new_tokens)
+    from decoding.beam import BeamSearch
+
+    search = BeamSearch(engine, strategy, prefix_ids, max_new_tokens=new_tokens)  # at most the room left
     while not search.ended:
         if should_stop():
             raise Cancelled
@@ -112,10 +116,20 @@ def comparison_record(prompt: str, new_tokens: int, results: list[Continuation])
                 "sequence_logprob": r.logprob,
                 "mean_logprob": r.mean_logprob,
                 "repeated_ngrams": r.repeated_ngrams,
+                **({"cut_short": r.cut_short} if r.cut_short else {}),
             }
             for r in results
         ],
     }
+
+
+def cut_short_notes(record: dict) -> list[str]:
+    """A line for each continuation shorter than asked, saying why (its numbers do not compare)."""
+    return [
+        f"{r['strategy']} wrote {len(r['generated_ids'])} of {record['new_tokens']} tokens: {r['cut_short']} was reached"
+        for r in record["results"]
+        if r.get("cut_short")
+    ]
 
 
 def format_comparison(record: dict, fmt: str) -> str:
@@ -126,4 +140,5 @@ def format_comparison(record: dict, fmt: str) -> str:
         [r["strategy"], f"{r['sequence_logprob']:.2f}", f"{r['mean_logprob']:.3f}", str(r["repeated_ngrams"]), one_line(r["generated_text"])]
         for r in record["results"]
     ]
-    return markdown_table(header, rows) if fmt == "markdown" else aligned_table(header, rows)
+    table = markdown_table(header, rows) if fmt == "markdown" else aligned_table(header, rows)
+    return "\n".join([table, *(f"\nNote: {note}" for note in cut_short_notes(record))])

@@ -6,9 +6,10 @@ inference server) can be added without touching them.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class Engine(Protocol):
@@ -19,6 +20,7 @@ class Engine(Protocol):
     vocab_size: int  # width of the logits vector
     context_limit: int  # most tokens the model can attend to
     eos_token_ids: frozenset[int]
+    weights_digest: str  # tells two checkpoints (or dtypes) apart: their numbers differ
     can_look_ahead: bool  # whether detach_last/attach work (work ahead is skipped where not)
     can_beam_search: bool  # whether side_by_side() works
     can_fork: bool  # whether fork() works

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 
 import torch
@@ -29,6 +30,7 @@ class TransformersEngine:
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self._byte_decoder = _byte_decoder(tokenizer)
         self._cache = DynamicCache(config=model.config)
+        self.weights_digest = _weights_digest(model)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -117,6 +119,18 @@ def _last_logits(model: PreTrainedModel, cache: DynamicCache, ids: list[list[int
     with torch.inference_mode():
         out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].to(dtype=torch.float32)
+
+
+def _weights_digest(model: PreTrainedModel, samples: int = 4096) -> str:
+    """A digest of a spread of the weights as loaded (values and dtype): two checkpoints that share a
+    tokenizer, or one checkpoint in two dtypes, give different numbers and different digests."""
+    digest = hashlib.sha256(str(model.config.model_type).encode())
+    parameters = [p for p in model.parameters() if p.device.type != "meta"]  # offloaded ones are not here
+    for parameter in parameters[:: max(1, len(parameters) // 4)]:
+        flat = parameter.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // samples)][:samples].to("cpu", torch.float32)
+        digest.update(f"{tuple(parameter.shape)} {parameter.dtype}".encode() + sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _context_limit(config) -> int:

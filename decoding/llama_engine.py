@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from decoding.loading import file_digest
+
 MAX_CONTEXT = 8192  # llama.cpp allocates the whole KV cache up front; the session keeps to the model's own limit
 
 
@@ -38,6 +40,7 @@ class LlamaCppEngine:
         self.vocab_size = self._llm.n_vocab()
         self.context_limit = min(self._llm._model.n_ctx_train(), self._llm.n_ctx())
         self.eos_token_ids = frozenset({self._llm.token_eos()})
+        self.weights_digest = file_digest(gguf)
 
     def encode(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)

@@ -40,6 +40,8 @@ class LoadOptions:
     engine: str = "transformers"  # or "llama": llama.cpp on the .gguf file itself
 
     def __post_init__(self) -> None:
+        if self.model is not None and not self.model.strip():
+            raise LoadError("--model is empty: give a Hub id, a folder or a .gguf file (or leave it out for the embedded model).")
         if self.engine not in ENGINES:
             raise LoadError(f"--engine must be one of {', '.join(ENGINES)} (got {self.engine!r}).")
         if self.engine == "llama" and self.model and not self.model.lower().endswith(".gguf"):
@@ -52,12 +54,13 @@ class LoadOptions:
             raise LoadError(f"--device-map only accepts 'auto' (got {self.device_map!r}).")
 
 
-def recorded_model(model_id: str | None, engine_name: str | None) -> dict[str, str | None]:
-    """LoadOptions' `model` and `engine` for a model as traces and session files record it (the name
-    shown, and the engine's name)."""
+def recorded_model(model_id: str | None, engine_name: str | None, dtype: str | None = None) -> dict[str, str | None]:
+    """LoadOptions' `model`, `engine` and `dtype` for a model as traces and session files record it
+    (the name shown, the engine's name, the dtype it ran in: a quantization name means the engine's own)."""
     return {
         "model": None if model_id == EMBEDDED_NAME else model_id,
         "engine": "llama" if engine_name == "llama.cpp" else "transformers",
+        "dtype": dtype if dtype in DTYPES else "auto",
     }
 
 
@@ -245,9 +248,14 @@ def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map:
 
 
 def _is_causal_lm(config) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    """A decoder that predicts the next token. Encoders such as BERT also have a "causal LM" class,
+    but only work as one when made a decoder (`is_decoder`): otherwise they attend both ways and
+    their "next token" means nothing."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "is_encoder_decoder", False)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "is_encoder_decoder", False):
+        return False
+    return config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or bool(getattr(config, "is_decoder", False))
 
 
 def _not_found_message(model_id: str, error: Exception) -> str:
@@ -280,14 +288,18 @@ def converted_gguf(gguf: Path, progress: Progress = lambda message: None) -> Pat
 
 
 def _gguf_key(gguf: Path) -> str:
+    return f"{gguf.stem}-{file_digest(gguf)}"
+
+
+def file_digest(path: Path) -> str:
     """Content-based name: size plus a hash of the first and last MiB (fast even for large files)."""
-    size = gguf.stat().st_size
+    size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
-    with gguf.open("rb") as f:
+    with path.open("rb") as f:
         digest.update(f.read(1 << 20))
         f.seek(max(0, size - (1 << 20)))
         digest.update(f.read(1 << 20))
-    return f"{gguf.stem}-{digest.hexdigest()[:16]}"
+    return digest.hexdigest()[:16]
 
 
 def convert_gguf(gguf: Path, target: Path):

@@ -11,8 +11,52 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from decoding.errors import SessionError, SettingsError
-from decoding.loading import DTYPES, LoadOptions, recorded_model
+from decoding.loading import LoadOptions, recorded_model
+from decoding.schema import Number, ShapeError, Whole, check
 from decoding.settings import Strategy
+
+_COMMON = {
+    "model": (str, None),
+    "engine": str,
+    "dtype?": (str, None),
+    "strategy": {"do_sample?": bool, "num_beams?": Whole(1)},
+    "seed?": Whole(0),
+    "prompt": str,
+    "prompt_ids": [Whole(0)],
+}
+PATH_TRACE_SHAPE = {
+    **_COMMON,
+    "choices?": Whole(1),
+    "steps": [
+        {
+            "candidates": [{"token_id": Whole(0), "prob": Number(0, 1), "text": str}],
+            "chosen": {"token_id": Whole(0), "forced": bool, "text": str},
+        }
+    ],
+}
+BEAM_TRACE_SHAPE = {
+    **_COMMON,
+    "max_new_tokens": Whole(1),
+    "finished": (str, None),
+    "steps": [{"beams": [{"token_ids": [Whole(0)], "score": float}]}],
+}
+
+
+def checked_trace(record: Any, name: str) -> dict[str, Any]:
+    """A JSON trace (`tokenstep trace --format json`, or `e` in the app), checked in full before
+    anything runs; SessionError naming the first thing wrong otherwise."""
+    if not isinstance(record, dict):
+        raise SessionError(f"{name} is not a tokenstep JSON trace (it holds {type(record).__name__}, not an object).")
+    shape = BEAM_TRACE_SHAPE if "sequence_score" in record else PATH_TRACE_SHAPE
+    try:
+        check(record, shape, "trace")
+    except ShapeError as error:
+        raise SessionError(f"{name} is not a tokenstep JSON trace ({error}).") from None
+    if not record["steps"]:
+        raise SessionError(f"{name} holds no steps: there is nothing to replay.")
+    if not record["prompt_ids"]:
+        raise SessionError(f"{name} holds no prompt ids: there is nothing to replay from.")
+    return record
 
 
 @dataclass(frozen=True)
@@ -29,10 +73,7 @@ class StepCheck:
 
 def load_options(record: dict[str, Any], **overrides: Any) -> LoadOptions:
     """The trace's own model, engine and dtype, unless overridden (an override of None keeps the trace's)."""
-    options = {
-        **recorded_model(record.get("model"), record.get("engine")),
-        "dtype": record.get("dtype") if record.get("dtype") in DTYPES else "auto",
-    }
+    options = recorded_model(record.get("model"), record.get("engine"), record.get("dtype"))
     options.update({name: value for name, value in overrides.items() if value is not None})
     return LoadOptions(**options)
 
@@ -52,7 +93,7 @@ def strategy_of(record: dict[str, Any]) -> Strategy:
 def replay_path(session, record: dict[str, Any]) -> list[StepCheck]:
     """Compare a path trace (`tokenstep trace`, or `e` in the app) step by step."""
     session.reset(record["prompt"])
-    if session.prompt_ids != list(record.get("prompt_ids", session.prompt_ids)):
+    if session.prompt_ids != list(record["prompt_ids"]):
         raise SessionError("The prompt tokenizes differently here: this is not the trace's tokenizer.")
     checks = []
     for number, step in enumerate(record["steps"], start=1):
@@ -86,7 +127,8 @@ def replay_beam(engine, record: dict[str, Any]) -> list[StepCheck]:
     from decoding.trace import run_beam_trace
 
     search = BeamSearch(engine, strategy_of(record), list(record["prompt_ids"]), max_new_tokens=record["max_new_tokens"])
-    again = run_beam_trace(search)
+    # A trace exported while the search ran (`e` in the app) is replayed as far as it went.
+    again = run_beam_trace(search, steps=None if record["finished"] else len(record["steps"]))
     checks = []
     for number, (ours, theirs) in enumerate(zip(again["steps"], record["steps"]), start=1):
         same = [b["token_ids"] for b in ours["beams"]] == [b["token_ids"] for b in theirs["beams"]]

@@ -16,7 +16,7 @@ from decoding.errors import SessionError, SettingsError
 from decoding.processors import build_processors, explain
 from decoding.settings import Strategy
 from decoding.state import Candidate, Distribution, PathToken, ProcessorReport, Snapshot
-from decoding.tokens import RunningText, TokenTexts, bytes_to_text
+from decoding.tokens import RunningText, TokenTexts, bytes_to_text, undecodable_at
 from decoding.tree import Tree
 
 DEFAULT_CHOICES = 10
@@ -252,22 +252,47 @@ class Session:
             self.undo()
         for node in nodes[shared:]:
             self._check_can_choose()
-            self._append(node.token.token_id, node.token.forced, self._processed(), self._rng.get_state())
+            self._append(node.token.token_id, node.token.forced, self._processed(), self._rng.get_state(), replaying=True)
             if node.rng is not None:
-                self._rng.set_state(torch.frombuffer(bytearray(node.rng), dtype=torch.uint8))
+                self._restore_sampler(node)
 
     def adopt(self, tree: Tree) -> None:
-        """Take over a saved tree (same model) and go to its current node."""
+        """Take over a saved tree (same model) and go to its current node; on any failure the tree
+        is not taken and SessionError says why."""
         if tree.current is None:
             raise SessionError("The saved session holds no prompt yet.")
+        self._check_saved(tree)
+        old = self.tree
         self.tree = tree
-        self.jump(tree.current)
+        try:
+            self.jump(tree.current)
+        except BaseException:
+            self.tree = old
+            raise
+
+    def _check_saved(self, tree: Tree) -> None:
+        """What a file can hold that only this model can judge: token ids in its vocabulary, prompts
+        that fit its context (sampler states are checked as the jump sets them)."""
+        for node in tree.nodes.values():
+            ids = list(node.prompt_ids) if node.token is None else [node.token.token_id]
+            if any(not 0 <= token_id < self.engine.vocab_size for token_id in ids):
+                raise SessionError(f"Node {node.id} of the saved tree holds a token id outside this model's vocabulary.")
+            if len(node.prompt_ids) >= self.engine.context_limit:
+                raise SessionError(f"The saved prompt of node {node.id} is longer than this model's context.")
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _restore_sampler(self, node) -> None:
+        try:
+            self._rng.set_state(torch.frombuffer(bytearray(node.rng), dtype=torch.uint8))
+        except (RuntimeError, ValueError):
+            raise SessionError(f"Node {node.id} of the tree holds a sampler state this device's generator cannot take.") from None
 
     def _checked_prompt(self, prompt: str) -> list[int]:
         if not prompt:
             raise SessionError("The prompt is empty: type some text for the model to continue.")
+        if (index := undecodable_at(prompt)) is not None:
+            raise SessionError(f"The prompt is not valid UTF-8 text (character {index + 1} was a stray byte): give it as UTF-8.")
         return self._checked_ids(self.engine.encode(prompt))
 
     def _checked_ids(self, ids: list[int]) -> list[int]:
@@ -310,9 +335,10 @@ class Session:
         return self._scores() if self._processors else None
 
     def _append(
-        self, token_id: int, forced: bool, processed: torch.Tensor | None, rng_state: torch.Tensor
+        self, token_id: int, forced: bool, processed: torch.Tensor | None, rng_state: torch.Tensor, replaying: bool = False
     ) -> PathToken:
-        """Run `token_id` to get the next distribution, then record it, scored by the raw model."""
+        """Run `token_id` to get the next distribution, then record it, scored by the raw model.
+        `replaying`: walking a node of the tree again (a jump), whose record stays as it was made."""
         logits, panel = self._logits[-1], self.distribution
         logprob = float(self._logprobs()[token_id])
         shown = _on_panel(panel, token_id)  # usually there: its rank and processed probability are known
@@ -343,9 +369,12 @@ class Session:
         self._strategies.append(self._strategy)
         self.finished = ending
         self._moved()
-        sampled = self._strategy.do_sample and not forced  # only a draw moves the sampler on
-        made_by = "forced" if forced else self._strategy.describe()
-        self.tree.advance(token, panel, made_by, _state_bytes(self._rng) if sampled else None)
+        if replaying:
+            self.tree.current = self.tree.child(self.tree.current, token_id)
+        else:
+            sampled = self._strategy.do_sample and not forced  # only a draw moves the sampler on
+            made_by = "forced" if forced else self._strategy.describe()
+            self.tree.advance(token, panel, made_by, _state_bytes(self._rng) if sampled else None)
         return token
 
     def _moved(self) -> None:

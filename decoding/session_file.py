@@ -11,19 +11,21 @@ import base64
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from decoding.errors import SessionError, SettingsError
+from decoding.files import FileError, read_json_file, read_text_file, write_atomically
+from decoding.schema import Number, ShapeError, Whole, check
 from decoding.settings import Strategy
 from decoding.state import Candidate, Distribution, PathToken
 from decoding.tree import Node, Tree
 
 FORMAT = "tokenstep-session"
 VERSION = 1
+SAMPLER_STATE_SIZES = (5056, 16)  # a CPU torch.Generator's state (mt19937), a CUDA one's (seed, offset)
 
 
 @dataclass(frozen=True)
@@ -35,19 +37,31 @@ class SavedSession:
 
 
 def model_identity(engine) -> dict[str, Any]:
-    """What tells one model's tokens from another's: the name shown, the engine, the vocabulary size
-    and a hash of a spread of its tokens' bytes (two checkpoints of one model share it; that is fine:
-    their paths and candidates mean the same tokens)."""
+    """What tells one model's numbers from another's: the engine, a digest of the weights as loaded
+    (checkpoint and dtype), the vocabulary size and a hash of a spread of its tokens' bytes."""
     step = max(1, engine.vocab_size // 256)
     digest = hashlib.sha256()
     for token_id in range(0, engine.vocab_size, step):
         digest.update(engine.token_bytes(token_id) + b"\0")
-    return {"model_id": engine.model_id, "engine": engine.name, "vocab_size": engine.vocab_size, "fingerprint": digest.hexdigest()[:16]}
+    return {
+        "model_id": engine.model_id,
+        "engine": engine.name,
+        "dtype": engine.dtype,
+        "vocab_size": engine.vocab_size,
+        "fingerprint": digest.hexdigest()[:16],
+        "weights": engine.weights_digest,
+    }
 
 
 def same_model(saved: dict[str, Any], engine) -> bool:
+    """Whether a saved tree's numbers are this engine's: same tokens, same engine, same weights. A file
+    from before weight digests were kept is taken at its model's name."""
     current = model_identity(engine)
-    return saved.get("vocab_size") == current["vocab_size"] and saved.get("fingerprint") == current["fingerprint"]
+    if "weights" in saved:
+        keys = ("vocab_size", "fingerprint", "engine", "weights")
+    else:
+        keys = ("vocab_size", "fingerprint", "engine", "model_id")
+    return all(saved.get(key) == current[key] for key in keys)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -65,30 +79,18 @@ class SessionWriter:
     def __init__(self, path: Path, engine) -> None:
         self.path = path
         self._model = json.dumps(model_identity(engine), ensure_ascii=False)
-        self._nodes: dict[int, str] = {}
+        self._nodes: dict[int, tuple[int, str]] = {}  # node id -> (its revision, its JSON)
 
     def save(self, tree: Tree, strategy: Strategy, choices: int) -> None:
         for node_id, node in tree.nodes.items():
-            if node_id not in self._nodes:
-                self._nodes[node_id] = json.dumps(_node_record(node), ensure_ascii=False)
+            if self._nodes.get(node_id, (None,))[0] != node.revision:
+                self._nodes[node_id] = (node.revision, json.dumps(_node_record(node), ensure_ascii=False))
         for gone in self._nodes.keys() - tree.nodes.keys():  # deleted branches
             del self._nodes[gone]
         head = f'{{"format": "{FORMAT}", "version": {VERSION}, "model": {self._model}, '
         settings = f'"strategy": {json.dumps(strategy.as_dict())}, "choices": {int(choices)}, '
-        tree_json = f'"tree": {{"roots": {json.dumps(tree.roots)}, "current": {json.dumps(tree.current)}, "nodes": [{", ".join(self._nodes.values())}]}}}}'
+        tree_json = f'"tree": {{"roots": {json.dumps(tree.roots)}, "current": {json.dumps(tree.current)}, "nodes": [{", ".join(text for _, text in self._nodes.values())}]}}}}'
         write_atomically(self.path, head + settings + tree_json)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)  # no fsync: the rename is atomic against a killed process, and an fsync
-        os.replace(temporary, path)  # per step cost more than the step (it guards only against power loss)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def tree_record(tree: Tree) -> dict[str, Any]:
@@ -115,29 +117,72 @@ def _node_record(node: Node) -> dict[str, Any]:
 
 # --- reading ---------------------------------------------------------------------------------------
 
+CANDIDATE_SHAPE = {
+    "token_id": Whole(0),
+    "text": str,
+    "prob": Number(0, 1),
+    "logprob": float,
+    "rank": Whole(0),
+    "processed_prob?": (Number(0, 1), None),
+    "removed?": bool,
+}
+NODE_SHAPE = {
+    "id": Whole(0),
+    "parent": (Whole(0), None),
+    "made_by": str,
+    "prompt?": str,
+    "prompt_ids?": [Whole(0)],
+    "token?": {
+        "token_id": Whole(0),
+        "text": str,
+        "prob": Number(0, 1),
+        "logprob": float,
+        "rank": Whole(0),
+        "forced": bool,
+        "processed_prob?": (Number(0, 1), None),
+        "raw": str,
+        "piece": str,
+    },
+    "panel?": ({"candidates": [CANDIDATE_SHAPE], "entropy": Number(0), "processed_entropy": (Number(0), None)}, None),
+    "rng?": str,
+}
+SESSION_SHAPE = {
+    "model": {"model_id": (str, None), "engine": str, "vocab_size": Whole(1), "fingerprint": str, "weights?": str, "dtype?": str},
+    "strategy": dict,
+    "choices": Whole(1),
+    "tree": {"roots": [Whole(0)], "current": (Whole(0), None), "nodes": [NODE_SHAPE]},
+}
+
 
 def load(path: Path) -> SavedSession:
-    """Read a session file; SessionError (saying what is wrong) if it is missing, foreign or damaged."""
+    """Read a session file, checked in full; SessionError (saying what is wrong) if it is missing,
+    foreign or damaged. The file is only read."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise SessionError(f"{path}: cannot read the session file ({error.strerror or error}).") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SessionError(f"{path} is damaged or not a tokenstep session (not valid JSON: {error}). It was left as it is.") from None
+        record = read_json_file(path, "a tokenstep session")
+    except FileError as error:
+        raise SessionError(f"{error} It was left as it is.") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise SessionError(f"{path} is not a tokenstep session file (no \"format\": \"{FORMAT}\"). It was left as it is.")
     if record.get("version") != VERSION:
         raise SessionError(f"{path} is a version {record.get('version')!r} session; this tokenstep reads version {VERSION}.")
     try:
-        return SavedSession(_tree(record["tree"]), dict(record["model"]), Strategy(**record["strategy"]), int(record["choices"]))
-    except (KeyError, TypeError, ValueError, AttributeError, SettingsError) as error:
-        raise SessionError(f"{path} is damaged ({type(error).__name__}: {error}). It was left as it is.") from None
+        check(record, SESSION_SHAPE, "session")
+        model = dict(record["model"])
+        tree = _tree(record["tree"], model["vocab_size"])
+        strategy = Strategy(**{**record["strategy"], "suppress_tokens": tuple(record["strategy"].get("suppress_tokens", ()))})
+        if record["choices"] > model["vocab_size"]:
+            raise ValueError(f"choices is {record['choices']}, more than the vocabulary's {model['vocab_size']} tokens")
+    except (ShapeError, ValueError, TypeError, SettingsError) as error:
+        raise SessionError(f"{path} is damaged ({error}). It was left as it is.") from None
+    return SavedSession(tree, model, strategy, record["choices"])
 
 
-def _tree(record: dict[str, Any]) -> Tree:
+def _tree(record: dict[str, Any], vocab_size: int) -> Tree:
     tree = Tree()
     for item in record["nodes"]:
-        node = _node(item)
+        node = _node(item, vocab_size)
+        if node.id in tree.nodes:
+            raise ValueError(f"two nodes have the id {node.id}")
         tree.nodes[node.id] = node
     for node_id in sorted(tree.nodes):  # children in the order they were made
         parent = tree.nodes[node_id].parent
@@ -145,46 +190,85 @@ def _tree(record: dict[str, Any]) -> Tree:
             if parent not in tree.nodes:
                 raise ValueError(f"node {node_id} names a parent, {parent}, that is missing")
             tree.nodes[parent].children.append(node_id)
-    tree.roots = [int(root) for root in record["roots"]]
+    tree.roots = list(record["roots"])
     tree.current = record["current"]
     _check_links(tree)
     return tree
 
 
-def _node(item: dict[str, Any]) -> Node:
+def _node(item: dict[str, Any], vocab_size: int) -> Node:
     token = panel = None
-    if item["parent"] is not None:
-        token = PathToken(**{**item["token"], "raw": bytes.fromhex(item["token"]["raw"])})
+    if item["parent"] is None:
+        prompt_ids = tuple(item.get("prompt_ids", ()))
+        if not prompt_ids:
+            raise ValueError(f"root {item['id']} has no prompt ids")
+        _check_ids(prompt_ids, vocab_size, item["id"])
+    else:
+        if "token" not in item:
+            raise ValueError(f"node {item['id']} has a parent but no token")
+        token = PathToken(**{**item["token"], "raw": _hex(item["token"]["raw"], item["id"])})
+        _check_ids([token.token_id], vocab_size, item["id"])
         if item.get("panel"):
-            panel = Distribution(
-                tuple(Candidate(**candidate) for candidate in item["panel"]["candidates"]),
-                item["panel"]["entropy"],
-                item["panel"]["processed_entropy"],
-            )
+            candidates = tuple(Candidate(**candidate) for candidate in item["panel"]["candidates"])
+            _check_ids([c.token_id for c in candidates], vocab_size, item["id"])
+            panel = Distribution(candidates, item["panel"]["entropy"], item["panel"]["processed_entropy"])
     return Node(
-        id=int(item["id"]),
+        id=item["id"],
         parent=item["parent"],
         token=token,
         panel=panel,
-        made_by=str(item["made_by"]),
-        rng=base64.b64decode(item["rng"]) if item.get("rng") else None,
-        prompt=str(item.get("prompt", "")),
-        prompt_ids=tuple(int(t) for t in item.get("prompt_ids", ())),
+        made_by=item["made_by"],
+        rng=_sampler_state(item["rng"], item["id"]) if item.get("rng") else None,
+        prompt=item.get("prompt", ""),
+        prompt_ids=tuple(item.get("prompt_ids", ())),
     )
 
 
+def _check_ids(ids, vocab_size: int, node_id: int) -> None:
+    beyond = [token_id for token_id in ids if token_id >= vocab_size]
+    if beyond:
+        raise ValueError(f"node {node_id} holds token id {beyond[0]}, beyond the vocabulary of {vocab_size}")
+
+
+def _hex(text: str, node_id: int) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"node {node_id}: its token's raw bytes are not hexadecimal") from None
+
+
+def _sampler_state(text: str, node_id: int) -> bytes:
+    try:
+        state = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ValueError(f"node {node_id}: its sampler state is not base64") from None
+    if len(state) not in SAMPLER_STATE_SIZES:
+        raise ValueError(f"node {node_id}: its sampler state has {len(state)} bytes, not a torch generator's")
+    return state
+
+
 def _check_links(tree: Tree) -> None:
-    """Parents, children and roots must point at nodes that exist and agree, or the file is damaged."""
+    """Parents, children and roots must point at nodes that exist and agree, and every node must
+    lead up to a root (a cycle would make every walk up the tree endless), or the file is damaged."""
     nodes = tree.nodes
     if tree.current is not None and tree.current not in nodes:
         raise ValueError(f"the current node {tree.current} is missing")
+    if len(set(tree.roots)) != len(tree.roots):
+        raise ValueError("a root is listed twice")
     for node in nodes.values():
         if node.parent is None and node.id not in tree.roots:
             raise ValueError(f"node {node.id} has no parent and is not a root")
-        if node.parent is not None and (node.token is None) != (node.parent is None):
-            raise ValueError(f"node {node.id} has a parent but no token")
     if any(root not in nodes or nodes[root].parent is not None for root in tree.roots):
         raise ValueError("a root is missing or has a parent")
+    reaches_root: set[int] = set(tree.roots)
+    for node_id in nodes:
+        walked: list[int] = []
+        while node_id not in reaches_root:
+            if len(walked) > len(nodes):
+                raise ValueError(f"the parents of node {walked[0]} form a cycle")
+            walked.append(node_id)
+            node_id = nodes[node_id].parent
+        reaches_root.update(walked)
 
 
 # --- where sessions live ---------------------------------------------------------------------------
@@ -201,6 +285,13 @@ def data_root() -> Path:
 def new_session_path() -> Path:
     """A fresh file for a session started without --session: one per start, never overwriting another."""
     folder = data_root() / "sessions"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SessionError(
+            f"Cannot make the sessions folder {folder} ({error.strerror or error}). "
+            "Set TOKENSTEP_DATA to a folder you can write, or pass --session FILE."
+        ) from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, n = folder / f"session-{stamp}.json", 1
     while path.exists():
@@ -217,7 +308,10 @@ def last_session() -> Path:
     marker = data_root() / "last-session"
     if not marker.is_file():
         raise SessionError(f"There is no session to resume yet ({marker} does not exist). Start one with tokenstep.")
-    path = Path(marker.read_text(encoding="utf-8").strip())
+    try:
+        path = Path(read_text_file(marker, "the name of the last session").strip())
+    except FileError as error:
+        raise SessionError(f"{error} Open a session with --session FILE.") from None
     if not path.is_file():
         raise SessionError(f"The last session, {path}, is gone. Open another with --session FILE.")
     return path

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable
 
 from decoding.errors import SettingsError
 
@@ -51,7 +52,7 @@ class Strategy:
             object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens))
         problems = field_problems(self)
         if problems:
-            raise SettingsError("; ".join(problems.values()))
+            raise SettingsError(problems_text(self, problems))
 
     @property
     def do_sample(self) -> bool:
@@ -131,49 +132,83 @@ class Strategy:
         return " ".join(parts)
 
 
+# Where each number is safe: beyond these the float32 arithmetic of the processors overflows (a
+# temperature of 1e-40 turns logits into inf, a length penalty of 1100 overflows `length ** penalty`).
+TEMPERATURE_RANGE = (0.01, 100.0)
+PENALTY_RANGE = (0.01, 100.0)
+LENGTH_PENALTY_RANGE = (-10.0, 10.0)
+MAX_SEED = 2**64 - 1  # what torch.manual_seed takes
+MAX_COUNT = 2**31 - 1  # top_k, n-gram sizes: larger would mean nothing
+
+
+def _between(value: Any, low: float, high: float) -> bool:
+    return _is_number(value) and low <= value <= high
+
+
 def field_problems(s: Strategy | Any) -> dict[str, str]:
-    """What is wrong with each setting of `s` (any object with Strategy's fields), by field name."""
+    """What is wrong with each setting of `s` (any object with Strategy's fields), by field name.
+
+    Each text says what the field must be, without its name: the command line puts the option's
+    name before it, the settings screen shows it beside the field.
+    """
+    t_low, t_high = TEMPERATURE_RANGE
+    p_low, p_high = PENALTY_RANGE
+    l_low, l_high = LENGTH_PENALTY_RANGE
     checks = {
-        "kind": (s.kind in STRATEGY_KINDS, f"strategy must be one of {', '.join(STRATEGY_KINDS)} (got {s.kind!r})"),
-        "temperature": (
-            _is_number(s.temperature) and s.temperature > 0,
-            f"temperature must be a number greater than 0 (got {s.temperature!r})",
-        ),
-        "top_k": (
-            _is_int(s.top_k) and s.top_k >= 0,
-            f"top_k must be a whole number >= 0; 0 turns top-k off (got {s.top_k!r})",
-        ),
-        "top_p": (
-            _is_number(s.top_p) and 0 < s.top_p <= 1,
-            f"top_p must be greater than 0 and at most 1; 1 turns top-p off (got {s.top_p!r})",
-        ),
+        "kind": (s.kind in STRATEGY_KINDS, f"must be one of {', '.join(STRATEGY_KINDS)}"),
+        "temperature": (_between(s.temperature, t_low, t_high), f"must be a number from {t_low:g} to {t_high:g}; 1 is off"),
+        "top_k": (_is_int(s.top_k) and 0 <= s.top_k <= MAX_COUNT, "must be a whole number, 0 or more; 0 is off"),
+        "top_p": (_is_number(s.top_p) and 0 < s.top_p <= 1, "must be greater than 0 and at most 1; 1 is off"),
         "repetition_penalty": (
-            _is_number(s.repetition_penalty) and s.repetition_penalty > 0,
-            f"repetition_penalty must be a number greater than 0; 1 turns it off (got {s.repetition_penalty!r})",
+            _between(s.repetition_penalty, p_low, p_high),
+            f"must be a number from {p_low:g} to {p_high:g}; 1 is off",
         ),
         "no_repeat_ngram_size": (
-            _is_int(s.no_repeat_ngram_size) and s.no_repeat_ngram_size >= 0,
-            f"no_repeat_ngram_size must be a whole number >= 0; 0 turns it off (got {s.no_repeat_ngram_size!r})",
+            _is_int(s.no_repeat_ngram_size) and 0 <= s.no_repeat_ngram_size <= MAX_COUNT,
+            "must be a whole number, 0 or more; 0 is off",
         ),
-        "seed": (_is_int(s.seed) and s.seed >= 0, f"seed must be a whole number >= 0 (got {s.seed!r})"),
+        "seed": (_is_int(s.seed) and 0 <= s.seed <= MAX_SEED, f"must be a whole number from 0 to {MAX_SEED}"),
         "num_beams": (
             _is_int(s.num_beams) and 2 <= s.num_beams <= MAX_BEAMS,
-            f"num_beams must be a whole number from 2 to {MAX_BEAMS}; one beam is greedy search (got {s.num_beams!r})",
+            f"must be a whole number from 2 to {MAX_BEAMS}; one beam is greedy search",
         ),
         "length_penalty": (
-            _is_number(s.length_penalty),
-            f"length_penalty must be a number; 1 divides by the length, 0 ignores it (got {s.length_penalty!r})",
+            _between(s.length_penalty, l_low, l_high),
+            f"must be a number from {l_low:g} to {l_high:g}; 1 divides by the length, 0 ignores it",
         ),
         "early_stopping": (
             s.early_stopping is True or s.early_stopping is False or s.early_stopping == "never",
-            f"early_stopping must be false, true or never (got {s.early_stopping!r})",
+            "must be false, true or never",
         ),
         "suppress_tokens": (
-            isinstance(s.suppress_tokens, tuple) and all(_is_int(t) and t >= 0 for t in s.suppress_tokens),
-            f"suppress_tokens must be token ids (got {s.suppress_tokens!r})",
+            isinstance(s.suppress_tokens, tuple) and all(_is_int(t) and 0 <= t <= MAX_COUNT for t in s.suppress_tokens),
+            "must be token ids",
         ),
     }
-    return {name: message for name, (ok, message) in checks.items() if not ok}
+    return {name: requirement for name, (ok, requirement) in checks.items() if not ok}
+
+
+def _setting_name(field: str) -> str:
+    return "strategy" if field == "kind" else field
+
+
+def problems_text(s: Any, problems: dict[str, str], name_of: Callable[[str], str] = _setting_name) -> str:
+    """One line naming each faulty setting (as `name_of` spells it), what it must be, and what it was."""
+    return "; ".join(f"{name_of(name)} {requirement} (got {getattr(s, name)!r})" for name, requirement in problems.items())
+
+
+def option_name(field: str) -> str:
+    """The command-line option for a setting: top_k -> --top-k (kind -> --strategy)."""
+    return "--strategy" if field == "kind" else "--" + field.replace("_", "-")
+
+
+def strategy_from_options(**values: Any) -> Strategy:
+    """A Strategy from command-line values; a refusal names the options as they were typed."""
+    probe = SimpleNamespace(**{**asdict(Strategy()), **values})
+    problems = field_problems(probe)
+    if problems:
+        raise SettingsError(problems_text(probe, problems, option_name))
+    return Strategy(**values)
 
 
 # --- strategies written on one line: `tokenstep compare --strategies` ------------------------------

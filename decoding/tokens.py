@@ -12,6 +12,12 @@ from typing import Callable
 VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥"}
 
 
+def undecodable_at(text: str) -> int | None:
+    """Where `text` holds a byte that was not UTF-8 (a lone surrogate, as Python keeps such bytes of a
+    command line or a file name), or None: a model's tokenizer cannot take it."""
+    return next((index for index, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+
+
 def _hex_bytes(error: UnicodeDecodeError) -> tuple[str, int]:
     bad = error.object[error.start : error.end]
     return "".join(f"<0x{b:02X}>" for b in bad), error.end
@@ -72,14 +78,19 @@ def _escape_char(ch: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def _is_control(ch: str) -> bool:
-    # Cc: C0/C1 controls (ESC, BEL, CR...); Cf: invisible format characters (bidi overrides, ZWJ...).
-    return unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t"
+UNSHOWN_CATEGORIES = ("Cc", "Cf", "Cs")
+
+
+def is_unshown(ch: str) -> bool:
+    """A character that must never reach a terminal as it is: shown as an escape instead."""
+    # Cc: C0/C1 controls (ESC, BEL, CR...); Cf: invisible format characters (bidi overrides, ZWJ...);
+    # Cs: lone surrogates (bytes of a command line that were not UTF-8), which no terminal can print.
+    return unicodedata.category(ch) in UNSHOWN_CATEGORIES and ch not in "\n\t"
 
 
 def escape_controls(text: str) -> str:
     """Keep newlines and tabs; write every other control or format character as a `\\x1b`-style escape."""
-    return "".join(_escape_char(ch) if _is_control(ch) else ch for ch in text)
+    return "".join(_escape_char(ch) if is_unshown(ch) else ch for ch in text)
 
 
 def token_label(text: str, *, visible_spaces: bool = True) -> str:
@@ -93,11 +104,20 @@ def token_label(text: str, *, visible_spaces: bool = True) -> str:
             shown.append(ch)
         elif ch in VISIBLE_WHITESPACE:
             shown.append(VISIBLE_WHITESPACE[ch])
-        elif _is_control(ch) or ch == "\r":
+        elif is_unshown(ch) or ch == "\r":
             shown.append(_escape_char(ch))
         else:
             shown.append(ch)
     return "".join(shown)
+
+
+def json_escaped(ch: str) -> str:
+    """`ch` as a JSON string escape (a surrogate pair above the BMP)."""
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def one_line(text: str) -> str:

@@ -8,18 +8,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from decoding.beam import BeamSearch
-from decoding.distribution import Candidate
-from decoding.session import PathToken, Session
-from decoding.state import Beam, ProcessorReport
-from decoding.tokens import one_line
+from decoding.state import Beam, Candidate, PathToken, ProcessorReport
+from decoding.tokens import is_unshown, json_escaped, one_line
 
 FORMATS = ("table", "json", "csv", "markdown")
 INPUT_WIDTH = 48  # the Input column keeps the end of long inputs, where the action is
+
+if TYPE_CHECKING:  # the command line reads options and formats before torch is imported
+    from decoding.beam import BeamSearch
+    from decoding.session import Session
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,19 @@ def trace_record(session: Session) -> dict[str, Any]:
     }
 
 
-def run_beam_trace(search: BeamSearch) -> dict[str, Any]:
-    """Step `search` to its end (at most its max_new_tokens) and return the record: per step the live
-    beams and the finished hypotheses, then the winner as generate() would return it."""
-    steps = []
-    while not search.ended:
+def run_beam_trace(search: BeamSearch, steps: int | None = None) -> dict[str, Any]:
+    """Step `search` to its end (at most its max_new_tokens, or `steps` steps) and return its record."""
+    while not search.ended and (steps is None or search.steps < steps):
         search.step()
-        snapshot = search.snapshot()
-        steps.append({"beams": [_beam_record(b) for b in snapshot.beams], "finished": [_beam_record(b) for b in snapshot.finished]})
+    return beam_trace_record(search)
+
+
+def beam_trace_record(search: BeamSearch) -> dict[str, Any]:
+    """The search so far: per step the live beams and the finished hypotheses, then the best finished
+    hypothesis as generate() would return it (none yet while the search runs and none has finished)."""
     engine, snapshot = search.engine, search.snapshot()
     best = snapshot.best
+    steps = [{"beams": [_beam_record(b) for b in beams], "finished": [_beam_record(b) for b in finished]} for beams, finished in search.steps_so_far()]
     return {
         "model": engine.model_id,
         "engine": engine.name,
@@ -94,10 +97,10 @@ def run_beam_trace(search: BeamSearch) -> dict[str, Any]:
         "prompt": snapshot.prefix,
         "prompt_ids": search.prefix_ids,
         "steps": steps,
-        "generated_ids": list(best.token_ids),
-        "generated_text": best.text,
-        "sequence_logprob": best.logprob,
-        "sequence_score": best.penalised,
+        "generated_ids": list(best.token_ids) if best else [],
+        "generated_text": best.text if best else "",
+        "sequence_logprob": best.logprob if best else None,
+        "sequence_score": best.penalised if best else None,
         "finished": snapshot.ended,
     }
 
@@ -210,10 +213,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "|" + "---|" * len(header), *(line(row) for row in rows)])
 
 
-_C1_AND_SEPARATORS = re.compile("[\u007f-\u009f\u2028\u2029]")
-
-
 def terminal_safe_json(record: dict[str, Any]) -> str:
-    """JSON keeps non-ASCII text readable; the controls json leaves raw (DEL, C1, line separators) are escaped."""
+    """JSON keeps non-ASCII text readable; what json leaves raw and a terminal must not see (DEL, C1
+    controls, bidi overrides, lone surrogates) is written as a \\u escape, the same text to a JSON reader."""
     text = json.dumps(record, ensure_ascii=False, indent=2)
-    return _C1_AND_SEPARATORS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+    return "".join(json_escaped(ch) if is_unshown(ch) or ch in "\u2028\u2029" else ch for ch in text)

@@ -24,6 +24,7 @@ class Node:
     children: list[int] = field(default_factory=list)
     prompt: str = ""  # roots only
     prompt_ids: tuple[int, ...] = ()  # roots only
+    revision: int = 0  # counts the times it was walked again and its data replaced (savers cache by it)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Branch:
     logprob: float  # the sequence log-probability at its last node
     made_by: str  # how its first token was made
     on_path: bool  # the current node is in it, or below it
-    current: bool  # the current node is its last node
+    current: bool  # the current node is in it (its last node, or one before it after an undo)
 
     @property
     def end(self) -> int:
@@ -60,12 +61,20 @@ class Tree:
         return root
 
     def advance(self, token: PathToken, panel: Distribution | None, made_by: str, rng: bytes | None) -> Node:
-        """The current node's child for `token`: the branch already there, or a new sibling branch."""
-        for child_id in self.nodes[self.current].children:
-            if self.nodes[child_id].token.token_id == token.token_id:
-                self.current = child_id
-                return self.nodes[child_id]
-        return self._new(self.current, token=token, panel=panel, made_by=made_by, rng=rng)
+        """The current node's child for `token`: the branch already there (now saying how it was
+        chosen this time: forced, or by the strategy in force), or a new sibling branch."""
+        child_id = self.child(self.current, token.token_id)
+        if child_id is None:
+            return self._new(self.current, token=token, panel=panel, made_by=made_by, rng=rng)
+        child = self.nodes[child_id]
+        child.token, child.panel, child.made_by, child.rng = token, panel, made_by, rng
+        child.revision += 1
+        self.current = child_id
+        return child
+
+    def child(self, node_id: int, token_id: int) -> int | None:
+        """The id of `node_id`'s child for `token_id`, if that branch was walked."""
+        return next((c for c in self.nodes[node_id].children if self.nodes[c].token.token_id == token_id), None)
 
     def up(self) -> None:
         self.current = self.nodes[self.current].parent
@@ -130,7 +139,7 @@ class Tree:
         rows.append(
             Branch(
                 tuple(run), level, one_line(_run_text(tokens)), logprob, self.nodes[start].made_by,
-                any(node_id in on_path for node_id in run), self.current == run[-1],
+                any(node_id in on_path for node_id in run), self.current in run,
             )
         )
         for child in self.nodes[run[-1]].children:

@@ -16,13 +16,13 @@ from tui.cli import main
     [
         (["trace", ""], "prompt is empty"),
         (["trace", "hi", "--steps", "0"], "--steps must be at least 1"),
-        (["trace", "hi", "--strategy", "sample", "--temperature", "0"], "temperature must be a number greater than 0"),
-        (["trace", "hi", "--top-p", "1.5"], "top_p must be greater than 0"),
+        (["trace", "hi", "--strategy", "sample", "--temperature", "0"], "--temperature must be a number from 0.01 to 100"),
+        (["trace", "hi", "--top-p", "1.5"], "--top-p must be greater than 0"),
         (["trace", "hi", "--picks", "0,7"], "--picks rank 7 is outside the 5 choices"),
         (["trace", "hi", "--picks", "a,b"], "--picks takes ranks"),
         (["trace", "hi", "--model", "./no/such/folder"], "no such folder"),
         (["--choices", "0"], "--choices must be at least 1"),
-        (["trace", "hi", "--strategy", "beam", "--num-beams", "1"], "num_beams must be a whole number from 2"),
+        (["trace", "hi", "--strategy", "beam", "--num-beams", "1"], "--num-beams must be a whole number from 2"),
         (["trace", "hi", "--strategy", "beam", "--picks", "1"], "beam search keeps several"),
     ],
 )

@@ -107,10 +107,10 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tiny_session, tmp_path, 
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"format": "tokenstep-session", "version": 1, "tree": {', "damaged or not a tokenstep session"),
+        ('{"format": "tokenstep-session", "version": 1, "tree": {', "not a tokenstep session: not valid JSON"),
         ('{"name": "something else"}', "not a tokenstep session file"),
         ('{"format": "tokenstep-session", "version": 1, "model": {}, "strategy": {}, "choices": 5, "tree": {"roots": [0], "current": 3, "nodes": []}}', "damaged"),
-        ("\xff\xfe garbage", "damaged or not a tokenstep session"),
+        ("\xff\xfe garbage", "not UTF-8 text, so it cannot be a tokenstep session"),
     ],
 )
 def test_a_damaged_or_foreign_file_is_refused_and_left_untouched(tmp_path, content, message):

@@ -13,9 +13,36 @@ from typing import Sequence
 
 from decoding.errors import TokenstepError
 from decoding.loading import DTYPES, ENGINES, LoadOptions, recorded_model
-from decoding.settings import CHAPTER_STRATEGIES, STRATEGY_KINDS, Strategy, parse_strategies
+from decoding.settings import CHAPTER_STRATEGIES, STRATEGY_KINDS, Strategy, parse_strategies, strategy_from_options
+from decoding.tokens import escape_controls, one_line, undecodable_at
 
 DEFAULT_PROMPT = "Transformers are the"
+
+
+class UsageError(TokenstepError):
+    """The command line itself is wrong (an unknown option, a missing argument)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (the usage block would bury it), raised rather than exited."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class EscapingStream:
+    """A text stream that shows control characters and escape sequences as visible escapes, so
+    nothing printed (a model's name from a trace, a prompt, a library's warning) can drive the
+    terminal. JSON output is already escaped by `terminal_safe_json`, so it passes unchanged."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(escape_controls(text))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +89,7 @@ def _early_stopping(text: str) -> str:
 
 
 def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    app = argparse.ArgumentParser(
+    app = Parser(
         prog="tokenstep",
         description="Step through a language model's text generation one token at a time. "
         "Also: `tokenstep trace`, `tokenstep compare` and `tokenstep replay` (each with --help).",
@@ -79,7 +106,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _add_model_options(app)
     _add_strategy_options(app)
 
-    trace = argparse.ArgumentParser(prog="tokenstep trace", description="Run N steps headless and print the trace.")
+    trace = Parser(prog="tokenstep trace", description="Run N steps headless and print the trace.")
     trace.add_argument("prompt")
     trace.add_argument("--steps", type=int, default=8, help="steps to take (default 8)")
     trace.add_argument("--choices", type=int, default=5, help="candidates per step (default 5)")
@@ -91,7 +118,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 
 def build_compare_parser() -> argparse.ArgumentParser:
-    compare = argparse.ArgumentParser(
+    compare = Parser(
         prog="tokenstep compare",
         description="Run several strategies for exactly N new tokens from the same prompt and seed; "
         "print each continuation with its log-probability under the raw model and its repeated 3-grams.",
@@ -110,7 +137,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
 
 
 def strategy_from(args: argparse.Namespace) -> Strategy:
-    return Strategy(
+    return strategy_from_options(
         kind=args.strategy,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -130,6 +157,15 @@ def load_options_from(args: argparse.Namespace) -> LoadOptions:
     )
 
 
+def checked_prompt(prompt: str) -> str:
+    """The prompt, if a model can take it: one line saying why not otherwise, before anything loads."""
+    if not prompt:
+        raise TokenstepError("The prompt is empty: give some text for the model to continue.")
+    if (index := undecodable_at(prompt)) is not None:
+        raise TokenstepError(f"The prompt is not valid UTF-8 text (character {index + 1} was a stray byte): give it as UTF-8.")
+    return prompt
+
+
 def parse_picks(text: str, choices: int) -> list[int]:
     try:
         picks = [int(part) for part in text.split(",") if part.strip()]
@@ -145,8 +181,7 @@ def run_trace_command(argv: Sequence[str]) -> int:
     from decoding.trace import TracePlan
 
     args = build_parsers()[1].parse_args(argv)
-    if not args.prompt:
-        raise TokenstepError("The prompt is empty: give some text for the model to continue.")
+    checked_prompt(args.prompt)
     if args.steps < 1:
         raise TokenstepError(f"--steps must be at least 1 (got {args.steps}).")
     if args.choices < 1:
@@ -180,7 +215,7 @@ def _beam_record(engine, strategy: Strategy, plan) -> dict:
 
 
 def build_replay_parser() -> argparse.ArgumentParser:
-    replay = argparse.ArgumentParser(
+    replay = Parser(
         prog="tokenstep replay",
         description="Run a saved trace (trace --format json, or e in the app) again on its model and strategy, "
         "and report step by step whether the same candidates and choices come out.",
@@ -195,20 +230,14 @@ def build_replay_parser() -> argparse.ArgumentParser:
 
 
 def run_replay_command(argv: Sequence[str]) -> int:
-    import json
-
-    from decoding.replay import format_checks, load_options, replay_beam, replay_path, strategy_of
+    from decoding.files import read_json_file
+    from decoding.replay import checked_trace, format_checks, load_options, replay_beam, replay_path, strategy_of
 
     args = build_replay_parser().parse_args(argv)
-    if args.tolerance < 0:
-        raise TokenstepError(f"--tolerance must be 0 or more (got {args.tolerance}).")
-    try:
-        record = json.loads(args.trace.read_text(encoding="utf-8"))
-        beam = "sequence_score" in record
-        if not isinstance(record.get("steps"), list) or "prompt" not in record:
-            raise ValueError("no steps or prompt")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
-        raise TokenstepError(f"{args.trace} is not a tokenstep JSON trace ({error}).") from None
+    if not 0 <= args.tolerance < float("inf"):  # NaN would compare as "same" at every step
+        raise TokenstepError(f"--tolerance must be a number, 0 or more (got {args.tolerance}).")
+    record = checked_trace(read_json_file(args.trace, "a tokenstep JSON trace"), str(args.trace))
+    beam = "sequence_score" in record
     strategy = strategy_of(record)
     options = load_options(record, model=args.model, device=args.device, dtype=args.dtype)
 
@@ -227,8 +256,7 @@ def run_replay_command(argv: Sequence[str]) -> int:
 
 def run_compare_command(argv: Sequence[str]) -> int:
     args = build_compare_parser().parse_args(argv)
-    if not args.prompt:
-        raise TokenstepError("The prompt is empty: give some text for the model to continue.")
+    checked_prompt(args.prompt)
     if args.new_tokens < 1:
         raise TokenstepError(f"--new-tokens must be at least 1 (got {args.new_tokens}).")
     strategies = parse_strategies(args.strategies, seed=args.seed)
@@ -251,11 +279,12 @@ def _compare_progress(done: int, total: int) -> None:
 def _progress_on_terminal(message: str) -> None:
     """Loading news for a person watching (a GGUF conversion takes a while); pipes stay clean."""
     if sys.stderr.isatty():
-        print(f"tokenstep: {message}", file=sys.stderr)
+        print(f"tokenstep: {one_line(message)}", file=sys.stderr)
 
 
 def run_app_command(argv: Sequence[str]) -> int:
     args = build_parsers()[0].parse_args(argv)
+    checked_prompt(args.prompt)
     if args.choices < 1:
         raise TokenstepError(f"--choices must be at least 1 (got {args.choices}).")
     if args.look_ahead < 0:
@@ -271,7 +300,10 @@ def run_app_command(argv: Sequence[str]) -> int:
     if saved is not None:
         strategy, choices = saved.strategy, saved.choices
         if args.model is None:  # reopen on the model it was made with
-            options = replace(options, **recorded_model(saved.model.get("model_id"), saved.model.get("engine")))
+            recorded = recorded_model(saved.model.get("model_id"), saved.model.get("engine"), saved.model.get("dtype"))
+            if args.dtype != "auto":
+                recorded["dtype"] = args.dtype
+            options = replace(options, **recorded)
     app = TokenstepApp(
         options,
         strategy,
@@ -286,21 +318,24 @@ def run_app_command(argv: Sequence[str]) -> int:
     return app.return_code or 0
 
 
+COMMANDS = {"trace": run_trace_command, "compare": run_compare_command, "replay": run_replay_command}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    stdout, stderr = sys.stdout, sys.stderr
+    if command is not None:  # the app paints through Textual, which never prints our strings raw
+        sys.stdout, sys.stderr = EscapingStream(stdout), EscapingStream(stderr)
     try:
-        if argv[:1] == ["trace"]:
-            return run_trace_command(argv[1:])
-        if argv[:1] == ["compare"]:
-            return run_compare_command(argv[1:])
-        if argv[:1] == ["replay"]:
-            return run_replay_command(argv[1:])
-        return run_app_command(argv)
+        return command(argv[1:]) if command is not None else run_app_command(argv)
     except TokenstepError as error:
-        print(f"tokenstep: {error}", file=sys.stderr)
+        print(f"tokenstep: {one_line(str(error))}", file=stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 if __name__ == "__main__":
