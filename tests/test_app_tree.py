@@ -152,10 +152,16 @@ async def test_x_in_the_tree_deletes_a_branch_but_not_the_one_in_use(tiny_model_
         await branch_twice(pilot)
         await pilot.press("t")
         await settle(pilot)
-        await pilot.press("x")  # the highlighted row is where the session stands: refused
+        await pilot.press("x", "x")  # the highlighted row is where the session stands: refused
         await settle(pilot)
         assert len(app.query_one(TreePanel).rows) == 4
-        await pilot.press("up", "x")
+        await pilot.press("up", "x")  # one x only asks
+        await settle(pilot)
+        assert len(app.query_one(TreePanel).rows) == 4 and "x again deletes" in str(app.query_one(TreePanel).content)
+        await pilot.press("down", "up", "x")  # another key in between: it asks again
+        await settle(pilot)
+        assert len(app.query_one(TreePanel).rows) == 4
+        await pilot.press("x")
         await settle(pilot)
         rows = app.query_one(TreePanel).rows
         assert len(rows) == 2 and rows[-1].current and len(app.snapshot.path) == 2  # no fork left: one run

@@ -6,9 +6,12 @@ and in the order asked, in a thread worker that posts messages; no widget is tou
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -16,17 +19,19 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label
-from textual.worker import get_current_worker
 
 from decoding.errors import SessionError, TokenstepError
+from decoding.files import write_atomically
 from decoding.loading import EMBEDDED_NAME, LoadOptions
 from decoding.settings import Strategy
 from decoding.state import BeamSnapshot, ProcessorReport, Snapshot
+from decoding.tokens import escape_controls, one_line
 from tui.compare_screen import CompareScreen
 from tui.keeper import SessionKeeper
 from tui.model_screen import ModelScreen
@@ -48,16 +53,19 @@ if TYPE_CHECKING:  # torch loads in the worker, after the first paint
 Clock = Callable[[], float]
 PLAY_FRAME_SECONDS = 0.25  # 4 frames a second while playing
 COMPARE_NEW_TOKENS = 32  # what each strategy writes in the compare view
+ENDED_NOTES = {"eos": "end of sequence: ⌫ takes it back", "context limit": "the context is full: ⌫ takes a token back"}
 
 
 @dataclass(frozen=True)
 class Command:
-    """One unit of model work, run in the worker thread: `run(session, app)`, which may return the
-    timing to show. The screen is sent the new state once, when it ends."""
+    """One unit of model work, run on the model thread: `run(session, app, cancelled)`, which may
+    return the timing to show and stops early once `cancelled` is set. The screen is sent the new
+    state once, when it ends."""
 
     name: str
-    run: Callable[[Session, "TokenstepApp"], Timing | None]
+    run: Callable[[Session, "TokenstepApp", threading.Event], Timing | None]
     work_ahead: bool = False  # speculative: cancelled by any command a person asks for
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 class TokenstepApp(App[int]):
@@ -169,7 +177,7 @@ class TokenstepApp(App[int]):
         self.look_ahead = look_ahead  # candidates whose next panel is computed while the person reads
         self.export_dir = export_dir or Path.cwd()
         self.clock = clock
-        self.session: Session | None = None  # used only inside worker threads
+        self.session: Session | None = None  # used only on the model thread
         self.beam: BeamSearch | None = None  # likewise: the beam search while the strategy is beam
         self.snapshot: Snapshot | None = None
         self.beam_view: BeamSnapshot | None = None
@@ -182,20 +190,24 @@ class TokenstepApp(App[int]):
         self.timing = Timing()
         self.queue: deque[Command] = deque()
         self.running: Command | None = None
+        self._prompts_shown: dict[str, str] = {}  # the prompt box's text -> the prompt it stands for
+        self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()  # the model thread's work
+        self.loading = False  # a model is being loaded (its Loaded or LoadFailed message is still to come)
 
     def compose(self) -> ComposeResult:
-        prompt = Input(self.initial_prompt, placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
+        prompt = Input(self._shown_prompt(self.initial_prompt), placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
         prompt.border_title = "prompt · tab to edit, enter to run"
         yield prompt
         with Vertical(id="loading"):
             yield Spinner()
-            yield Label(Text(f"Loading {self._model_name()}…"), id="loading-text")
+            yield Label(Text(escape_controls(f"Loading {self._model_name()}…")), id="loading-text")
         with Horizontal(id="main"):
             yield TextView(id="text")
             yield TreePanel(id="tree")
             yield BeamPanel(id="beams")
             with Vertical(id="side"):
-                yield CandidatePanel(id="candidates")
+                with VerticalScroll(id="candidates-scroll"):
+                    yield CandidatePanel(id="candidates")
                 yield ProcessorPanel(id="processors")
         yield StatusLine(Text("loading…"), id="status")
         yield Footer()
@@ -209,7 +221,21 @@ class TokenstepApp(App[int]):
     def on_ready(self) -> None:
         # Sent after the first frame is painted: importing torch holds the GIL for a second or more,
         # so started any earlier it would keep the first frame off the screen.
+        self._model_thread()
         self.load(self.load_options, Settings(self.strategy, self.choices), self.initial_prompt)
+
+    def on_unmount(self) -> None:
+        if self.running is not None:
+            self.running.cancelled.set()
+        self._inbox.put(None)  # the model thread ends after what it is doing
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False, description="the model thread")
+    def _model_thread(self) -> None:
+        """Every model command, loading included, runs on this one thread for the app's life: torch's
+        thread pools and caches belong to the thread that calls it, and a new thread per command ran
+        play ~20 % slower (`python benchmarks/run.py app_play`)."""
+        while (job := self._inbox.get()) is not None:
+            job()
 
     def _model_name(self) -> str:
         options = self.load_options
@@ -217,16 +243,14 @@ class TokenstepApp(App[int]):
 
     # --- loading ----------------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False, description="loading the model")
     def load(self, options: LoadOptions, settings: Settings, prompt: str) -> None:
+        """Load the model on the model thread, then open the session at `prompt` (or the saved tree)."""
+        self.loading = True
+        self._inbox.put(partial(self._load, options, settings, prompt))
+
+    def _load(self, options: LoadOptions, settings: Settings, prompt: str) -> None:
         try:
-            from decoding.loading import collector_paused, load_engine
-
-            with collector_paused():  # torch is imported here, after the first paint
-                from decoding.session import Session
-
-                engine = load_engine(options, lambda text: self.post_message(self.LoadProgress(text)))
-            session = Session(engine, settings.strategy, settings.choices)
+            session = self._load_session(options, settings)
         except TokenstepError as error:
             self.post_message(self.LoadFailed(str(error)))
             return
@@ -239,33 +263,48 @@ class TokenstepApp(App[int]):
         try:
             self.keeper.open(session, prompt)
             self._restart_beam(session)
-        except TokenstepError as error:  # a prompt the model cannot take: the app still opens
-            self.post_message(self.CommandFailed(str(error)))
-        self.keeper.start(session)
-        timing = Timing(latency_ms=1000 * (self.clock() - start))
-        self.post_message(self.Loaded(session, self._updated(session, timing)))
+            self.keeper.start(session)
+        except Exception as error:  # a prompt the model cannot take, a session folder that fails: the app still opens
+            self.post_message(self.CommandFailed(_said(error)))
+        try:
+            loaded = self.Loaded(session, self._updated(session, Timing(latency_ms=1000 * (self.clock() - start))))
+        except Exception as error:  # never leave the spinner waiting
+            self.post_message(self.LoadFailed(f"The model loaded, but its first panel failed: {_said(error)}"))
+            return
+        self.post_message(loaded)
+
+    def _load_session(self, options: LoadOptions, settings: Settings) -> Session:
+        from decoding.loading import collector_paused, load_engine
+
+        with collector_paused():  # torch is imported here, after the first paint
+            from decoding.session import Session
+
+            engine = load_engine(options, lambda text: self.post_message(self.LoadProgress(text)))
+        return Session(engine, settings.strategy, settings.choices)
 
     def on_tokenstep_app_load_progress(self, message: LoadProgress) -> None:
-        self.query_one("#loading-text", Label).update(Text(message.text + "…"))
+        self.query_one("#loading-text", Label).update(Text(escape_controls(message.text + "…")))
 
     def on_tokenstep_app_loaded(self, message: Loaded) -> None:
+        self.loading = False
         self.session = message.session
         engine = message.session.engine
-        self.model_label = f"{_short_model_name(engine.model_id)} · {engine.name} · {engine.device} · {engine.dtype}"
+        self.model_label = one_line(f"{_short_model_name(engine.model_id)} · {engine.name} · {engine.device} · {engine.dtype}")
         self.query_one(Spinner).stop()
         self.query_one("#loading").display = False
         self.query_one("#main").display = True
         prompt = self.query_one("#prompt", Input)
-        if message.state.snapshot.prompt and prompt.value != message.state.snapshot.prompt:
-            prompt.value = message.state.snapshot.prompt  # a reopened session's prompt
+        if message.state.snapshot.prompt:
+            prompt.value = self._shown_prompt(message.state.snapshot.prompt)  # a reopened session's prompt
         self.on_tokenstep_app_updated(message.state)
         self._next_command(after_work_ahead=False)
 
     def on_tokenstep_app_load_failed(self, message: LoadFailed) -> None:
+        self.loading = False
         self.queue.clear()
         self.query_one(Spinner).stop()
         self.query_one("#loading-text", Label).update(
-            Text(message.text + "\n\nPress m to try another model, or q to quit.", style="bold red")
+            Text(escape_controls(message.text) + "\n\nPress m to try another model, or q to quit.", style="bold red")
         )
         self.query_one("#status", StatusLine).update(Text("no model loaded"))
 
@@ -284,7 +323,7 @@ class TokenstepApp(App[int]):
             self.query_one("#main").display = False
             self.query_one("#loading").display = True
             self.query_one(Spinner).start()
-            self.query_one("#loading-text", Label).update(Text(f"Loading {self._model_name()}…"))
+            self.query_one("#loading-text", Label).update(Text(escape_controls(f"Loading {self._model_name()}…")))
             self.load(self.load_options, Settings(self.strategy, self.choices), self.query_one("#prompt", Input).value)
 
         self.push_screen(ModelScreen(), chosen)
@@ -300,23 +339,26 @@ class TokenstepApp(App[int]):
     def _pump(self) -> None:
         if self.running is None and self.queue and self.session is not None:
             self.running = self.queue.popleft()
-            self._run(self.running)
+            self._inbox.put(partial(self._run, self.running))
 
-    @work(thread=True, exclusive=True, group="model", exit_on_error=False, description="model command")
     def _run(self, command: Command) -> None:
+        """On the model thread: one command, then the news for the screen."""
         timing = None
         try:
-            timing = command.run(self.session, self)
+            timing = command.run(self.session, self, command.cancelled)
         except TokenstepError as error:
             self.post_message(self.CommandFailed(str(error)))
         except Exception as error:  # out of GPU memory and the like: the path is left as it was
             if not command.work_ahead:  # failed work ahead is simply not there when asked for
-                self.post_message(self.CommandFailed(f"{command.name} failed: {type(error).__name__}: {error}"))
-        finally:
+                self.post_message(self.CommandFailed(f"{command.name} failed: {_said(error)}"))
+        try:
             if not command.work_ahead:
                 self.keeper.save(self.session)
                 self.post_message(self._updated(self.session, timing))
-            self.post_message(self.CommandDone())
+        except Exception as error:
+            self.post_message(self.CommandFailed(f"{command.name}: the screen could not be updated: {_said(error)}"))
+        finally:
+            self.post_message(self.CommandDone())  # always: the next command must never wait forever
 
     def on_tokenstep_app_command_done(self) -> None:
         finished, self.running = self.running, None
@@ -365,12 +407,12 @@ class TokenstepApp(App[int]):
         self.query_one(BeamPanel).display = beam is not None and not self.show_tree
         if beam is None:
             self.query_one(TextView).show(self.snapshot, self.visible_whitespace)
-            self.query_one(CandidatePanel).show(self.snapshot.distribution)
+            self.query_one(CandidatePanel).show(self.snapshot.distribution, ENDED_NOTES.get(self.snapshot.finished or "", ""))
             self.query_one(StatusLine).show(self.snapshot, self.timing, self.model_label)
             return
         self.highlighted_beam = max(0, min(self.highlighted_beam, len(beam.beams) - 1))
         self.query_one(BeamPanel).show(beam, self.highlighted_beam)
-        self.query_one(CandidatePanel).show(beam.candidates[self.highlighted_beam] if beam.candidates else None)
+        self.query_one(CandidatePanel).show(beam.candidates[self.highlighted_beam] if beam.candidates else None, "the beam search has ended: ⌫ takes a step back")
         self.query_one(StatusLine).show_beam(beam, self.timing, self.model_label)
 
     def watch_visible_whitespace(self) -> None:
@@ -379,12 +421,12 @@ class TokenstepApp(App[int]):
     @property
     def idle(self) -> bool:
         """No model work running or waiting (tests and benchmarks wait for this)."""
-        return self.running is None and not self.queue and not any(w.is_running for w in self.workers)
+        return not self.loading and self.running is None and not self.queue
 
     # --- commands ---------------------------------------------------------------------------------
 
     def _timed(self, name: str, change: Callable[[Session], object]) -> Command:
-        def run(session: Session, app: TokenstepApp) -> Timing:
+        def run(session: Session, app: TokenstepApp, cancelled: threading.Event) -> Timing:
             start = app.clock()
             change(session)
             return Timing(latency_ms=1000 * (app.clock() - start))
@@ -398,7 +440,7 @@ class TokenstepApp(App[int]):
 
         return self._timed("reset", reset)
 
-    # --- beam search: its own state beside the session's path (worker threads only) ----------------
+    # --- beam search: its own state beside the session's path (model thread only) -----------------
 
     def _restart_beam(self, session: Session) -> None:
         """Under the beam strategy, a new beam search from the path as it stands; else none."""
@@ -423,15 +465,15 @@ class TokenstepApp(App[int]):
     def _undo(self, session: Session) -> object:
         return self.beam.undo() if self.beam is not None else session.undo()
 
-    def _play(self, session: Session, app: TokenstepApp) -> Timing | None:
+    def _play(self, session: Session, app: TokenstepApp, cancelled: threading.Event) -> Timing | None:
         """Step until the end, the limit or a key; frames go out a few times a second, the last one
         (with the final timing) when the command ends."""
-        worker, started, steps, painted = get_current_worker(), app.clock(), 0, 0.0
+        started, steps, painted = app.clock(), 0, 0.0
         if app.beam is None and len(session.path) >= app.max_new_tokens:
             raise SessionError(f"The path already has {len(session.path)} new tokens, the --max-new-tokens limit.")
         if app.beam is not None and app.beam.ended:
             raise SessionError(f"The beam search has ended ({app.beam.ended}). Undo, or start again.")
-        while not worker.is_cancelled and app._can_play_on(session):
+        while not cancelled.is_set() and app._can_play_on(session):
             step_start = app.clock()
             app._step(session)
             app.keeper.save(session)  # ~1 ms: a kill loses at most the step in flight
@@ -453,13 +495,13 @@ class TokenstepApp(App[int]):
             return not self.beam.ended  # the search stops itself at max_new_tokens
         return not session.finished and len(session.path) < self.max_new_tokens
 
-    def _work_ahead(self, session: Session, app: TokenstepApp) -> None:
+    def _work_ahead(self, session: Session, app: TokenstepApp, cancelled: threading.Event) -> None:
         """While the person reads: the next panel for the strategy's choice and the top candidates."""
-        distribution, worker = session.distribution, get_current_worker()
+        distribution = session.distribution
         if distribution is None or app.beam is not None:
             return
         ranked = [c.token_id for c in distribution.candidates[: app.look_ahead]]
-        session.look_ahead([session.strategy_choice(), *ranked], should_stop=lambda: worker.is_cancelled)
+        session.look_ahead([session.strategy_choice(), *ranked], should_stop=cancelled.is_set)
 
     def _force_row(self, row: int, beam_row: int) -> Callable[[Session], object]:
         def force(session: Session) -> object:
@@ -484,16 +526,21 @@ class TokenstepApp(App[int]):
         if rank is not None:
             self.post_message(self.BeamHighlight(rank))  # the highlight follows the forced beam
 
-    def _export(self, session: Session, app: TokenstepApp) -> None:
-        """The current path in the formats of `tokenstep trace`: JSON (replayable), CSV and Markdown."""
-        from decoding.trace import format_trace, trace_record
+    def _export(self, session: Session, app: TokenstepApp, cancelled: threading.Event) -> None:
+        """The current path (or the beam search so far) in the formats of `tokenstep trace`: JSON
+        (replayable), CSV and Markdown."""
+        from decoding.trace import beam_trace_record, format_trace, trace_record
 
-        record, stem = trace_record(session), app.export_dir / time.strftime("tokenstep-trace-%Y%m%d-%H%M%S")
+        record = beam_trace_record(app.beam) if app.beam is not None else trace_record(session)
+        if not record["steps"]:
+            raise SessionError("Nothing to export yet: take a step first.")
+        stem = app.export_dir / time.strftime("tokenstep-trace-%Y%m%d-%H%M%S")
         for fmt, suffix in (("json", ".json"), ("csv", ".csv"), ("markdown", ".md")):
-            stem.with_suffix(suffix).write_text(format_trace(record, fmt) + "\n", encoding="utf-8")
-        app.post_message(app.Notice(f"Saved the path to {stem}.json, .csv and .md"))
+            write_atomically(stem.with_suffix(suffix), format_trace(record, fmt) + "\n")
+        what = "beam search" if app.beam is not None else "path"
+        app.post_message(app.Notice(f"Saved the {what} to {stem}.json, .csv and .md"))
 
-    def _export_tree(self, session: Session, app: TokenstepApp) -> None:
+    def _export_tree(self, session: Session, app: TokenstepApp, cancelled: threading.Event) -> None:
         from decoding import session_file
 
         path = app.export_dir / time.strftime("tokenstep-tree-%Y%m%d-%H%M%S.json")
@@ -507,7 +554,9 @@ class TokenstepApp(App[int]):
         return self.running is not None and self.running.name == "play"
 
     def _pause(self) -> None:
-        self.workers.cancel_group(self, "model")
+        """Stop the running command between two model passes (the state it reached is shown)."""
+        if self.running is not None:
+            self.running.cancelled.set()
 
     def action_step(self) -> None:
         if self.playing:
@@ -553,7 +602,7 @@ class TokenstepApp(App[int]):
 
     def action_compare(self) -> None:
         screen = CompareScreen(COMPARE_NEW_TOKENS)
-        command = Command("compare", lambda session, app: app._compare(session, screen))
+        command = Command("compare", lambda session, app, cancelled: app._compare(session, screen, cancelled))
 
         def closed(_: None) -> None:
             if command in self.queue:
@@ -564,17 +613,16 @@ class TokenstepApp(App[int]):
         self.push_screen(screen, closed)
         self._pause_then(command)
 
-    def _compare(self, session: Session, screen: CompareScreen) -> None:
+    def _compare(self, session: Session, screen: CompareScreen, cancelled: threading.Event) -> None:
         from decoding.compare import Cancelled, compare, comparison_record
         from decoding.settings import CHAPTER_STRATEGIES, parse_strategies
 
-        worker = get_current_worker()
         strategies = parse_strategies(CHAPTER_STRATEGIES, seed=session.strategy.seed)
         progress = lambda done, total: screen.post_message(CompareScreen.Progress(done, total))  # noqa: E731
         try:
             if not session.engine.can_fork:
                 raise SessionError(f"The compare view needs the transformers engine (the {session.engine.name} engine has one cache).")
-            results = compare(session.engine.fork(), session.ids, strategies, COMPARE_NEW_TOKENS, lambda: worker.is_cancelled, progress)
+            results = compare(session.engine.fork(), session.ids, strategies, COMPARE_NEW_TOKENS, cancelled.is_set, progress)
         except Cancelled:
             return
         except TokenstepError as error:
@@ -592,7 +640,7 @@ class TokenstepApp(App[int]):
         self.show_tree = not self.show_tree
         if self.show_tree:
             self.query_one(TreePanel).rows = ()  # its cursor starts where the session stands
-            self.enqueue(Command("tree", lambda session, app: None))  # its Updated carries the rows
+            self.enqueue(Command("tree", lambda session, app, cancelled: None))  # its Updated carries the rows
             self.query_one(TreePanel).focus()
         else:
             self.set_focus(None)
@@ -600,7 +648,10 @@ class TokenstepApp(App[int]):
 
     def action_sibling(self, delta: int) -> None:
         def to_sibling(session: Session) -> None:
-            session.jump(session.tree.sibling(session.tree.current, delta))
+            sibling = session.tree.sibling(session.tree.current, delta)
+            if sibling == session.tree.current:
+                raise SessionError("There is no other branch at this depth: [ and ] move between branches that fork here.")
+            session.jump(sibling)
             self._restart_beam(session)
 
         self._pause_then(self._timed("sibling", to_sibling))
@@ -631,7 +682,7 @@ class TokenstepApp(App[int]):
         """Show or hide what each processor did; the report is computed by the worker."""
         self.show_processors = not self.show_processors
         if self.show_processors:
-            self.enqueue(Command("explain", lambda session, app: None))  # its Updated carries the report
+            self.enqueue(Command("explain", lambda session, app, cancelled: None))  # its Updated carries the report
         self.refresh_view()
 
     def action_toggle_whitespace(self) -> None:
@@ -653,10 +704,27 @@ class TokenstepApp(App[int]):
             self._pause()
         self.enqueue(command)
 
+    def _shown_prompt(self, prompt: str) -> str:
+        """The prompt as the one-line box shows it: newlines and controls as visible escapes, never raw.
+        Sent again unedited, the box stands for the prompt itself."""
+        shown = one_line(prompt)
+        self._prompts_shown[shown] = prompt
+        return shown
+
     @on(Input.Submitted, "#prompt")
     def new_prompt(self, event: Input.Submitted) -> None:
         self.action_stop()
-        self.enqueue(self._reset_command(event.value))
+        self.enqueue(self._reset_command(self._prompts_shown.get(event.value, event.value)))
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information", timeout: float | None = None, markup: bool = True) -> None:
+        """Every notification passes here: control characters and escape sequences (from a model, a
+        file or a prompt) are shown as visible escapes, never sent to the terminal."""
+        super().notify(escape_controls(message), title=escape_controls(title), severity=severity, timeout=timeout, markup=markup)
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None, time_format: str | None = None) -> str | None:
+        """The palette's Screenshot saves where exports go (Textual's default, ~/Downloads, is often
+        missing over SSH)."""
+        return super().deliver_screenshot(filename, path or str(self.export_dir), time_format)
 
     @on(CandidatePanel.RowSelected)
     def row_clicked(self, event: CandidatePanel.RowSelected) -> None:
@@ -698,6 +766,11 @@ class TokenstepApp(App[int]):
         self.strategy = current.with_changes(kind=kind)
         settings = Settings(self.strategy, self.choices)
         self.enqueue(self._timed("settings", lambda session: self._apply_settings(session, settings)))
+
+
+def _said(error: Exception) -> str:
+    """An error for a notification: our own errors say what to do; others are named."""
+    return str(error) if isinstance(error, TokenstepError) else f"{type(error).__name__}: {error}"
 
 
 def _short_model_name(model_id: str) -> str:

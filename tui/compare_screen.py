@@ -17,7 +17,8 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Label, ProgressBar, Static
 
-from decoding.tokens import one_line
+from decoding.compare import cut_short_notes
+from decoding.tokens import escape_controls, one_line
 
 
 def comparison_table(record: dict[str, Any]) -> Table:
@@ -41,7 +42,10 @@ def comparison_table(record: dict[str, Any]) -> Table:
 
 
 class CompareScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape", "close", "Cancel / close", id="compare.close")]
+    BINDINGS = [
+        Binding("escape", "close", "Cancel / close", id="compare.close"),
+        Binding("q", "app.quit", "Quit", id="compare.quit"),
+    ]
 
     class Progress(Message):
         def __init__(self, done: int, total: int) -> None:
@@ -82,7 +86,8 @@ class CompareScreen(ModalScreen[None]):
         )
         self.query_one(ProgressBar).display = False
         self.query_one("#compare-table", Static).update(comparison_table(message.record))
-        self.query_one("#compare-hint", Label).update("escape closes")
+        notes = "\n".join(f"Note: {note}" for note in cut_short_notes(message.record))
+        self.query_one("#compare-hint", Label).update(Text(escape_controls(notes + ("\n" if notes else "") + "escape closes")))
 
     def on_compare_screen_failed(self, message: Failed) -> None:
         self.query_one("#compare-progress", Label).update(Text(message.text, style="bold red"))

@@ -7,7 +7,9 @@ another model, a failed save) comes back through `note`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+from decoding.errors import TokenstepError
 
 if TYPE_CHECKING:  # torch-free, but only needed once the model is loaded
     from decoding.session import Session
@@ -24,23 +26,33 @@ class SessionKeeper:
         self._writer: SessionWriter | None = None
 
     def open(self, session: Session, prompt: str) -> None:
-        """Reopen the saved tree on the same model, or start at `prompt`; another model's tree is only shown."""
+        """Reopen the saved tree on the same model, or start at `prompt`; another model's tree is only
+        shown, and a tree that cannot be reopened is left as it is: both go on in a new file."""
         from decoding import session_file
 
         saved, self.saved = self.saved, None
         if saved is None:
             return session.reset(prompt)
-        if session_file.same_model(saved.model, session.engine):
+        if not session_file.same_model(saved.model, session.engine):
+            model = _described(saved.model)
+            self.foreign = (tuple(saved.tree.branches()), model)
+            return self._elsewhere(session, prompt, f"was made with {model}, not this model: its tree is shown read-only (t)")
+        old = session.strategy, session.choices
+        try:
             session.set_strategy(saved.strategy)
             session.set_choices(saved.choices)
-            return session.adopt(saved.tree)
-        model = str(saved.model.get("model_id", "another model"))
-        self.foreign = (tuple(saved.tree.branches()), model)
+            session.adopt(saved.tree)
+        except Exception as error:  # whatever the file held: the exploration starts afresh, the file stays
+            session.set_strategy(old[0])
+            session.set_choices(old[1])
+            self._elsewhere(session, prompt, f"could not be reopened ({error})")
+
+    def _elsewhere(self, session: Session, prompt: str, why: str) -> None:
+        """Leave the opened file as it is; this exploration starts at `prompt`, saved to a new file."""
+        from decoding import session_file
+
         old, self.path = self.path, session_file.new_session_path()
-        self.note(
-            f"{old} was made with {model}, not this model: its tree is shown read-only (t) and left as it is. "
-            f"This exploration is saved to {self.path}."
-        )
+        self.note(f"{old} {why}; it was left as it is. This exploration is saved to {self.path}.")
         session.reset(prompt)
 
     def start(self, session: Session) -> None:
@@ -51,7 +63,10 @@ class SessionKeeper:
         if self.path is not None:
             self._writer = session_file.SessionWriter(self.path, session.engine)
             self.save(session)
-            session_file.remember_last(self.path)
+            try:
+                session_file.remember_last(self.path)
+            except OSError as error:
+                self.note(f"Could not note {self.path} as the last session ({error}); --resume will not find it.")
 
     def save(self, session: Session) -> None:
         """Write the file (~1 ms); on failure say so once and go on unsaved: nothing else is lost."""
@@ -59,7 +74,7 @@ class SessionKeeper:
             return
         try:
             self._writer.save(session.tree, session.strategy, session.choices)
-        except OSError as error:
+        except (OSError, TokenstepError) as error:
             self._writer = None
             self.note(f"Could not save the session to {self.path} ({error}); it goes on unsaved.")
 
@@ -69,3 +84,9 @@ class SessionKeeper:
 
         if self.path is not None:
             self.path = new_session_path()
+
+
+def _described(model: dict[str, Any]) -> str:
+    """A saved model for a message: its name, engine and dtype."""
+    details = ", ".join(str(model[key]) for key in ("engine", "dtype") if model.get(key))
+    return f"{model.get('model_id') or 'another model'}" + (f" ({details})" if details else "")

@@ -15,7 +15,7 @@ from decoding.settings import STRATEGY_KINDS, Strategy, field_problems
 
 # (field, label, parser): each text field of the form and how its text becomes a value.
 FIELDS = [
-    ("temperature", "temperature (> 0)", float),
+    ("temperature", "temperature (1 = off)", float),
     ("top_k", "top-k (0 = off)", int),
     ("top_p", "top-p (0 < p ≤ 1)", float),
     ("seed", "seed", int),

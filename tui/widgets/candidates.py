@@ -10,6 +10,7 @@ from __future__ import annotations
 from rich.cells import cell_len
 from rich.text import Text
 from textual import events
+from textual.geometry import Region
 from textual.message import Message
 from textual.widgets import Static
 
@@ -20,6 +21,8 @@ REMOVED_STYLE = "dim strike"
 HIGHLIGHT_STYLE = "on grey27"
 HEADER_LINES = 1
 TOKEN_WIDTH = 18
+PERCENT_WIDTH = len("100.00%")
+LOGPROB_WIDTH = len("-10.000")
 
 
 def bar(prob: float, width: int = BAR_WIDTH) -> str:
@@ -40,19 +43,28 @@ class CandidatePanel(Static):
             self.row = row
 
     shown: Distribution | None = None
+    note = ""
     cursor_row = 0
 
-    def show(self, distribution: Distribution | None) -> None:
-        """Show these candidates, keeping the highlighted row number."""
-        if distribution == self.shown and distribution is not None:
+    def show(self, distribution: Distribution | None, note: str = "") -> None:
+        """Show these candidates, keeping the highlighted row number; with none, `note` says why."""
+        if distribution == self.shown and note == self.note:
             return  # nothing new to paint
-        self.shown = distribution
+        self.shown, self.note = distribution, note
         self.move_cursor(self.cursor_row)
 
     def move_cursor(self, row: int) -> None:
         rows = len(self.shown.candidates) if self.shown else 1
         self.cursor_row = max(0, min(row, rows - 1))
-        self.update(self._table() if self.shown else "")
+        self.update(self._table() if self.shown else self._empty())
+        if self.shown:  # a long list scrolls with the highlight, so enter never picks a row not shown
+            self.call_after_refresh(self._keep_cursor_in_view)
+
+    def _keep_cursor_in_view(self) -> None:
+        """The panel sits in a scrolling container (the side column); scroll it to the highlighted row."""
+        row = Region(0, self.virtual_region.y + HEADER_LINES + self.cursor_row, 1, 1)
+        if self.parent is not None and self.parent.allow_vertical_scroll:
+            self.parent.scroll_to_region(row, animate=False, immediate=True)
 
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)  # None on the border
@@ -64,7 +76,8 @@ class CandidatePanel(Static):
         reshaped = self.shown.processed_entropy is not None
         rows = [_cells(candidate, reshaped) for candidate in self.shown.candidates]
         header = [Text(title, style="bold") for title in _headers(reshaped)]
-        widths = [max(cell.cell_len for cell in column) for column in zip(header, *rows)]
+        # Fixed column widths: the panel keeps its width from step to step, so the text beside it never reflows.
+        widths = [max([width, *(cell.cell_len for cell in column)]) for width, column in zip(_widths(reshaped, len(rows)), zip(header, *rows))]
         lines = [_line(header, widths)]
         for index, row in enumerate(rows):
             line = _line(row, widths)
@@ -72,6 +85,19 @@ class CandidatePanel(Static):
                 line.stylize(HIGHLIGHT_STYLE)
             lines.append(line)
         return Text("\n").join(lines)
+
+
+    def _empty(self) -> Text:
+        """The note, in a panel as wide as the candidates were (the text beside it keeps its width)."""
+        width = sum(_widths(False, 10)) + len(_widths(False, 10)) - 1
+        return Text(self.note.ljust(width), style="dim")
+
+
+def _widths(reshaped: bool, rows: int) -> list[int]:
+    rank = len(str(rows))
+    if reshaped:
+        return [rank, TOKEN_WIDTH, PERCENT_WIDTH, BAR_WIDTH, PERCENT_WIDTH, BAR_WIDTH, LOGPROB_WIDTH]
+    return [rank, TOKEN_WIDTH, PERCENT_WIDTH, BAR_WIDTH, LOGPROB_WIDTH]
 
 
 def _headers(reshaped: bool) -> list[str]:

@@ -57,7 +57,7 @@ def processor_table(report: ProcessorReport, distribution: Distribution) -> Text
 class ProcessorPanel(Static):
     def show(self, report: ProcessorReport | None, distribution: Distribution | None, beam_search: bool) -> None:
         if beam_search:
-            self.update(Text("The processor view follows a single path; beam search applies its processors to each beam.", style="dim"))
+            self.update(Text("Beam search applies the processors to each beam;\nthis view follows a single path.", style="dim"))
         elif report is None or distribution is None:
             self.update(Text("No processors: the strategy takes the model's distribution as it is.", style="dim"))
         else:

@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Static
 
+from decoding.tokens import one_line
 from decoding.tree import Branch
 
 HIGHLIGHT_STYLE = "on grey27"
@@ -40,9 +41,12 @@ class TreePanel(Static, can_focus=True):
     foreign: tuple[Branch, ...] = ()
     foreign_model = ""
     cursor = 0
+    doomed: int | None = None  # the row x was pressed on once: a second x deletes it
 
     def show(self, rows: tuple[Branch, ...], foreign: tuple[Branch, ...] = (), foreign_model: str = "") -> None:
         first_show = not self.rows
+        if rows != self.rows:
+            self.doomed = None  # the rows moved: a second x must not hit another branch
         self.rows, self.foreign, self.foreign_model = rows, foreign, foreign_model
         if first_show:  # start on where the session stands
             self.cursor = next((i for i, row in enumerate(rows) if row.current), 0)
@@ -52,6 +56,11 @@ class TreePanel(Static, can_focus=True):
         self.cursor = max(0, min(self.cursor + delta, len(self.rows) + len(self.foreign) - 1))
         self._paint()
 
+    def on_key(self, event) -> None:
+        if event.key not in ("x", "delete") and self.doomed is not None:
+            self.doomed = None  # any other key keeps the branch
+            self._paint()
+
     def action_jump(self) -> None:
         if self.cursor < len(self.rows):
             self.post_message(self.Jump(self.rows[self.cursor].end))
@@ -59,16 +68,37 @@ class TreePanel(Static, can_focus=True):
             self.post_message(self.Jump(None))
 
     def action_delete(self) -> None:
-        if self.cursor < len(self.rows):
+        """The first x asks, the second deletes: there is no undo for a deletion."""
+        if self.cursor >= len(self.rows):
+            return
+        if self.doomed == self.cursor:
+            self.doomed = None
             self.post_message(self.Delete(self.rows[self.cursor].node_ids[0]))
+        else:
+            self.doomed = self.cursor
+        self._paint()
+
+    def _rows_below(self, index: int) -> int:
+        """How many rows hang below row `index` (deleted with it)."""
+        level, count = self.rows[index].level, 0
+        for row in self.rows[index + 1 :]:
+            if row.level <= level:
+                break
+            count += 1
+        return count
 
     def _paint(self) -> None:
         width = max(20, (self.content_size.width or 80) - 30)  # what the numbers and "how" leave
         lines = [Text("branches (↑ ↓ move, enter jumps, x deletes, [ ] siblings, t closes)", style="dim")]
+        if self.doomed is not None and self.doomed < len(self.rows):
+            below = self._rows_below(self.doomed)
+            lines.append(
+                Text(f"x again deletes the highlighted branch{f' and the {below} below it' if below else ''}; any other key keeps it", style="bold yellow")
+            )
         for index, row in enumerate(self.rows):
             lines.append(_line(row, width, index == self.cursor))
         if self.foreign:
-            lines.append(Text(f"\nread-only: made with {self.foreign_model}, another model", style="bold yellow"))
+            lines.append(Text(f"\nread-only: made with {one_line(self.foreign_model)}, another model", style="bold yellow"))
             for index, row in enumerate(self.foreign, start=len(self.rows)):
                 lines.append(_line(row, width, index == self.cursor, style="dim"))
         self.update(Text("\n").join(lines))
@@ -80,7 +110,7 @@ def _line(row: Branch, width: int, highlighted: bool, style: str = "") -> Text:
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append(indent + ("● " if row.current else "  "), style="cyan")
     line.append(text.ljust(max(0, width - len(indent))), style=style or ("bold" if row.on_path else ""))
-    line.append(f" {row.logprob:8.2f}  {row.made_by[:14]}", style=style or "dim")
+    line.append(f" {row.logprob:8.2f}  {one_line(row.made_by)[:14]}", style=style or "dim")
     if highlighted:
         line.stylize(HIGHLIGHT_STYLE)
     return line
