@@ -2,6 +2,7 @@
 
   python child.py app   the app, headless: first painted frame, first candidates, peak RSS
   python child.py bare  `import torch, transformers` and loading the same weights: time and peak RSS
+  python child.py steps ENGINE THREADS   tokens/s of one engine's forward steps with that many threads
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from common import PROMPT
 
-SPAWNED_AT = float(os.environ["TOKENSTEP_BENCH_T0"])
+SPAWNED_AT = float(os.environ.get("TOKENSTEP_BENCH_T0", time.time()))
 
 
 def since_spawn() -> float:
@@ -74,5 +75,30 @@ def bare() -> None:
     print(f"WEIGHTS_MB {weights / 2**20:.1f}")
 
 
+def steps() -> None:
+    import statistics
+
+    engine_name, threads = sys.argv[2], int(sys.argv[3])
+    os.cpu_count = lambda: threads  # what both engines size their thread pools by
+    import torch
+
+    from common import load
+
+    torch.set_num_threads(threads)
+    engine = load(engine=engine_name)
+    count = 80 if engine_name == "llama" else 30
+
+    def rate() -> float:
+        engine.crop(0)
+        engine.feed(engine.encode(PROMPT))
+        start = time.perf_counter()
+        for offset in range(count):
+            engine.feed([260 + offset])
+        return count / (time.perf_counter() - start)
+
+    rate()  # warm-up
+    print(f"TOKENS_PER_S {statistics.median(rate() for _ in range(3)):.2f}")
+
+
 if __name__ == "__main__":
-    {"app": app, "bare": bare}[sys.argv[1]]()
+    {"app": app, "bare": bare, "steps": steps}[sys.argv[1]]()
