@@ -3,7 +3,8 @@
 Each side of the play comparison runs in a process of its own, as each does in real use: torch's
 thread pools belong to the first thread that computes, and a second thread computing in the same
 process ran ~20-50 % slower here, whichever side it was (an artefact of measuring both in one process).
-Measured in float32 (~55 ms a step on this CPU) and bfloat16 (~30 ms a step: a faster machine).
+Measured on the embedded model (~55 ms a step on this CPU) and on its first 12 layers (~30 ms a
+step, as the whole model steps on a faster machine).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PROMPT, Result, load, seconds, table
+from common import PROMPT, Result, load, seconds, shallower_embedded_model, table
 from stepping import NEW_TOKENS, play_loop
 
 SIZE = (120, 36)
+PLAY_RUNS = 5  # a shared 2-core machine varies by ±10 % from run to run: the best of five of each
 
 
-def timed_app(dtype: str = "float32", **options):
+def timed_app(model: str | None = None, **options):
     """The app, telling when play ends and when a pick's panel is painted (events, not polling:
     polling from the UI thread would itself slow the model's thread)."""
     from decoding.loading import LoadOptions
@@ -35,7 +37,7 @@ def timed_app(dtype: str = "float32", **options):
             folder = Path(tempfile.mkdtemp(prefix="tokenstep-bench-"))
             os.environ["TOKENSTEP_DATA"] = str(folder)  # not the user's "last session"
             path = folder / "session.json"
-            super().__init__(LoadOptions(device="cpu", dtype=dtype), prompt=PROMPT, session_path=path, **options)
+            super().__init__(LoadOptions(model=model, device="cpu"), prompt=PROMPT, session_path=path, **options)
             self.changed = asyncio.Event()
             self.picked_at = 0.0
             self.pick_latencies: list[float] = []
@@ -69,8 +71,8 @@ async def until_idle(app) -> None:
         app.changed.clear()
 
 
-async def app_play_seconds(dtype: str = "float32") -> float:
-    app = timed_app(max_new_tokens=NEW_TOKENS, look_ahead=0, dtype=dtype)
+async def app_play_seconds(model: str | None = None) -> float:
+    app = timed_app(max_new_tokens=NEW_TOKENS, look_ahead=0, model=model)
     async with app.run_test(size=SIZE) as pilot:
         await until_idle(app)
         start = time.perf_counter()
@@ -91,31 +93,35 @@ async def pick_latencies() -> list[float]:
     return app.pick_latencies
 
 
-def play_seconds(side: str, dtype: str) -> float:
+SHALLOW_LAYERS = 12
+
+
+def play_seconds(side: str, model: str) -> float:
     """Seconds for 64 tokens of play, in a fresh process: `loop` (the session's own) or `app`."""
-    out = subprocess.run([sys.executable, __file__, side, dtype], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, __file__, side, model], capture_output=True, text=True, check=True).stdout
     return float(out.split()[-1])
 
 
-def loop_seconds(dtype: str) -> float:
+def loop_seconds(model: str | None) -> float:
     from decoding.session import Session
 
-    session = Session(load(dtype=dtype))
+    session = Session(load(model=model))
     play_loop(session, PROMPT, 4)  # warm-up, as the app's first panel warms it
     return seconds(lambda: play_loop(session, PROMPT))
 
 
 def play_results() -> list[Result]:
     results = []
-    for dtype in ("float32", "bfloat16"):
+    models = {"app_play": ("embedded model", ""), "app_play_fast_steps": (f"its first {SHALLOW_LAYERS} layers", str(shallower_embedded_model(SHALLOW_LAYERS)))}
+    for name, (label, model) in models.items():
         loops, in_apps = [], []
-        for _ in range(3):  # in turn, so that drifts in machine speed hit both alike
-            loops.append(play_seconds("loop", dtype))
-            in_apps.append(play_seconds("app", dtype))
+        for _ in range(PLAY_RUNS):  # in turn, so that drifts in machine speed hit both alike
+            loops.append(play_seconds("loop", model))
+            in_apps.append(play_seconds("app", model))
         loop, in_app = min(loops), min(in_apps)
-        table(f"App overhead: play, 64 tokens, {dtype}", ["app tok/s", "session loop tok/s", "ratio", "ms a step"],
+        table(f"App overhead: play, 64 tokens, {label}", ["app tok/s", "session loop tok/s", "ratio", "ms a step"],
               [[NEW_TOKENS / in_app, NEW_TOKENS / loop, loop / in_app, 1000 * loop / NEW_TOKENS]])
-        results.append(Result("app_play" if dtype == "float32" else f"app_play_{dtype}", loop / in_app, ">=", 0.9))
+        results.append(Result(name, loop / in_app, ">=", 0.9))
     return results
 
 
@@ -132,6 +138,6 @@ def run() -> list[Result]:
     return [*results, Result("zero_wait_pick_ms", 1000 * pick, "<", 16)]
 
 
-if __name__ == "__main__":  # one side of the play comparison: python app_play.py loop|app DTYPE
-    side, dtype = sys.argv[1], sys.argv[2]
-    print(loop_seconds(dtype) if side == "loop" else asyncio.run(app_play_seconds(dtype)))
+if __name__ == "__main__":  # one side of the play comparison: python app_play.py loop|app MODEL ("": embedded)
+    side, model = sys.argv[1], sys.argv[2] or None
+    print(loop_seconds(model) if side == "loop" else asyncio.run(app_play_seconds(model)))

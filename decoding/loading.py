@@ -225,8 +225,8 @@ def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map:
         config = AutoConfig.from_pretrained(source)
     except OSError as error:
         raise LoadError(_not_found_message(model_id, error)) from None
-    except ValueError as error:
-        raise LoadError(f"--model {model_id}: transformers cannot read this model ({error}).") from None
+    except Exception as error:
+        raise LoadError(f"--model {model_id}: transformers cannot read this model ({_first_line(error)}).") from None
     if not _is_causal_lm(config):
         kind = getattr(config, "model_type", "unknown")
         raise LoadError(
@@ -236,15 +236,22 @@ def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map:
     if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
         # transformers would quietly make an empty tokenizer; every prompt would become unknown tokens.
         raise LoadError(f"--model {model_id}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}). Save one beside the weights.")
-    tokenizer = AutoTokenizer.from_pretrained(source)
     placement = {"device_map": "auto"} if device_map == "auto" else {}
     try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **placement)
     except OSError as error:
         raise LoadError(_not_found_message(model_id, error)) from None
+    except Exception as error:  # a truncated or foreign file fails in many ways deep inside the readers
+        raise LoadError(f"--model {model_id}: its files cannot be read ({_first_line(error)}).") from None
     if not placement:
         model = model.to(device)
     return model, tokenizer
+
+
+def _first_line(error: Exception) -> str:
+    said = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {said[0]}" if said else type(error).__name__
 
 
 def _is_causal_lm(config) -> bool:
@@ -313,8 +320,8 @@ def convert_gguf(gguf: Path, target: Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise LoadError(f"--model {gguf}: transformers cannot read this GGUF file ({error}).") from None
+    except Exception as error:  # a truncated or foreign file fails in many ways deep inside the readers
+        raise LoadError(f"--model {gguf}: transformers cannot read this GGUF file ({_first_line(error)}).") from None
     # save_pretrained refuses a quantizer-loaded model; the weights are already plain float32.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -384,3 +384,20 @@ def test_compare_says_when_the_context_limit_cut_a_continuation_short(cached_eng
     assert code == 0 and re.search(r"Note: greedy wrote \d+ of 32 tokens: the context limit was reached", out)
     record = json.loads(run_cli("compare", prompt, "--new-tokens", "32", "--strategies", "greedy", "--format", "json")[1])
     assert record["results"][0]["cut_short"] == "the context limit"
+
+
+def test_truncated_model_files_are_refused_in_one_line(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from decoding.loading import embedded_gguf
+
+    monkeypatch.setenv("TOKENSTEP_CACHE", str(tmp_path / "cache"))
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(embedded_gguf().read_bytes()[:200_000])
+    folder = tmp_path / "cut-folder"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").write_bytes((tiny_model_dir / "model.safetensors").read_bytes()[:5_000])
+    for model in (truncated, folder):
+        code, _, err = run_cli("trace", "hi", "--model", str(model), "--device", "cpu")
+        assert_one_line(code, err)
+        assert "cannot be read" in err or "cannot read" in err

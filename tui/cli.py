@@ -6,6 +6,7 @@ Options are checked before anything heavy is imported, so a typo is answered at 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -334,6 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # a fault of ours, not of the input: still one line (TOKENSTEP_DEBUG=1 shows the traceback)
+        if os.environ.get("TOKENSTEP_DEBUG"):
+            raise
+        print(f"tokenstep: internal error, please report it: {one_line(f'{type(error).__name__}: {error}')}", file=stderr)
+        return 1
     finally:
         sys.stdout, sys.stderr = stdout, stderr
 

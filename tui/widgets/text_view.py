@@ -26,11 +26,20 @@ def legend() -> Text:
 
 
 def running_text(snapshot: Snapshot, visible_whitespace: bool = False) -> Text:
-    """Literal text (never markup): prompt plain, tokens tinted, forced tokens marked."""
+    """Literal text (never markup): prompt plain, tokens tinted, forced tokens marked. Neighbours of
+    one tint share one span: the text is painted again several times a second while playing, and
+    its cost grows with the number of spans."""
     text = Text(_shown(snapshot.prompt, visible_whitespace))
+    run_style, run = None, []
     for token, piece in zip(snapshot.path, snapshot.pieces):
         style = f"{tint(token.prob)} {FORCED_STYLE}" if token.forced else tint(token.prob)
-        text.append(_shown(piece, visible_whitespace), style=style)
+        if style != run_style and run:
+            text.append("".join(run), style=run_style)
+            run = []
+        run_style = style
+        run.append(_shown(piece, visible_whitespace))
+    if run:
+        text.append("".join(run), style=run_style)
     if snapshot.finished:
         text.append(f"  [{snapshot.finished}]", style="bold dim")
     return text
