@@ -79,13 +79,18 @@ def steps() -> None:
     import statistics
 
     engine_name, threads = sys.argv[2], int(sys.argv[3])
-    os.cpu_count = lambda: threads  # what both engines size their thread pools by
     import torch
 
     from common import load
 
     torch.set_num_threads(threads)
-    engine = load(engine=engine_name)
+    if engine_name == "llama":
+        from decoding.llama_engine import LlamaCppEngine
+        from decoding.loading import embedded_gguf
+
+        engine = LlamaCppEngine(embedded_gguf(), model_id="embedded", gpu=False, threads=threads)
+    else:
+        engine = load()
     count = 80 if engine_name == "llama" else 30
 
     def rate() -> float:

@@ -1,7 +1,8 @@
 """9. Thread counts: each engine with one thread and with every core, on an idle machine and beside a
 process that keeps one core busy, with OpenMP threads that spin while they wait (ACTIVE) or sleep
-(PASSIVE, what tokenstep sets). The target: beside a busy process, tokenstep's setting (every core,
-PASSIVE) keeps at least 0.8 of what one thread gives, where spinning threads collapse."""
+(PASSIVE, what tokenstep sets). The target: beside a busy process, tokenstep's choice (transformers:
+every core; llama.cpp: every core but one; both PASSIVE) keeps at least 0.8 of what one thread gives,
+where spinning threads collapse."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 from common import Result, table
+
+from decoding.llama_engine import default_threads
 
 CHILD = Path(__file__).with_name("child.py")
 CORES = os.cpu_count() or 1
@@ -27,7 +30,7 @@ def measure(engine: str) -> dict[tuple[bool, int, str], float]:
     for busy in (False, True):
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
         try:
-            for threads in sorted({1, CORES}):
+            for threads in sorted({1, default_threads(), CORES}):
                 for policy in ("ACTIVE", "PASSIVE"):
                     rates[busy, threads, policy] = tokens_per_s(engine, threads, policy)
         finally:
@@ -46,6 +49,7 @@ def run() -> list[Result]:
             continue
         rows = [[("busy core" if busy else "idle"), threads, policy, rate] for (busy, threads, policy), rate in rates.items()]
         table(f"Threads: {engine} engine, tokens/s ({CORES} cores)", ["machine", "threads", "OpenMP wait", "tok/s"], rows)
-        ratio = rates[True, CORES, "PASSIVE"] / rates[True, 1, "PASSIVE"]
+        chosen = CORES if engine == "transformers" else default_threads()
+        ratio = rates[True, chosen, "PASSIVE"] / rates[True, 1, "PASSIVE"]
         results.append(Result(f"threads_busy_{engine}", ratio, ">=", 0.8))
     return results

@@ -17,19 +17,26 @@ from decoding.loading import file_digest
 MAX_CONTEXT = 8192  # llama.cpp allocates the whole KV cache up front; the session keeps to the model's own limit
 
 
+def default_threads() -> int:
+    """Every core but one: ggml waits at a barrier after each operation, so when another process takes
+    a core its threads stall together (2 cores: 49 tokens/s with one thread, 31 with two beside a busy
+    core; `python benchmarks/run.py threads`)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 class LlamaCppEngine:
     name = "llama.cpp"
     can_look_ahead = False  # its KV cache cannot set a cache entry aside
     can_beam_search = False  # one sequence per context here
     can_fork = False  # a second context would load the model again
 
-    def __init__(self, gguf: Path, *, model_id: str, gpu: bool) -> None:
+    def __init__(self, gguf: Path, *, model_id: str, gpu: bool, threads: int | None = None) -> None:
         from llama_cpp import Llama
 
         self._llm = Llama(
             model_path=str(gguf),
             n_ctx=MAX_CONTEXT,
-            n_threads=os.cpu_count(),
+            n_threads=threads or default_threads(),
             n_gpu_layers=-1 if gpu else 0,
             logits_all=False,
             verbose=False,

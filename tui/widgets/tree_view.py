@@ -52,6 +52,9 @@ class TreePanel(Static, can_focus=True):
             self.cursor = next((i for i, row in enumerate(rows) if row.current), 0)
         self._paint()
 
+    def on_resize(self) -> None:
+        self._paint()  # the rows are cut to the panel's width, which is only known once it is laid out
+
     def action_move(self, delta: int) -> None:
         self.cursor = max(0, min(self.cursor + delta, len(self.rows) + len(self.foreign) - 1))
         self._paint()
