@@ -28,8 +28,11 @@ PLAY_RUNS = 5  # a shared 2-core machine varies by ±10 % from run to run: the b
 def timed_app(model: str | None = None, **options):
     """The app, telling when play ends and when a pick's panel is painted (events, not polling:
     polling from the UI thread would itself slow the model's thread)."""
+    from textual import on
+
     from decoding.loading import LoadOptions
     from tui.app import TokenstepApp
+    from tui.messages import CommandDone
 
     class TimedApp(TokenstepApp):
         def __init__(self) -> None:
@@ -52,7 +55,8 @@ def timed_app(model: str | None = None, **options):
                 self.pick_latencies.append(time.perf_counter() - self.picked_at)
                 self.picked_at = 0.0
 
-        def on_tokenstep_app_command_done(self) -> None:
+        @on(CommandDone)
+        def _timed_done(self) -> None:
             # Textual calls the base class's handler too (handlers run along the MRO): no super().
             self.done_at = time.perf_counter()
             self.changed.set()

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from decoding.distribution import summarize, top_ids
-from decoding.engine import Engine, decode_continuation
+from decoding.engine import Engine, RunsSideBySide, decode_continuation
 from decoding.errors import SessionError, SettingsError
 from decoding.processors import build_processors
+from decoding.scores import Scores
 from decoding.settings import Strategy
 from decoding.state import Beam, BeamSnapshot, Distribution
 from decoding.tokens import TokenTexts
@@ -44,7 +45,7 @@ class _State:
     finished_scores: torch.Tensor  # [B] float32, length-penalised; IMPOSSIBLE in an empty slot
     finished_flags: tuple[bool, ...]
     improvable: bool  # generate()'s early-stop heuristic: can a live beam still beat the finished ones?
-    logits: torch.Tensor | None  # [B, vocab] next-token logits of the live beams; None once ended
+    scores: Scores | None  # [B, vocab] next-token scores of the live beams; None once ended
     ended: str | None
 
 
@@ -56,7 +57,7 @@ class BeamSearch:
     ) -> None:
         if not strategy.is_beam:
             raise SettingsError(f"beam search needs the beam strategy (got {strategy.kind!r}).")
-        if not engine.can_beam_search:
+        if not isinstance(engine, RunsSideBySide):
             raise SettingsError(
                 f"The {engine.name} engine cannot run beam search: it runs one sequence at a time. "
                 "Use --engine transformers for beam search."
@@ -74,17 +75,19 @@ class BeamSearch:
         self._processors = build_processors(strategy)
         self._beams = strategy.num_beams
         self._runner = engine.side_by_side()
-        logits = self._runner.start([self.prefix_ids] * self._beams)  # generate() runs B copies too
-        scores = torch.full((self._beams,), IMPOSSIBLE, device=logits.device)
-        scores[0] = 0.0  # only the first copy may grow, or the B beams would all pick the same tokens
+        first = self._runner.start([self.prefix_ids] * self._beams)  # generate() runs B copies too
+        self._check_enough_known(first)
+        device = first.values.device
+        running_scores = torch.full((self._beams,), IMPOSSIBLE, device=device)
+        running_scores[0] = 0.0  # only the first copy may grow, or the B beams would all pick the same tokens
         self._state = _State(
             running=(_Hypothesis((), 0.0, 0.0),) * self._beams,
-            running_scores=scores,
+            running_scores=running_scores,
             finished=(None,) * self._beams,
-            finished_scores=torch.full((self._beams,), IMPOSSIBLE, device=logits.device),
+            finished_scores=torch.full((self._beams,), IMPOSSIBLE, device=device),
             finished_flags=(False,) * self._beams,
             improvable=True,
-            logits=logits,
+            scores=first,
             ended=None,
         )
         self._history: list[_State] = []
@@ -113,9 +116,10 @@ class BeamSearch:
 
     def candidate_ids(self, beam: int) -> list[int]:
         """The token ids of live beam `beam`'s candidate rows, best first (as its panel lists them)."""
-        if self._state.logits is None:
+        if self._state.scores is None:
             return []
-        return top_ids(self._state.logits[self._live()[beam]], self.choices)
+        values = self._state.scores.values[self._live()[beam]]
+        return top_ids(values, min(self.choices, int(torch.isfinite(values).sum())))
 
     def undo(self) -> None:
         """Take back a whole beam step: every beam, score and finished hypothesis is as it was."""
@@ -151,10 +155,14 @@ class BeamSearch:
         state = self._state
         live = self._live()
         candidates: tuple[Distribution, ...] = ()
-        if state.logits is not None:
+        if state.scores is not None:
             raw, processed = self._log_probs()
+            values, complete = state.scores.values, state.scores.complete
             candidates = tuple(
-                summarize(state.logits[row], raw[row], processed[row] if self._processors else None, self.choices, self._token_text)
+                summarize(
+                    values[row], raw[row], processed[row] if self._processors else None, self.choices, self._token_text,
+                    None if complete else int(torch.isfinite(values[row]).sum()),
+                )
                 for row in live
             )
         beams, finished = self._beams_of(state)
@@ -202,14 +210,15 @@ class BeamSearch:
         improvable = state.improvable and self._can_improve(running_scores, finished_scores, finished_flags, length)
         ended = self._why_ended(improvable, finished_flags, bool(ends.all()), length)
         running = tuple(candidates[k] for k in chosen)
-        logits = None
+        scores = None
         if ended is None:
             self._cache_fits = False  # until the forward below has run
             self._runner.reorder([flat[k] // vocab for k in chosen])
-            logits = self._runner.feed([h.ids[-1] for h in running])
+            scores = self._runner.feed([h.ids[-1] for h in running])
+            self._check_enough_known(scores)
             self._cache_fits = True
         self._history.append(state)
-        self._state = _State(running, running_scores, finished, finished_scores, finished_flags, improvable, logits, ended)
+        self._state = _State(running, running_scores, finished, finished_scores, finished_flags, improvable, scores, ended)
         self._scored = None
 
     def _extend(self, parent: _Hypothesis, token_id: int, score: float, logprob: float, forced: bool) -> _Hypothesis:
@@ -264,11 +273,23 @@ class BeamSearch:
 
     # --- helpers ------------------------------------------------------------------------------------
 
+    def _check_enough_known(self, scores: Scores) -> None:
+        """On partial scores the search is exact only if each beam's top 2B tokens are known: generate()
+        keeps the 2B best (beam, token) pairs, and they all come from the beams' own top 2B."""
+        if not scores.complete:
+            known = int(torch.isfinite(scores.values).sum(dim=-1).min())
+            if known < 2 * self._beams:
+                raise SettingsError(
+                    f"Beam search with {self._beams} beams needs each beam's top {2 * self._beams} tokens; the "
+                    f"{self.engine.name} engine returned {known}. Use fewer beams or ask the engine for more."
+                )
+
     def _log_probs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw, processed) next-token log-probabilities of the live beams, once per state."""
         if self._scored is None:
             state = self._state
-            raw = torch.log_softmax(state.logits, dim=-1)
+            assert state.scores is not None, "an ended search has no next tokens"
+            raw = state.scores.logprobs
             processed = raw
             if self._processors:
                 ids = torch.tensor([self.prefix_ids + list(h.ids) for h in state.running], device=raw.device)

@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from decoding.engine import Engine, decode_continuation
+from decoding.engine import Engine, RunsSideBySide, decode_continuation
 from decoding.errors import SessionError, SettingsError
 from decoding.settings import Strategy
 from decoding.tokens import one_line
 from decoding.trace import aligned_table, markdown_table, terminal_safe_json
 
 NGRAM = 3  # repeats are counted among token 3-grams
+COMPARE_NEW_TOKENS = 32  # what each strategy writes in a comparison from the current text (the app's view)
 
 Progress = Callable[[int, int], None]  # (strategies done, strategies in all)
 
@@ -54,7 +55,7 @@ def compare(
     changed): give a fork to keep a session's. Raises Cancelled when `should_stop` says so."""
     if new_tokens < 1:
         raise SessionError(f"the number of new tokens must be at least 1 (got {new_tokens}).")
-    if any(s.is_beam for s in strategies) and not engine.can_beam_search:  # say so before any work
+    if any(s.is_beam for s in strategies) and not isinstance(engine, RunsSideBySide):  # say so before any work
         raise SettingsError(f"The {engine.name} engine cannot run beam search; leave beam out of --strategies or use --engine transformers.")
     results = []
     for done, strategy in enumerate(strategies):
@@ -69,10 +70,11 @@ def compare(
 
 
 def _path(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop) -> tuple[tuple[int, ...], float]:
+    from decoding.prompt import recorded_prompt
     from decoding.session import Session
 
     session = Session(engine, strategy)
-    session.reset(engine.decode(prefix_ids), prefix_ids)
+    session.reset(recorded_prompt(engine, prefix_ids))
     while len(session.path) < new_tokens and not session.finished:
         if should_stop():
             raise Cancelled

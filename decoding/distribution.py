@@ -45,15 +45,17 @@ def entropy(logprobs: torch.Tensor) -> float:
 
 
 def summarize(
-    logits: torch.Tensor,
+    values: torch.Tensor,
     logprobs: torch.Tensor,
     processed_scores: torch.Tensor | None,
     k: int,
     text_of: Callable[[int], str],
+    known: int | None = None,
 ) -> Distribution:
-    """Top-k candidates of the raw `logits` (`logprobs` is their log-softmax), with the processed
-    probabilities beside them if any."""
-    ids = top_ids(logits, k)
+    """Top-k candidates of the raw scores `values` (`logprobs` their log-probabilities), with the
+    processed probabilities beside them if any. `known`: on partial scores, how many tokens the engine
+    returned (-inf elsewhere); the entropy is then a lower bound."""
+    ids = top_ids(values, k if known is None else min(k, known))
     raw = logprobs[ids].tolist()
     if processed_scores is None:
         after, removed, processed_entropy = [None] * len(ids), [False] * len(ids), None
@@ -66,4 +68,9 @@ def summarize(
         Candidate(token_id, text_of(token_id), math.exp(logprob), logprob, rank, processed_prob, was_removed)
         for rank, (token_id, logprob, processed_prob, was_removed) in enumerate(zip(ids, raw, after, removed))
     )
-    return Distribution(candidates, entropy(logprobs), processed_entropy)
+    if known is None:
+        return Distribution(candidates, entropy(logprobs), processed_entropy)
+    covered = float(logprobs[torch.isfinite(logprobs)].exp().sum())
+    rest = max(0.0, 1.0 - covered)  # the unknown mass adds at least -r log r (all of it on one token)
+    bound = entropy(logprobs) - (rest * math.log(rest) if rest > 0 else 0.0)
+    return Distribution(candidates, bound, processed_entropy, known=known, covered=covered)

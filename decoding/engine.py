@@ -1,67 +1,106 @@
-"""The one interface between a model and the rest of tokenstep.
+"""The one interface between a model and the rest of tokenstep, and what an engine may also be able to do.
 
-Strategies, the session and the app only talk to an `Engine`, so other back ends (llama.cpp, an
-inference server) can be added without touching them.
+Every engine tokenizes, runs new tokens after the ones it holds and returns the next position's
+`Scores` (the whole vocabulary's logits, or only the top N log-probabilities), and forgets tokens past
+a length. What only some engines can do is a small protocol of its own, checked at run time with
+`isinstance`: setting cache entries aside (work ahead), a second cache (comparisons), several
+sequences side by side (beam search), the log-probability of any one token (forcing outside the N).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
-    import torch
+    from decoding.scores import Scores
 
 
 class Engine(Protocol):
-    name: str  # "transformers", ...
+    name: str  # "transformers", "llama.cpp": as traces and session files record it
     model_id: str  # what the user asked for, shown in traces and the status line
     device: str
     dtype: str
-    vocab_size: int  # width of the logits vector
+    vocab_size: int  # width of the scores vector
     context_limit: int  # most tokens the model can attend to
     eos_token_ids: frozenset[int]
     weights_digest: str  # tells two checkpoints (or dtypes) apart: their numbers differ
-    can_look_ahead: bool  # whether detach_last/attach work (work ahead is skipped where not)
-    can_beam_search: bool  # whether side_by_side() works
-    can_fork: bool  # whether fork() works
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt, as `generate()` would be given them."""
+        ...
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: Sequence[int]) -> str:
         """Text of a token sequence (multi-token characters come out whole)."""
+        ...
 
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes one token stands for (may be part of a UTF-8 character)."""
+        ...
 
     @property
     def cached_length(self) -> int:
-        """How many tokens the KV cache holds."""
+        """How many tokens the engine holds (its KV cache, or the ids it sends a server)."""
+        ...
 
-    def feed(self, ids: list[int]) -> torch.Tensor:
-        """Run `ids` after the cached tokens; return the last position's logits (1-D float32).
-
-        On failure the cache is left as it was before the call.
-        """
+    def feed(self, ids: Sequence[int]) -> Scores:
+        """Run `ids` after the held tokens; return the next position's scores. On failure the engine
+        holds what it held before the call."""
+        ...
 
     def crop(self, length: int) -> None:
-        """Drop cached tokens past `length` (O(1) model work: no recomputation)."""
-
-    def detach_last(self, count: int) -> Any:
-        """Remove the last `count` cached tokens and return them, to `attach` again later."""
-
-    def attach(self, tail: Any) -> None:
-        """Append cached tokens returned by `detach_last` (no model work)."""
-
-    def fork(self) -> Engine:
-        """The same model with a cache of its own (for work beside a session, such as a comparison)."""
-
-    def side_by_side(self) -> Any:
-        """A runner for equal-length sequences stepped together on their own cache: `start(sequences)`
-        and `feed(one token per sequence)` return one row of logits per sequence; `reorder(rows)`."""
+        """Forget held tokens past `length` (no model work)."""
+        ...
 
 
-def decode_continuation(engine: Engine, prefix_ids: list[int], ids: list[int] | tuple[int, ...], prefix_text: str | None = None) -> str:
+@runtime_checkable
+class SetsAside(Protocol):
+    """Can set the last cache entries aside and put them back with no model work (work ahead)."""
+
+    def detach_last(self, count: int) -> object:
+        """Remove the last `count` held tokens and return their cache entries, for `attach`."""
+        ...
+
+    def attach(self, tail: object) -> None:
+        """Append cache entries returned by `detach_last`."""
+        ...
+
+
+@runtime_checkable
+class Forks(Protocol):
+    """Can give the same model with a cache of its own (work beside a session: a comparison)."""
+
+    def fork(self) -> Engine: ...
+
+
+class Runner(Protocol):
+    """Equal-length sequences stepped together on a cache of their own; each call returns one row of
+    scores per sequence (a batched `Scores`)."""
+
+    def start(self, sequences: list[list[int]]) -> Scores: ...
+
+    def feed(self, token_ids: list[int]) -> Scores: ...
+
+    def reorder(self, rows: list[int]) -> None:
+        """Row i of the cache becomes old row rows[i] (a beam continues from its parent)."""
+        ...
+
+
+@runtime_checkable
+class RunsSideBySide(Protocol):
+    """Can run several sequences side by side (beam search)."""
+
+    def side_by_side(self) -> Runner: ...
+
+
+@runtime_checkable
+class ScoresAnyToken(Protocol):
+    """An engine with partial scores that can still tell the log-probability of any one token at the
+    position after the held tokens (a token forced outside the top N)."""
+
+    def logprob_of(self, token_id: int) -> float: ...
+
+
+def decode_continuation(engine: Engine, prefix_ids: Sequence[int], ids: Sequence[int], prefix_text: str | None = None) -> str:
     """The text `ids` add after `prefix_ids`, decoded together with the prefix so a character split
     across the boundary comes out whole. `prefix_text`: the prefix decoded, if the caller has it."""
     prefix_text = engine.decode(prefix_ids) if prefix_text is None else prefix_text

@@ -5,19 +5,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from typing import Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from decoding.scores import Scores
+
 BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte-fallback tokens
 
 
 class TransformersEngine:
+    """Any transformers causal LM: full scores, work ahead, forks, beam search side by side."""
+
     name = "transformers"
-    can_look_ahead = True
-    can_beam_search = True
-    can_fork = True
 
     def __init__(self, model: PreTrainedModel, tokenizer, *, model_id: str) -> None:
         self.model = model.eval()
@@ -35,8 +37,8 @@ class TransformersEngine:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids)))
 
     def token_bytes(self, token_id: int) -> bytes:
         piece = self.tokenizer.convert_ids_to_tokens(token_id)
@@ -52,10 +54,10 @@ class TransformersEngine:
     def cached_length(self) -> int:
         return self._cache.get_seq_length()
 
-    def feed(self, ids: list[int]) -> torch.Tensor:
+    def feed(self, ids: Sequence[int]) -> Scores:
         before = self.cached_length
         try:
-            return _last_logits(self.model, self._cache, [ids])[0]
+            return Scores(_last_logits(self.model, self._cache, [list(ids)])[0])
         except BaseException:
             self.crop(before)  # some layers may already hold the new positions
             raise
@@ -66,7 +68,6 @@ class TransformersEngine:
         elif length < self.cached_length:
             self._cache.crop(length - self.cached_length)  # a negative count: tokens to drop from the end
 
-
     def detach_last(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         tail = [(layer.keys[..., -count:, :].clone(), layer.values[..., -count:, :].clone()) for layer in self._cache.layers]
         self.crop(self.cached_length - count)
@@ -75,7 +76,6 @@ class TransformersEngine:
     def attach(self, tail: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for index, (keys, values) in enumerate(tail):
             self._cache.update(keys, values, index)
-
 
     def fork(self) -> TransformersEngine:
         """The same model and tokenizer with a cache of its own: work that must not disturb this one's."""
@@ -95,14 +95,14 @@ class SideBySide:
         self.model = model
         self._cache = DynamicCache(config=model.config)
 
-    def start(self, sequences: list[list[int]]) -> torch.Tensor:
+    def start(self, sequences: list[list[int]]) -> Scores:
         """Run whole sequences from scratch; the last position's logits, one row per sequence."""
         self._cache = DynamicCache(config=self.model.config)
-        return self._run(sequences)
+        return Scores(self._run(sequences))
 
-    def feed(self, token_ids: list[int]) -> torch.Tensor:
+    def feed(self, token_ids: list[int]) -> Scores:
         """One new token per sequence."""
-        return self._run([[token_id] for token_id in token_ids])
+        return Scores(self._run([[token_id] for token_id in token_ids]))
 
     def reorder(self, rows: list[int]) -> None:
         """Row i of the cache becomes old row rows[i] (a beam continues from its parent)."""

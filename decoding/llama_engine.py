@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from decoding.loading import file_digest
+from decoding.scores import Scores
 
 MAX_CONTEXT = 8192  # llama.cpp allocates the whole KV cache up front; the session keeps to the model's own limit
 
@@ -25,10 +27,10 @@ def default_threads() -> int:
 
 
 class LlamaCppEngine:
+    """A .gguf run by llama.cpp: full scores, one sequence, one context (no work ahead, no beam search:
+    its cache cannot set entries aside, and a second context would load the model again)."""
+
     name = "llama.cpp"
-    can_look_ahead = False  # its KV cache cannot set a cache entry aside
-    can_beam_search = False  # one sequence per context here
-    can_fork = False  # a second context would load the model again
 
     def __init__(self, gguf: Path, *, model_id: str, gpu: bool, threads: int | None = None) -> None:
         from llama_cpp import Llama
@@ -52,8 +54,8 @@ class LlamaCppEngine:
     def encode(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
-    def decode(self, ids: list[int]) -> str:
-        return self._llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._llm._model.detokenize([token_id], special=True)
@@ -62,32 +64,20 @@ class LlamaCppEngine:
     def cached_length(self) -> int:
         return self._llm.n_tokens
 
-    def feed(self, ids: list[int]) -> torch.Tensor:
+    def feed(self, ids: Sequence[int]) -> Scores:
         before = self.cached_length
         try:
-            self._llm.eval(ids)
+            self._llm.eval(list(ids))
         except BaseException:
             self.crop(before)
             raise
         # With logits_all off, llama.cpp keeps the logits of the last position only.
         logits = np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self.vocab_size,))
-        return torch.from_numpy(logits.astype(np.float32, copy=True))
+        return Scores(torch.from_numpy(logits.astype(np.float32, copy=True)))
 
     def crop(self, length: int) -> None:
         self._llm._ctx.kv_cache_seq_rm(-1, max(length, 0), -1)
         self._llm.n_tokens = max(length, 0)
-
-    def detach_last(self, count: int):
-        raise NotImplementedError("the llama.cpp engine cannot set cache entries aside")
-
-    def attach(self, tail) -> None:
-        raise NotImplementedError("the llama.cpp engine cannot set cache entries aside")
-
-    def fork(self):
-        raise NotImplementedError("the llama.cpp engine has one context")
-
-    def side_by_side(self):
-        raise NotImplementedError("the llama.cpp engine runs one sequence at a time")
 
 
 def _quantization(file_name: str) -> str:

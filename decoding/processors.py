@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -30,8 +31,10 @@ _BUILDERS: dict[str, Callable[[Strategy], LogitsProcessor]] = {
 }
 
 
+@functools.lru_cache(maxsize=32)
 def build_processors(strategy: Strategy) -> LogitsProcessorList:
-    """The list `GenerationMixin._get_logits_processor` builds for these settings (one sequence)."""
+    """The list `GenerationMixin._get_logits_processor` builds for these settings (one sequence).
+    Built once per strategy: these processors keep no state between calls."""
     return LogitsProcessorList(_BUILDERS[name](strategy) for name in strategy.active_processors())
 
 

@@ -8,12 +8,17 @@ is put back on the recorded path (the recorded token is forced), so later steps 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from decoding.engine import Engine
 from decoding.errors import SessionError, SettingsError
 from decoding.loading import LoadOptions, recorded_model
+from decoding.prompt import plain_prompt, recorded_prompt
 from decoding.schema import Number, ShapeError, Whole, check
 from decoding.settings import Strategy
+
+if TYPE_CHECKING:
+    from decoding.explorer import Explorer
 
 _COMMON = {
     "model": (str, None),
@@ -23,6 +28,7 @@ _COMMON = {
     "seed?": Whole(0),
     "prompt": str,
     "prompt_ids": [Whole(0)],
+    "prompt_form?": str,
 }
 PATH_TRACE_SHAPE = {
     **_COMMON,
@@ -90,11 +96,26 @@ def strategy_of(record: dict[str, Any]) -> Strategy:
         raise SessionError(f"The trace's strategy is not valid here: {error}") from None
 
 
-def replay_path(session, record: dict[str, Any]) -> list[StepCheck]:
-    """Compare a path trace (`tokenstep trace`, or `e` in the app) step by step."""
-    session.reset(record["prompt"])
-    if session.prompt_ids != list(record["prompt_ids"]):
-        raise SessionError("The prompt tokenizes differently here: this is not the trace's tokenizer.")
+def prompt_difference(engine: Engine, record: dict[str, Any]) -> str | None:
+    """Whether the recorded prompt ids are still what the prompt gives here (a tokenizer that changed
+    would otherwise hide behind the recorded ids); None when they are."""
+    if "sequence_score" in record:
+        return None  # a beam trace's prompt is the text the search continued, not a prompt
+    try:
+        now = plain_prompt(engine, record["prompt"]).ids
+    except SessionError as error:
+        return f"the prompt cannot be read here ({error}); replayed from the recorded ids"
+    recorded = tuple(record["prompt_ids"])
+    if now == recorded:
+        return None
+    return f"the prompt now gives other token ids ({len(now)} here, {len(recorded)} recorded); replayed from the recorded ids"
+
+
+def replay_path(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
+    """Compare a path trace (`tokenstep trace`, or `e` in the app) step by step, from the recorded
+    prompt ids (so a tokenizer that changed shows as a difference, see `prompt_difference`)."""
+    explorer.new_prompt(recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"], record.get("prompt_form", "plain")))
+    session = explorer.session
     checks = []
     for number, step in enumerate(record["steps"], start=1):
         panel = session.distribution
@@ -108,27 +129,28 @@ def replay_path(session, record: dict[str, Any]) -> list[StepCheck]:
         difference = max((abs(ours[t] - theirs[t]) for t in shared), default=0.0)
         chosen = step["chosen"]
         if chosen["forced"]:
-            session.force(chosen["token_id"])
+            explorer.force(chosen["token_id"])
             same_choice, note = True, "forced"
         else:
-            made = session.step()
+            explorer.step()
+            made = session.path[-1]
             same_choice = made.token_id == chosen["token_id"]
             note = "" if same_choice else f"chose {made.text!r} ({made.token_id}), the trace {chosen['text']!r}"
             if not same_choice:  # back onto the recorded path, so the next steps still compare
-                session.undo()
-                session.force(chosen["token_id"])
+                explorer.undo()
+                explorer.force(chosen["token_id"])
         checks.append(StepCheck(number, same_ids, difference, same_choice, note))
     return checks
 
 
-def replay_beam(engine, record: dict[str, Any]) -> list[StepCheck]:
-    """Compare a beam trace: per step, the live beams (their tokens and scores)."""
-    from decoding.beam import BeamSearch
-    from decoding.trace import run_beam_trace
+def replay_beam(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
+    """Compare a beam trace: per step, the live beams (their tokens and scores). `explorer` runs the
+    trace's beam strategy with its max_new_tokens."""
+    from decoding.trace import TracePlan, run_trace
 
-    search = BeamSearch(engine, strategy_of(record), list(record["prompt_ids"]), max_new_tokens=record["max_new_tokens"])
+    prompt = recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"])
     # A trace exported while the search ran (`e` in the app) is replayed as far as it went.
-    again = run_beam_trace(search, steps=None if record["finished"] else len(record["steps"]))
+    again = run_trace(explorer, TracePlan(prompt, record["max_new_tokens"] if record["finished"] else len(record["steps"])))
     checks = []
     for number, (ours, theirs) in enumerate(zip(again["steps"], record["steps"]), start=1):
         same = [b["token_ids"] for b in ours["beams"]] == [b["token_ids"] for b in theirs["beams"]]
@@ -139,8 +161,9 @@ def replay_beam(engine, record: dict[str, Any]) -> list[StepCheck]:
     return checks
 
 
-def format_checks(checks: list[StepCheck], tolerance: float, score_name: str = "probability") -> str:
-    lines = [f"{'step':>4}  {'candidates':<10}  {'largest Δ ' + score_name:<24}  {'choice':<8}  note"]
+def format_checks(checks: list[StepCheck], tolerance: float, score_name: str = "probability", prompt_note: str | None = None) -> str:
+    lines = [f"prompt: {prompt_note}"] if prompt_note else []
+    lines.append(f"{'step':>4}  {'candidates':<10}  {'largest Δ ' + score_name:<24}  {'choice':<8}  note")
     for check in checks:
         lines.append(
             f"{check.step:>4}  {'same' if check.same_candidates else 'DIFFER':<10}  {check.largest_difference:<24.2e}  "
@@ -148,4 +171,6 @@ def format_checks(checks: list[StepCheck], tolerance: float, score_name: str = "
         )
     failing = [check.step for check in checks if not check.agrees(tolerance)]
     verdict = f"all {len(checks)} steps agree (tolerance {tolerance:g})" if not failing else f"{len(failing)} of {len(checks)} steps differ: {failing}"
+    if prompt_note:
+        verdict += "; the prompt differs"
     return "\n".join([*lines, verdict])

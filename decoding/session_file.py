@@ -100,7 +100,7 @@ def tree_record(tree: Tree) -> dict[str, Any]:
 def _node_record(node: Node) -> dict[str, Any]:
     record: dict[str, Any] = {"id": node.id, "parent": node.parent, "made_by": node.made_by}  # children: from parents
     if node.parent is None:
-        record.update(prompt=node.prompt, prompt_ids=list(node.prompt_ids))
+        record.update(prompt=node.prompt, prompt_ids=list(node.prompt_ids), form=node.form)
     else:
         # vars(), not dataclasses.asdict: asdict deep-copies, and this runs after every step
         record["token"] = {**vars(node.token), "raw": node.token.raw.hex()}
@@ -109,6 +109,7 @@ def _node_record(node: Node) -> dict[str, Any]:
             "candidates": [vars(candidate) for candidate in panel.candidates],
             "entropy": panel.entropy,
             "processed_entropy": panel.processed_entropy,
+            **({} if panel.complete else {"known": panel.known, "covered": panel.covered}),
         }
     if node.rng is not None:
         record["rng"] = base64.b64encode(node.rng).decode("ascii")
@@ -132,18 +133,28 @@ NODE_SHAPE = {
     "made_by": str,
     "prompt?": str,
     "prompt_ids?": [Whole(0)],
+    "form?": str,
     "token?": {
         "token_id": Whole(0),
         "text": str,
         "prob": Number(0, 1),
         "logprob": float,
-        "rank": Whole(0),
+        "rank": (Whole(0), None),
         "forced": bool,
         "processed_prob?": (Number(0, 1), None),
         "raw": str,
         "piece": str,
     },
-    "panel?": ({"candidates": [CANDIDATE_SHAPE], "entropy": Number(0), "processed_entropy": (Number(0), None)}, None),
+    "panel?": (
+        {
+            "candidates": [CANDIDATE_SHAPE],
+            "entropy": Number(0),
+            "processed_entropy": (Number(0), None),
+            "known?": (Whole(1), None),
+            "covered?": Number(0, 1),
+        },
+        None,
+    ),
     "rng?": str,
 }
 SESSION_SHAPE = {
@@ -211,7 +222,8 @@ def _node(item: dict[str, Any], vocab_size: int) -> Node:
         if item.get("panel"):
             candidates = tuple(Candidate(**candidate) for candidate in item["panel"]["candidates"])
             _check_ids([c.token_id for c in candidates], vocab_size, item["id"])
-            panel = Distribution(candidates, item["panel"]["entropy"], item["panel"]["processed_entropy"])
+            saved = item["panel"]
+            panel = Distribution(candidates, saved["entropy"], saved["processed_entropy"], saved.get("known"), saved.get("covered", 1.0))
     return Node(
         id=item["id"],
         parent=item["parent"],
@@ -221,6 +233,7 @@ def _node(item: dict[str, Any], vocab_size: int) -> Node:
         rng=_sampler_state(item["rng"], item["id"]) if item.get("rng") else None,
         prompt=item.get("prompt", ""),
         prompt_ids=tuple(item.get("prompt_ids", ())),
+        form=item.get("form", "plain"),
     )
 
 

@@ -32,9 +32,17 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Distribution:
+    """The candidates on offer at one position, and how spread the distribution is."""
+
     candidates: tuple[Candidate, ...]  # best first; row 0 is always the greedy (raw argmax) token
-    entropy: float  # of the raw distribution, in nats
+    entropy: float  # of the raw distribution, in nats; on partial scores a lower bound
     processed_entropy: float | None  # after the processors, when they reshape it
+    known: int | None = None  # partial scores: how many tokens the engine returned; None: all of them
+    covered: float = 1.0  # the probability mass the known tokens hold
+
+    @property
+    def complete(self) -> bool:
+        return self.known is None
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,7 @@ class PathToken:
     text: str
     prob: float
     logprob: float
-    rank: int  # 0-based, in the whole raw distribution
+    rank: int | None  # 0-based, in the whole raw distribution; None: beyond the top N an engine returned
     forced: bool  # picked by the person rather than by the strategy
     processed_prob: float | None = None  # under the strategy's processors, when they reshape
     raw: bytes = field(default=b"", repr=False)  # the bytes it stands for (may be part of a character)
@@ -67,6 +75,14 @@ class Snapshot:
     @property
     def sequence_logprob(self) -> float:
         return sum(token.logprob for token in self.path)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How fast the last command ran, for a status line."""
+
+    latency_ms: float | None = None  # the last step's model time
+    tokens_per_s: float | None = None  # while playing
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from decoding.prompt import Prompt
 from decoding.state import Beam, Candidate, PathToken, ProcessorReport
 from decoding.tokens import is_unshown, json_escaped, one_line
 
@@ -19,28 +20,29 @@ INPUT_WIDTH = 48  # the Input column keeps the end of long inputs, where the act
 
 if TYPE_CHECKING:  # the command line reads options and formats before torch is imported
     from decoding.beam import BeamSearch
+    from decoding.explorer import Explorer
     from decoding.session import Session
 
 
 @dataclass(frozen=True)
 class TracePlan:
-    prompt: str
+    prompt: str | Prompt  # text is taken as a plain prompt
     steps: int
     picks: Sequence[int] = ()  # per step, the rank of the candidate to force; then the strategy goes on
 
 
-def run_trace(session: Session, plan: TracePlan) -> dict[str, Any]:
-    """Reset `session` to the plan's prompt, take its steps, and return the full JSON-ready record."""
-    session.reset(plan.prompt)
+def run_trace(explorer: Explorer, plan: TracePlan) -> dict[str, Any]:
+    """Start `explorer` at the plan's prompt, take its steps (at most: the generation may end first),
+    and return the full JSON-ready record: the path's, or under beam search the search's."""
+    explorer.new_prompt(plan.prompt)
     for index in range(plan.steps):
-        distribution = session.distribution
-        if distribution is None:  # end of sequence or context limit
+        if not explorer.can_play_on():
             break
         if index < len(plan.picks):
-            session.force(distribution.candidates[plan.picks[index]].token_id)
+            explorer.pick(plan.picks[index])
         else:
-            session.step()
-    return trace_record(session)
+            explorer.step()
+    return explorer.trace_record()
 
 
 def trace_record(session: Session) -> dict[str, Any]:
@@ -63,8 +65,9 @@ def trace_record(session: Session) -> dict[str, Any]:
         "dtype": engine.dtype,
         "strategy": strategy.generation_kwargs(),
         "seed": strategy.seed,
-        "prompt": session.prompt,
+        "prompt": session.prompt.text,
         "prompt_ids": session.prompt_ids,
+        "prompt_form": session.prompt.form,
         "choices": session.choices,
         "steps": steps,
         "generated_ids": session.generated_ids,
@@ -72,13 +75,6 @@ def trace_record(session: Session) -> dict[str, Any]:
         "sequence_logprob": session.sequence_logprob,
         "finished": session.finished,
     }
-
-
-def run_beam_trace(search: BeamSearch, steps: int | None = None) -> dict[str, Any]:
-    """Step `search` to its end (at most its max_new_tokens, or `steps` steps) and return its record."""
-    while not search.ended and (steps is None or search.steps < steps):
-        search.step()
-    return beam_trace_record(search)
 
 
 def beam_trace_record(search: BeamSearch) -> dict[str, Any]:
@@ -143,7 +139,7 @@ def _chosen_record(token: PathToken) -> dict[str, Any]:
         "text": token.text,
         "prob": token.prob,
         "logprob": token.logprob,
-        "rank": token.rank,
+        "rank": token.rank,  # null: beyond the top N an engine returned
         "forced": token.forced,
     }
     if token.processed_prob is not None:

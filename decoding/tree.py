@@ -24,7 +24,17 @@ class Node:
     children: list[int] = field(default_factory=list)
     prompt: str = ""  # roots only
     prompt_ids: tuple[int, ...] = ()  # roots only
+    form: str = "plain"  # roots only: the prompt's form
     revision: int = 0  # counts the times it was walked again and its data replaced (savers cache by it)
+
+    @property
+    def token_id(self) -> int:
+        assert self.token is not None, "a root has no token"
+        return self.token.token_id
+
+    @property
+    def forced(self) -> bool:
+        return self.token is not None and self.token.forced
 
 
 @dataclass(frozen=True)
@@ -50,13 +60,13 @@ class Tree:
         self.roots: list[int] = []
         self.current: int | None = None
 
-    def add_root(self, prompt: str, prompt_ids: list[int]) -> Node:
+    def add_root(self, prompt: str, prompt_ids: list[int], form: str = "plain") -> Node:
         """Start at this prompt: its existing root if it was used before, else a new one."""
         for root_id in self.roots:
             if self.nodes[root_id].prompt_ids == tuple(prompt_ids):
                 self.current = root_id
                 return self.nodes[root_id]
-        root = self._new(None, prompt=prompt, prompt_ids=tuple(prompt_ids))
+        root = self._new(None, prompt=prompt, prompt_ids=tuple(prompt_ids), form=form)
         self.roots.append(root.id)
         return root
 
@@ -72,9 +82,16 @@ class Tree:
         self.current = child_id
         return child
 
+    def enter(self, token_id: int) -> None:
+        """Move into the current node's existing child for `token_id` (walking a recorded path again)."""
+        child_id = self.child(self.current, token_id)
+        if child_id is None:
+            raise ValueError(f"node {self.current} has no child for token {token_id}")
+        self.current = child_id
+
     def child(self, node_id: int, token_id: int) -> int | None:
         """The id of `node_id`'s child for `token_id`, if that branch was walked."""
-        return next((c for c in self.nodes[node_id].children if self.nodes[c].token.token_id == token_id), None)
+        return next((c for c in self.nodes[node_id].children if self.nodes[c].token_id == token_id), None)
 
     def up(self) -> None:
         self.current = self.nodes[self.current].parent

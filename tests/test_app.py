@@ -8,6 +8,7 @@ import threading
 from decoding.loading import LoadOptions
 from decoding.settings import Strategy
 from tui.app import TokenstepApp
+from tui.palette import palette_actions
 from tui.widgets.candidates import CandidatePanel
 
 SIZE = (120, 36)
@@ -344,11 +345,15 @@ async def test_command_palette_offers_the_actions(tiny_model_dir):
     app = make_app(tiny_model_dir)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        titles = [command.title for command in app.get_system_commands(app.screen)]
-        for wanted in ("Step", "Undo", "Strategy settings", "Set candidates shown (k)", "Switch to sampling",
-                       "Toggle visible whitespace", "Export path"):
+        titles = [action.label for action in palette_actions()]
+        for wanted in ("Step", "Undo", "Settings", "Set candidates shown (k)", "Switch to sampling", "Whitespace", "Export",
+                       "Tree", "Processors", "Compare", "Load another model"):
             assert wanted in titles
-        next(c for c in app.get_system_commands(app.screen) if c.title == "Switch to sampling").callback()
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"sampling")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
         await settle(pilot)
         assert app.snapshot.strategy.kind == "sample"
 

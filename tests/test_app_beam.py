@@ -67,7 +67,7 @@ async def test_play_runs_the_search_to_its_end_and_switching_back_keeps_the_path
         await pilot.press("space")
         await settle(pilot)
         path = app.snapshot.path
-        app._switch("beam")
+        app.action_switch("beam")
         await settle(pilot)
         assert app.beam_view is not None and app.beam_view.prefix == app.session.text
         await pilot.press("p")
@@ -77,7 +77,7 @@ async def test_play_runs_the_search_to_its_end_and_switching_back_keeps_the_path
         await pilot.press("space")
         await settle(pilot)
         assert app.beam_view.ended  # refused with a notice, nothing changed
-        app._switch("greedy")
+        app.action_switch("greedy")
         await settle(pilot)
         assert app.beam_view is None and app.snapshot.path == path and app.query_one("#text").display
 
@@ -164,31 +164,39 @@ async def test_escape_cancels_a_comparison_and_the_explorer_goes_on(tiny_model_d
         assert len(app.snapshot.path) == 1
 
 
-async def test_a_comparison_that_cannot_run_says_why_in_the_view(tiny_model_dir, monkeypatch):
+def with_basic_engine(monkeypatch, tiny_engine):
+    """The app loads the tiny model as an engine that can do only the basics (no second cache, no beams)."""
+    import decoding.loading
+    from tests.engines import Basic
+
+    monkeypatch.setattr(decoding.loading, "load_engine", lambda *args, **kwargs: Basic(tiny_engine))
+
+
+async def test_a_comparison_that_cannot_run_says_why_in_the_view(tiny_model_dir, tiny_engine, monkeypatch):
     from tui.compare_screen import CompareScreen
 
+    with_basic_engine(monkeypatch, tiny_engine)
     app = make_app(tiny_model_dir)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        monkeypatch.setattr(type(app.session.engine), "can_fork", False)
         await pilot.press("c")
         screen = app.screen
         await settle(pilot)
         assert isinstance(app.screen, CompareScreen) and screen.record is None
-        assert "needs the transformers engine" in str(screen.query_one("#compare-progress").content)
+        assert "needs a second cache" in str(screen.query_one("#compare-progress").content)
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, CompareScreen)
 
 
-async def test_an_engine_without_beam_search_refuses_it_and_keeps_the_strategy(tiny_model_dir, monkeypatch):
+async def test_an_engine_without_beam_search_refuses_it_and_keeps_the_strategy(tiny_model_dir, tiny_engine, monkeypatch):
+    with_basic_engine(monkeypatch, tiny_engine)
     app = make_app(tiny_model_dir)
     notes = []
     app.notify = lambda message, **kwargs: notes.append(message)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        monkeypatch.setattr(type(app.session.engine), "can_beam_search", False)
-        app._switch("beam")
+        app.action_switch("beam")
         await settle(pilot)
         assert any("cannot run beam search" in note for note in notes)
         assert app.snapshot.strategy == Strategy() and app.beam_view is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from decoding.commands import Force
 from decoding.settings import Strategy
 from tests.test_app import SIZE, make_app, panel_ids, settle
 from tui.widgets.candidates import CandidatePanel
@@ -42,7 +43,7 @@ async def test_the_candidate_panel_keeps_its_width_and_says_why_it_is_empty(tiny
             await settle(pilot)
             widths.add(app.query_one("#candidates-scroll").size.width)
         eos = next(iter(app.session.engine.eos_token_ids))
-        app.enqueue(app._timed("force eos", lambda session: session.force(eos)))
+        app.enqueue(Force(eos))
         await settle(pilot)
         panel = app.query_one(CandidatePanel)
         assert app.snapshot.finished == "eos" and "end of sequence" in str(panel.content)
@@ -157,7 +158,7 @@ async def test_a_session_from_other_weights_with_the_same_tokenizer_opens_read_o
     async with app.run_test(size=SIZE) as pilot:
         notes = collect_notes(app)
         await settle(pilot)
-        assert app.snapshot.path == () and app.keeper.path != path and app.keeper.foreign[0]
+        assert app.snapshot.path == () and app.explorer.keeper.path != path and app.explorer.keeper.foreign[0]
     assert path.read_bytes() == written and any("read-only" in note for note in notes)
 
 

@@ -123,7 +123,7 @@ async def test_a_session_from_another_model_is_shown_read_only(tiny_model_dir, t
         await pilot.press("down", "down", "enter")
         await pilot.press("space")
         await settle(pilot)
-        assert other.keeper.path != path
+        assert other.explorer.keeper.path != path
     assert path.read_bytes() == before
 
 
@@ -177,7 +177,7 @@ def test_the_command_opens_the_named_or_last_session_with_its_settings(tiny_mode
     monkeypatch.setattr(TokenstepApp, "run", lambda self: opened.append(self))
     model = ["--model", str(tiny_model_dir), "--device", "cpu"]
     assert cli.main(model) == 0  # no --session: a new file in the data folder
-    assert opened[-1].keeper.path.parent == tmp_path / "data" / "sessions" and opened[-1].keeper.saved is None
+    assert opened[-1].session_path.parent == tmp_path / "data" / "sessions" and opened[-1].saved is None
 
     path = tmp_path / "s.json"
     from decoding import session_file
@@ -192,6 +192,6 @@ def test_the_command_opens_the_named_or_last_session_with_its_settings(tiny_mode
     session_file.remember_last(path)
     assert cli.main([*model, "--resume"]) == 0
     app = opened[-1]
-    assert app.keeper.path == path.resolve() and app.strategy == Strategy(kind="sample", top_p=0.5) and app.choices == 7
+    assert app.session_path == path.resolve() and app.strategy == Strategy(kind="sample", top_p=0.5) and app.choices == 7
     assert cli.main(["--session", str(path)]) == 0  # the saved model is used
     assert opened[-1].load_options.model == str(tiny_model_dir)

@@ -131,10 +131,11 @@ def test_bad_requests_are_refused_and_change_nothing(tiny_engine):
         Strategy(kind="beam", num_beams=1)
 
 
-def test_an_engine_without_beam_search_says_so(tiny_engine, monkeypatch):
-    monkeypatch.setattr(type(tiny_engine), "can_beam_search", False)
+def test_an_engine_without_beam_search_says_so(tiny_engine):
+    from tests.engines import Basic
+
     with pytest.raises(SettingsError, match="cannot run beam search"):
-        tiny_search(tiny_engine)
+        tiny_search(Basic(tiny_engine))
 
 
 @pytest.mark.embedded

@@ -8,6 +8,7 @@ import pytest
 from decoding.beam import BeamSearch
 from decoding.compare import Cancelled, compare, repeated_ngrams
 from decoding.errors import SettingsError
+from decoding.prompt import recorded_prompt
 from decoding.session import Session
 from decoding.settings import CHAPTER_STRATEGIES, parse_strategies
 from tui.cli import main
@@ -25,7 +26,7 @@ def run_alone(engine, strategy, prefix_ids):
         best = search.snapshot().best
         return list(best.token_ids), best.logprob
     session = Session(engine, exact)
-    session.reset("prompt", prefix_ids)
+    session.reset(recorded_prompt(engine, prefix_ids))
     for _ in range(NEW_TOKENS):
         session.step()
     return session.generated_ids, session.sequence_logprob

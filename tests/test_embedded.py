@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from decoding.explorer import Explorer
 from decoding.session import Session
 from decoding.settings import Strategy
 from decoding.trace import TracePlan, format_trace, run_trace
@@ -58,7 +59,7 @@ def chapter_loop(engine, prompt, n_steps, choices):
 
 
 def test_trace_table_matches_the_chapters_loop(embedded_engine):
-    record = run_trace(Session(embedded_engine, choices=5), TracePlan(PROMPT, steps=8))
+    record = run_trace(Explorer(embedded_engine, choices=5), TracePlan(PROMPT, steps=8))
     expected = chapter_loop(embedded_engine, PROMPT, 8, 5)
     for step, want in zip(record["steps"], expected, strict=True):
         got = [(c["token_id"], c["prob"]) for c in step["candidates"]]

@@ -94,7 +94,7 @@ async def test_escape_sequences_in_prompt_model_and_files_are_shown_escaped_in_t
         await settle(pilot)
         await pilot.press("t")
         await settle(pilot)
-        assert app.keeper.foreign[1].startswith(HOSTILE)
+        assert app.explorer.keeper.foreign[1].startswith(HOSTILE)
         assert_terminal_safe(screen_bytes(app))
 
     from decoding.loading import LoadOptions
@@ -274,7 +274,7 @@ def test_reopening_a_mutated_session_file_opens_it_or_refuses_it_and_leaves_it_a
     from decoding import session_file
     from decoding.errors import SessionError
     from decoding.session import Session
-    from tui.keeper import SessionKeeper
+    from decoding.keeper import SessionKeeper
 
     path = tmp_path / "s.json"
     written = write(path, mutated(session_record, data))

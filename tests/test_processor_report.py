@@ -70,12 +70,12 @@ async def test_w_shows_what_each_processor_did(tiny_model_dir):
         await pilot.press("w")
         await settle(pilot)
         panel = app.query_one(ProcessorPanel)
-        assert panel.display and app.report is not None
+        assert panel.display and app.view.panels["processors"] is not None
         shown = "\n".join(line.text for line in panel.render_lines(panel.region.reset_offset))
         assert "top-k" in shown and shown.count("✗ top-k") == 7  # 10 candidates, 3 kept
         await pilot.press("space")
         await settle(pilot)
-        assert app.report == app.session.processor_report()  # follows the step
+        assert app.view.panels["processors"] == app.session.processor_report()  # follows the step
         await pilot.press("w")
         await pilot.pause()
         assert not panel.display

@@ -20,7 +20,7 @@ def test_step_appends_the_argmax_and_runs_only_the_new_token(tiny_session, tiny_
     tiny_engine.feed = lambda ids: fed.append(list(ids)) or original_feed(ids)
     top = tiny_session.distribution.candidates[0]
     token = tiny_session.step()
-    assert token.token_id == top.token_id == int(torch.argmax(tiny_session._logits[0]))
+    assert token.token_id == top.token_id == int(torch.argmax(tiny_session.steps[0].offered.scores.values))
     assert token.rank == 0 and not token.forced
     assert fed == [[token.token_id]]
     assert tiny_engine.cached_length == len(tiny_session.ids)
@@ -74,14 +74,14 @@ def test_force_refuses_ids_outside_the_vocabulary_and_keeps_the_path(tiny_sessio
 def test_undo_restores_the_exact_distribution_without_recomputing(tiny_session, tiny_engine):
     tiny_session.step()
     before = tiny_session.distribution
-    logits_before = tiny_session._logits[-1].clone()
+    logits_before = tiny_session.next.scores.values.clone()
     tiny_session.force(tiny_session.distribution.candidates[2].token_id)
     tiny_session.step()
     tiny_engine.feed = lambda ids: pytest.fail("undo must not run the model")
     tiny_session.undo()
     tiny_session.undo()
     assert tiny_session.distribution == before
-    assert torch.equal(tiny_session._logits[-1], logits_before)
+    assert torch.equal(tiny_session.next.scores.values, logits_before)
     assert tiny_engine.cached_length == len(tiny_session.ids)
 
 
@@ -213,12 +213,12 @@ def test_a_pick_looked_ahead_needs_no_model_work_and_is_bit_identical(tiny_model
     ahead.force(top5[rank])
     ahead.engine.feed = feed
     plain.force(top5[rank])
-    assert torch.equal(ahead._logits[-1], plain._logits[-1])
+    assert torch.equal(ahead.next.scores.values, plain.next.scores.values)
     assert ahead.distribution == plain.distribution
     assert ahead.looked_ahead == frozenset()  # the path moved: the rest is dropped
     for session in (plain, ahead):  # and both go on the same way
         session.step()
-    assert ahead.path == plain.path and torch.equal(ahead._logits[-1], plain._logits[-1])
+    assert ahead.path == plain.path and torch.equal(ahead.next.scores.values, plain.next.scores.values)
 
 
 def test_look_ahead_stops_when_asked_and_leaves_the_cache_as_it_was(tiny_session, tiny_engine):

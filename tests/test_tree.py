@@ -32,7 +32,7 @@ def test_branches_show_each_run_since_its_fork(tiny_session):
     tiny_session.force(tiny_session.distribution.candidates[1].token_id)
     rows = tiny_session.tree.branches()
     assert [row.level for row in rows] == [0, 1, 2, 2]
-    assert rows[0].text == tiny_session.prompt and rows[1].on_path and rows[3].current
+    assert rows[0].text == tiny_session.prompt.text and rows[1].on_path and rows[3].current
     assert rows[3].logprob == pytest.approx(tiny_session.sequence_logprob)
     assert rows[3].made_by == "forced" and rows[2].made_by == "greedy"
 

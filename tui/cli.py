@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from decoding.errors import TokenstepError
-from decoding.loading import DTYPES, ENGINES, LoadOptions, recorded_model
+from decoding.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, recorded_model
 from decoding.settings import CHAPTER_STRATEGIES, STRATEGY_KINDS, Strategy, parse_strategies, strategy_from_options
 from decoding.tokens import escape_controls, one_line, undecodable_at
 
@@ -56,7 +56,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--engine",
         default="transformers",
         choices=ENGINES,
-        help="transformers (default: agrees with generate()) or llama (llama.cpp on a .gguf file: faster, quantized)",
+        help="; ".join(f"{kind.option}: {kind.help}" for kind in ENGINE_KINDS.values()),
     )
 
 
@@ -192,27 +192,15 @@ def run_trace_command(argv: Sequence[str]) -> int:
     if strategy.is_beam and plan.picks:
         raise TokenstepError("--picks forces tokens on one path; beam search keeps several. Drop --picks or the beam strategy.")
 
+    from decoding.explorer import Explorer
     from decoding.loading import load_engine
-    from decoding.trace import format_trace
+    from decoding.trace import format_trace, run_trace
 
     engine = load_engine(options, _progress_on_terminal)
-    print(format_trace(_beam_record(engine, strategy, plan) if strategy.is_beam else _path_record(engine, strategy, plan, args.choices), args.format))
+    # Beam search runs for at most --steps new tokens, as generate(max_new_tokens=steps) would.
+    explorer = Explorer(engine, strategy, args.choices, max_new_tokens=plan.steps)
+    print(format_trace(run_trace(explorer, plan), args.format))
     return 0
-
-
-def _path_record(engine, strategy: Strategy, plan, choices: int) -> dict:
-    from decoding.session import Session
-    from decoding.trace import run_trace
-
-    return run_trace(Session(engine, strategy, choices=choices), plan)
-
-
-def _beam_record(engine, strategy: Strategy, plan) -> dict:
-    """Beam search for at most --steps new tokens, as generate(max_new_tokens=steps) would run it."""
-    from decoding.beam import BeamSearch
-    from decoding.trace import run_beam_trace
-
-    return run_beam_trace(BeamSearch(engine, strategy, engine.encode(plan.prompt), max_new_tokens=plan.steps))
 
 
 def build_replay_parser() -> argparse.ArgumentParser:
@@ -232,7 +220,7 @@ def build_replay_parser() -> argparse.ArgumentParser:
 
 def run_replay_command(argv: Sequence[str]) -> int:
     from decoding.files import read_json_file
-    from decoding.replay import checked_trace, format_checks, load_options, replay_beam, replay_path, strategy_of
+    from decoding.replay import checked_trace, format_checks, load_options, prompt_difference, replay_beam, replay_path, strategy_of
 
     args = build_replay_parser().parse_args(argv)
     if not 0 <= args.tolerance < float("inf"):  # NaN would compare as "same" at every step
@@ -245,14 +233,14 @@ def run_replay_command(argv: Sequence[str]) -> int:
     from decoding.loading import load_engine
 
     engine = load_engine(options, _progress_on_terminal)
-    if beam:
-        checks = replay_beam(engine, record)
-    else:
-        from decoding.session import Session
+    from decoding.explorer import Explorer
 
-        checks = replay_path(Session(engine, strategy, choices=record.get("choices", 10)), record)
-    print(format_checks(checks, args.tolerance, "score" if beam else "probability"))
-    return 0 if all(check.agrees(args.tolerance) for check in checks) else 1
+    steps = record["max_new_tokens"] if beam else len(record["steps"])
+    explorer = Explorer(engine, strategy, record.get("choices", 10), max_new_tokens=steps)
+    checks = replay_beam(explorer, record) if beam else replay_path(explorer, record)
+    note = prompt_difference(engine, record)
+    print(format_checks(checks, args.tolerance, "score" if beam else "probability", note))
+    return 0 if note is None and all(check.agrees(args.tolerance) for check in checks) else 1
 
 
 def run_compare_command(argv: Sequence[str]) -> int:
@@ -267,7 +255,9 @@ def run_compare_command(argv: Sequence[str]) -> int:
     from decoding.loading import load_engine
 
     engine = load_engine(options, _progress_on_terminal)
-    prefix_ids = engine.encode(args.prompt)
+    from decoding.prompt import plain_prompt
+
+    prefix_ids = list(plain_prompt(engine, args.prompt).ids)
     results = compare(engine, prefix_ids, strategies, args.new_tokens, progress=_compare_progress)
     print(format_comparison(comparison_record(args.prompt, args.new_tokens, results), args.format))
     return 0

@@ -10,15 +10,16 @@ from typing import Any
 
 from rich.table import Table
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Label, ProgressBar, Static
 
-from decoding.compare import cut_short_notes
+from decoding.compare import COMPARE_NEW_TOKENS, cut_short_notes
 from decoding.tokens import escape_controls, one_line
+from tui.messages import ComparisonDone, ComparisonFailed, ComparisonProgress
 
 
 def comparison_table(record: dict[str, Any]) -> Table:
@@ -47,22 +48,7 @@ class CompareScreen(ModalScreen[None]):
         Binding("q", "app.quit", "Quit", id="compare.quit"),
     ]
 
-    class Progress(Message):
-        def __init__(self, done: int, total: int) -> None:
-            super().__init__()
-            self.done, self.total = done, total
-
-    class Done(Message):
-        def __init__(self, record: dict[str, Any]) -> None:
-            super().__init__()
-            self.record = record
-
-    class Failed(Message):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
-    def __init__(self, new_tokens: int) -> None:
+    def __init__(self, new_tokens: int = COMPARE_NEW_TOKENS) -> None:
         super().__init__()
         self.new_tokens = new_tokens
         self.record: dict[str, Any] | None = None
@@ -75,11 +61,13 @@ class CompareScreen(ModalScreen[None]):
             yield Static(id="compare-table")
             yield Label("escape cancels", id="compare-hint", classes="dim")
 
-    def on_compare_screen_progress(self, message: Progress) -> None:
+    @on(ComparisonProgress)
+    def _progress(self, message: ComparisonProgress) -> None:
         self.query_one(ProgressBar).update(total=message.total, progress=message.done)
         self.query_one("#compare-progress", Label).update(f"compared {message.done} of {message.total} strategies…")
 
-    def on_compare_screen_done(self, message: Done) -> None:
+    @on(ComparisonDone)
+    def _done(self, message: ComparisonDone) -> None:
         self.record = message.record
         self.query_one("#compare-progress", Label).update(
             f"log-probabilities under the raw model, over {message.record['new_tokens']} tokens; the highest in green"
@@ -89,7 +77,8 @@ class CompareScreen(ModalScreen[None]):
         notes = "\n".join(f"Note: {note}" for note in cut_short_notes(message.record))
         self.query_one("#compare-hint", Label).update(Text(escape_controls(notes + ("\n" if notes else "") + "escape closes")))
 
-    def on_compare_screen_failed(self, message: Failed) -> None:
+    @on(ComparisonFailed)
+    def _failed(self, message: ComparisonFailed) -> None:
         self.query_one("#compare-progress", Label).update(Text(message.text, style="bold red"))
         self.query_one(ProgressBar).display = False
         self.query_one("#compare-hint", Label).update("escape closes")

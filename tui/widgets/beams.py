@@ -5,13 +5,13 @@ One Rich Text, columns padded by hand (as the candidate panel: cheap to repaint 
 
 from __future__ import annotations
 
+from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
 from decoding.state import Beam, BeamSnapshot
 from decoding.tokens import one_line
 
-HIGHLIGHT_STYLE = "on grey27"
 NUMBERS_WIDTH = 4 + 3 * 10  # the rank column and three numbers
 
 
@@ -27,7 +27,7 @@ def _row(rank: str, beam: Beam, width: int, style: str = "") -> Text:
     return line.append(f" {beam.logprob:9.3f} {beam.score:9.3f} {beam.penalised:9.3f}", style=style)
 
 
-def beam_table(snapshot: BeamSnapshot, highlighted: int, width: int = 80) -> Text:
+def beam_table(snapshot: BeamSnapshot, highlighted: int, width: int = 80, highlight: Style | str = "reverse") -> Text:
     """The table for a panel `width` cells wide: the continuation column takes what the numbers leave."""
     width = max(12, width - NUMBERS_WIDTH)
     header = Text(f"{'#':>3} {'continuation':<{width}} {'logprob':>9} {'score':>9} {'penalised':>9}", style="bold")
@@ -35,7 +35,7 @@ def beam_table(snapshot: BeamSnapshot, highlighted: int, width: int = 80) -> Tex
     for rank, beam in enumerate(snapshot.beams):
         line = _row(str(rank + 1), beam, width)
         if rank == highlighted:
-            line.stylize(HIGHLIGHT_STYLE)
+            line.stylize(highlight)
         lines.append(line)
     if not snapshot.beams:
         lines.append(Text("  (no live beams)", style="dim"))
@@ -47,11 +47,13 @@ def beam_table(snapshot: BeamSnapshot, highlighted: int, width: int = 80) -> Tex
 
 
 class BeamPanel(Static):
+    COMPONENT_CLASSES = {"beam-panel--highlight"}
     shown: tuple[BeamSnapshot, int] | None = None
 
     def show(self, snapshot: BeamSnapshot, highlighted: int) -> None:
         self.shown = (snapshot, highlighted)
-        self.update(beam_table(snapshot, highlighted, self.content_size.width or 80))
+        highlight = self.get_component_rich_style("beam-panel--highlight")
+        self.update(beam_table(snapshot, highlighted, self.content_size.width or 80, highlight))
 
     def on_resize(self) -> None:
         if self.shown is not None:

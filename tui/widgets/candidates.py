@@ -18,7 +18,6 @@ from decoding.state import Candidate, Distribution
 
 BAR_WIDTH = 10
 REMOVED_STYLE = "dim strike"
-HIGHLIGHT_STYLE = "on grey27"
 HEADER_LINES = 1
 TOKEN_WIDTH = 18
 PERCENT_WIDTH = len("100.00%")
@@ -34,6 +33,8 @@ def bar(prob: float, width: int = BAR_WIDTH) -> str:
 
 class CandidatePanel(Static):
     """Rows are candidates best first; row N is force-picked by key N+1, the highlighted one by enter."""
+
+    COMPONENT_CLASSES = {"candidate-panel--highlight"}
 
     class RowSelected(Message):
         """A row was clicked."""
@@ -79,11 +80,14 @@ class CandidatePanel(Static):
         # Fixed column widths: the panel keeps its width from step to step, so the text beside it never reflows.
         widths = [max([width, *(cell.cell_len for cell in column)]) for width, column in zip(_widths(reshaped, len(rows)), zip(header, *rows))]
         lines = [_line(header, widths)]
+        highlight = self.get_component_rich_style("candidate-panel--highlight")
         for index, row in enumerate(rows):
             line = _line(row, widths)
             if index == self.cursor_row:
-                line.stylize(HIGHLIGHT_STYLE)
+                line.stylize(highlight)
             lines.append(line)
+        if not self.shown.complete:
+            lines.append(Text(f"the engine returned its top {self.shown.known}: {100 * self.shown.covered:.1f}% of the probability", style="dim"))
         return Text("\n").join(lines)
 
 

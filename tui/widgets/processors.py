@@ -7,10 +7,17 @@ score it changed otherwise (a repetition penalty) is marked ↓ or ↑.
 
 from __future__ import annotations
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from rich.text import Text
 from textual.widgets import Static
 
 from decoding.state import Distribution, ProcessorReport
+
+if TYPE_CHECKING:
+    from decoding.explorer import View
 
 SHORT_NAMES = {
     "repetition_penalty": "rep.pen.",
@@ -55,8 +62,9 @@ def processor_table(report: ProcessorReport, distribution: Distribution) -> Text
 
 
 class ProcessorPanel(Static):
-    def show(self, report: ProcessorReport | None, distribution: Distribution | None, beam_search: bool) -> None:
-        if beam_search:
+    def show(self, report: ProcessorReport | None, view: View) -> None:
+        distribution = view.snapshot.distribution
+        if view.beam is not None:
             self.update(Text("Beam search applies the processors to each beam;\nthis view follows a single path.", style="dim"))
         elif report is None or distribution is None:
             self.update(Text("No processors: the strategy takes the model's distribution as it is.", style="dim"))

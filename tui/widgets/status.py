@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rich.text import Text
 from textual.widgets import Static
 
-from decoding.state import BeamSnapshot, Snapshot
-
-
-@dataclass(frozen=True)
-class Timing:
-    latency_ms: float | None = None  # the last step's model time
-    tokens_per_s: float | None = None  # while playing
+from decoding.state import BeamSnapshot, Snapshot, Timing
 
 
 class StatusLine(Static):
@@ -21,9 +13,11 @@ class StatusLine(Static):
         parts = [f"step {len(snapshot.path)}"]
         if snapshot.path:
             last = snapshot.path[-1]
-            parts.append(f"last p={last.prob:.2%} rank {last.rank + 1}")
+            rank = "beyond the known" if last.rank is None else last.rank + 1
+            parts.append(f"last p={last.prob:.2%} rank {rank}")
         if snapshot.distribution:
-            parts.append(f"H={snapshot.distribution.entropy:.2f} nats")
+            bound = "=" if snapshot.distribution.complete else "≥"  # partial scores: a lower bound
+            parts.append(f"H{bound}{snapshot.distribution.entropy:.2f} nats")
         parts.append(f"logp={snapshot.sequence_logprob:.2f}")
         if timing.latency_ms is not None:
             parts.append(f"{timing.latency_ms:.0f} ms")

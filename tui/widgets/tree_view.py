@@ -8,18 +8,26 @@ below, read-only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
-from textual.message import Message
 from textual.widgets import Static
 
+from decoding.commands import DeleteBranch, Jump
+from decoding.panels import TreeRows
 from decoding.tokens import one_line
 from decoding.tree import Branch
+from tui.messages import RunCommand
 
-HIGHLIGHT_STYLE = "on grey27"
+if TYPE_CHECKING:
+    from decoding.explorer import View
+
 
 
 class TreePanel(Static, can_focus=True):
+    COMPONENT_CLASSES = {"tree-panel--highlight"}
     BINDINGS = [
         Binding("up", "move(-1)", show=False, id="tree.up"),
         Binding("down", "move(1)", show=False, id="tree.down"),
@@ -27,23 +35,14 @@ class TreePanel(Static, can_focus=True):
         Binding("delete,x", "delete", "Delete branch", id="tree.delete"),
     ]
 
-    class Jump(Message):
-        def __init__(self, node_id: int | None) -> None:
-            super().__init__()
-            self.node_id = node_id  # None: the row is read-only
-
-    class Delete(Message):
-        def __init__(self, node_id: int) -> None:
-            super().__init__()
-            self.node_id = node_id  # the first node of the highlighted branch
-
     rows: tuple[Branch, ...] = ()
     foreign: tuple[Branch, ...] = ()
     foreign_model = ""
     cursor = 0
     doomed: int | None = None  # the row x was pressed on once: a second x deletes it
 
-    def show(self, rows: tuple[Branch, ...], foreign: tuple[Branch, ...] = (), foreign_model: str = "") -> None:
+    def show(self, value: TreeRows, view: View | None = None) -> None:
+        rows, foreign, foreign_model = value.rows, value.foreign, value.foreign_model
         first_show = not self.rows
         if rows != self.rows:
             self.doomed = None  # the rows moved: a second x must not hit another branch
@@ -66,9 +65,9 @@ class TreePanel(Static, can_focus=True):
 
     def action_jump(self) -> None:
         if self.cursor < len(self.rows):
-            self.post_message(self.Jump(self.rows[self.cursor].end))
+            self.post_message(RunCommand(Jump(self.rows[self.cursor].end)))
         elif self.foreign:
-            self.post_message(self.Jump(None))
+            self.notify("That branch is from another model's session: read-only.", severity="warning")
 
     def action_delete(self) -> None:
         """The first x asks, the second deletes: there is no undo for a deletion."""
@@ -76,7 +75,7 @@ class TreePanel(Static, can_focus=True):
             return
         if self.doomed == self.cursor:
             self.doomed = None
-            self.post_message(self.Delete(self.rows[self.cursor].node_ids[0]))
+            self.post_message(RunCommand(DeleteBranch(self.rows[self.cursor].node_ids[0])))
         else:
             self.doomed = self.cursor
         self._paint()
@@ -98,22 +97,23 @@ class TreePanel(Static, can_focus=True):
             lines.append(
                 Text(f"x again deletes the highlighted branch{f' and the {below} below it' if below else ''}; any other key keeps it", style="bold yellow")
             )
+        highlight = self.get_component_rich_style("tree-panel--highlight")
         for index, row in enumerate(self.rows):
-            lines.append(_line(row, width, index == self.cursor))
+            lines.append(_line(row, width, highlight if index == self.cursor else None))
         if self.foreign:
             lines.append(Text(f"\nread-only: made with {one_line(self.foreign_model)}, another model", style="bold yellow"))
             for index, row in enumerate(self.foreign, start=len(self.rows)):
-                lines.append(_line(row, width, index == self.cursor, style="dim"))
+                lines.append(_line(row, width, highlight if index == self.cursor else None, style="dim"))
         self.update(Text("\n").join(lines))
 
 
-def _line(row: Branch, width: int, highlighted: bool, style: str = "") -> Text:
+def _line(row: Branch, width: int, highlight: Style | None, style: str = "") -> Text:
     indent = "  " * row.level
     text = row.text if len(indent + row.text) <= width else row.text[: max(1, width - len(indent) - 1)] + "…"
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append(indent + ("● " if row.current else "  "), style="cyan")
     line.append(text.ljust(max(0, width - len(indent))), style=style or ("bold" if row.on_path else ""))
     line.append(f" {row.logprob:8.2f}  {one_line(row.made_by)[:14]}", style=style or "dim")
-    if highlighted:
-        line.stylize(HIGHLIGHT_STYLE)
+    if highlight is not None:
+        line.stylize(highlight)
     return line

@@ -1,7 +1,7 @@
-"""Keeps the app's session file: reopens a saved tree once the model is loaded, saves after every change.
+"""Keeps an exploration's session file: reopens a saved tree once the model is loaded, saves after every change.
 
-Runs on the model's worker threads (like the session it saves); what a person must know (a file from
-another model, a failed save) comes back through `note`.
+Runs on the model's thread (like the session it saves); what a person must know (a file from another
+model, a failed save) comes back through `note`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,228 @@
+"""The commands a view queues for the model's thread: small frozen values, each one thing the explorer does.
+
+A view builds a command from a key or a click and queues it; the model's thread runs `command.run(
+explorer, job)` one at a time, in order. `job` says when to stop (a key pressed meanwhile) and takes
+the news a long command sends before it ends (frames while playing, a comparison's progress).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, ClassVar
+
+from decoding.settings import Strategy
+from decoding.state import Timing
+
+if TYPE_CHECKING:  # a view imports the commands before torch is loaded; the explorer needs torch
+    from decoding.explorer import Explorer
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a running command may use besides the explorer."""
+
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set: stop between two model passes
+    clock: Callable[[], float] = lambda: 0.0
+    frame: Callable[[Timing], None] = lambda timing: None  # show the state as it is now
+    notice: Callable[[str], None] = lambda text: None  # tell the person something (a file saved)
+    highlight_beam: Callable[[int], None] = lambda rank: None  # the beam a view should highlight
+
+
+@dataclass(frozen=True)
+class Command:
+    """One unit of model work. `run` may return the timing to show; the view is sent the new state
+    once, when it ends (and saved first, unless it is work ahead)."""
+
+    name: ClassVar[str] = "command"
+    work_ahead: ClassVar[bool] = False  # speculative: cancelled by any command a person asks for
+
+    def run(self, explorer: Explorer, job: Job) -> Timing | None:
+        start = job.clock()
+        self.change(explorer, job)
+        return Timing(latency_ms=1000 * (job.clock() - start))
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        """What the command does (timed by `run`)."""
+
+
+@dataclass(frozen=True)
+class Step(Command):
+    name: ClassVar[str] = "step"
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.step()
+
+
+@dataclass(frozen=True)
+class Pick(Command):
+    """Force the candidate of panel row `row` (0-based), under beam search onto live beam `beam`."""
+
+    name: ClassVar[str] = "pick"
+    row: int
+    beam: int = 0
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        rank = explorer.pick(self.row, self.beam)
+        if rank is not None:
+            job.highlight_beam(rank)  # the highlight follows the forced beam
+
+
+@dataclass(frozen=True)
+class Force(Command):
+    """Force any token of the vocabulary onto the path."""
+
+    name: ClassVar[str] = "force"
+    token_id: int
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.force(self.token_id)
+
+
+@dataclass(frozen=True)
+class Undo(Command):
+    name: ClassVar[str] = "undo"
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.undo()
+
+
+@dataclass(frozen=True)
+class Play(Command):
+    """Step until the end, the limit or a key; a frame every `frame_seconds` (painting every token would
+    hold the lock the model's thread needs), the last one when the command ends."""
+
+    name: ClassVar[str] = "play"
+    frame_seconds: float = 0.25
+
+    def run(self, explorer: Explorer, job: Job) -> Timing | None:
+        started = step_started = painted = job.clock()
+        timing: Timing | None = None
+
+        def after_step(steps: int) -> None:
+            nonlocal step_started, painted, timing
+            now = job.clock()
+            timing = Timing(1000 * (now - step_started), steps / max(now - started, 1e-9))
+            step_started = now
+            if now - painted >= self.frame_seconds:
+                job.frame(timing)
+                painted = now
+
+        explorer.play(job.cancelled.is_set, after_step)
+        return timing
+
+
+@dataclass(frozen=True)
+class LookAhead(Command):
+    """While the person reads: the next panels of the strategy's choice and the top `count` candidates."""
+
+    name: ClassVar[str] = "look ahead"
+    work_ahead: ClassVar[bool] = True
+    count: int = 5
+
+    def run(self, explorer: Explorer, job: Job) -> Timing | None:
+        explorer.look_ahead(self.count, job.cancelled.is_set)
+        return None
+
+
+@dataclass(frozen=True)
+class NewPrompt(Command):
+    name: ClassVar[str] = "new prompt"
+    text: str
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.new_prompt(self.text)
+
+
+@dataclass(frozen=True)
+class ApplySettings(Command):
+    name: ClassVar[str] = "settings"
+    strategy: Strategy
+    choices: int
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.apply_settings(self.strategy, self.choices)
+
+
+@dataclass(frozen=True)
+class Switch(Command):
+    """Another kind of strategy (greedy, sample, beam), the other settings kept."""
+
+    name: ClassVar[str] = "switch"
+    kind: str
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.switch(self.kind)
+
+
+@dataclass(frozen=True)
+class Jump(Command):
+    name: ClassVar[str] = "jump"
+    node_id: int
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.jump(self.node_id)
+
+
+@dataclass(frozen=True)
+class Sibling(Command):
+    name: ClassVar[str] = "sibling"
+    delta: int
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.sibling(self.delta)
+
+
+@dataclass(frozen=True)
+class DeleteBranch(Command):
+    name: ClassVar[str] = "delete"
+    node_id: int
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.delete(self.node_id)
+
+
+@dataclass(frozen=True)
+class Export(Command):
+    """The path (or beam search) as trace files in `folder`; with `tree`, the whole tree as a session file."""
+
+    name: ClassVar[str] = "export"
+    folder: Path
+    tree: bool = False
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        job.notice(explorer.export_tree(self.folder) if self.tree else explorer.export(self.folder))
+
+
+@dataclass(frozen=True)
+class Compare(Command):
+    """The chapter's strategies from the current text; `progress` and `done` carry the news to a view."""
+
+    name: ClassVar[str] = "compare"
+    progress: Callable[[int, int], None]
+    done: Callable[[dict], None]
+    failed: Callable[[str], None]
+
+    def run(self, explorer: Explorer, job: Job) -> Timing | None:
+        from decoding.compare import Cancelled
+        from decoding.errors import TokenstepError
+
+        try:
+            self.done(explorer.compare(job.cancelled.is_set, self.progress))
+        except Cancelled:
+            pass
+        except TokenstepError as error:
+            self.failed(str(error))
+            raise
+        return None
+
+
+@dataclass(frozen=True)
+class Refresh(Command):
+    """No change: the view is sent again (with a panel just opened computed)."""
+
+    name: ClassVar[str] = "refresh"
+
+    def run(self, explorer: Explorer, job: Job) -> Timing | None:
+        return None

@@ -1,0 +1,252 @@
+"""One exploration of one model: the path and its cache, the beam search while the strategy is beam
+search, the tree of every branch walked, and the session file that keeps it.
+
+Every decision a view needs made lives here: what a step, a pick, undo or play mean under the
+strategy in force, when play stops, what an export holds. A view calls these (on one thread) and
+shows the frozen `View` that `view()` returns; `tokenstep trace`, `compare` and `replay` drive the
+same objects without a view.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Iterable, Mapping
+
+from decoding.beam import BeamSearch
+from decoding.compare import COMPARE_NEW_TOKENS
+from decoding.engine import Engine, Forks
+from decoding.errors import SessionError, TokenstepError
+from decoding.files import write_atomically
+from decoding.keeper import SessionKeeper
+from decoding.prompt import Prompt
+from decoding.session import Session
+from decoding.settings import Strategy
+from decoding.state import BeamSnapshot, Snapshot
+from decoding.tokens import one_line
+
+
+
+@dataclass(frozen=True)
+class View:
+    """Everything a view shows after a command, frozen: safe to hand from the model's thread to the UI."""
+
+    snapshot: Snapshot
+    beam: BeamSnapshot | None  # while the strategy is beam search
+    panels: Mapping[str, object]  # the open panels' values, by name (decoding.panels)
+    model: str  # the model, engine, device and dtype on one line
+
+
+class Explorer:
+    def __init__(
+        self,
+        engine: Engine,
+        strategy: Strategy = Strategy(),
+        choices: int = 10,
+        *,
+        max_new_tokens: int = 256,
+        keeper: SessionKeeper | None = None,
+    ) -> None:
+        self.session = Session(engine, strategy, choices)
+        self.keeper = keeper or SessionKeeper(None, None, lambda text: None)
+        self.max_new_tokens = max_new_tokens
+        self.beam: BeamSearch | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.session.engine
+
+    def open(self, prompt: str) -> None:
+        """Reopen the saved tree (or start at `prompt`), then keep the session file from now on.
+        A prompt the model cannot take is refused (SessionError) and the exploration stays open."""
+        try:
+            self.keeper.open(self.session, prompt)
+            self._restart_beam()
+        finally:
+            self.keeper.start(self.session)
+
+    # --- choosing tokens -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One step by the strategy: a token on the path, or one iteration of the beam search."""
+        if self.beam is not None:
+            self.beam.step()
+        else:
+            self.session.step()
+
+    def pick(self, row: int, beam_row: int = 0) -> int | None:
+        """Force the candidate of panel row `row` (0-based); under beam search onto live beam
+        `beam_row`. Returns the rank the forced beam then has (a view's highlight follows it)."""
+        if self.beam is not None:
+            if self.beam.ended:
+                self.beam.step()  # which says that the search has ended
+            candidates = self.beam.candidate_ids(beam_row)
+            return self.beam.force(beam_row, _row(candidates, row))
+        distribution = self.session.distribution
+        if distribution is None:
+            self.session.step()  # which says why nothing can be chosen
+            return None
+        self.session.force(_row([c.token_id for c in distribution.candidates], row))
+        return None
+
+    def force(self, token_id: int) -> None:
+        """Force any token of the vocabulary onto the path."""
+        self.session.force(token_id)
+
+    def undo(self) -> None:
+        if self.beam is not None:
+            self.beam.undo()
+        else:
+            self.session.undo()
+
+    def can_play_on(self) -> bool:
+        if self.beam is not None:
+            return not self.beam.ended  # the search stops itself at max_new_tokens
+        return not self.session.finished and len(self.session.path) < self.max_new_tokens
+
+    def play(self, should_stop: Callable[[], bool], after_step: Callable[[int], None] = lambda steps: None) -> int:
+        """Step until the end, the limit or `should_stop`, saving after every step (a kill loses at
+        most the step in flight); `after_step(steps so far)` lets a view paint. Returns the steps taken."""
+        if self.beam is None and len(self.session.path) >= self.max_new_tokens:
+            raise SessionError(f"The path already has {len(self.session.path)} new tokens, the --max-new-tokens limit.")
+        if self.beam is not None and self.beam.ended:
+            raise SessionError(f"The beam search has ended ({self.beam.ended}). Undo, or start again.")
+        steps = 0
+        while not should_stop() and self.can_play_on():
+            self.step()
+            self.save()
+            steps += 1
+            after_step(steps)
+        return steps
+
+    def look_ahead(self, count: int, should_stop: Callable[[], bool]) -> None:
+        """While a person reads: the next panel for the strategy's choice and the top `count` candidates."""
+        distribution = self.session.distribution
+        if distribution is None or self.beam is not None or not count:
+            return
+        ranked = [c.token_id for c in distribution.candidates[:count]]
+        self.session.look_ahead([self.session.strategy_choice(), *ranked], should_stop=should_stop)
+
+    # --- where the path starts and goes -----------------------------------------------------------
+
+    def new_prompt(self, prompt: str | Prompt) -> None:
+        """Start again from `prompt` (text: a plain prompt); refused if the model cannot take it."""
+        self.session.reset(prompt)
+        self._restart_beam()
+
+    def apply_settings(self, strategy: Strategy, choices: int) -> None:
+        """New settings; beam search (re)starts from the path as it stands. Refused as a whole if the
+        engine cannot run it (the old settings stay)."""
+        session = self.session
+        old = session.strategy, session.choices
+        session.set_strategy(strategy)
+        session.set_choices(choices)
+        try:
+            self._restart_beam()
+        except TokenstepError:
+            session.set_strategy(old[0])
+            session.set_choices(old[1])
+            raise
+
+    def switch(self, kind: str) -> None:
+        """Another kind of strategy (greedy, sample, beam) with the other settings kept."""
+        self.apply_settings(self.session.strategy.with_changes(kind=kind), self.session.choices)
+
+    def jump(self, node_id: int) -> None:
+        self.session.jump(node_id)
+        self._restart_beam()
+
+    def sibling(self, delta: int) -> None:
+        """The sibling branch `delta` places away at the current depth."""
+        tree = self.session.tree
+        assert tree.current is not None, "a session with a prompt stands on a node"
+        sibling = tree.sibling(tree.current, delta)
+        if sibling == tree.current:
+            raise SessionError("There is no other branch at this depth: [ and ] move between branches that fork here.")
+        self.jump(sibling)
+
+    def delete(self, node_id: int) -> None:
+        """Remove a branch of the tree, never the one in use."""
+        try:
+            self.session.tree.delete(node_id)
+        except ValueError:
+            raise SessionError("That branch holds where you stand: jump elsewhere first, then delete it.") from None
+
+    def _restart_beam(self) -> None:
+        """Under the beam strategy, a new beam search from the path as it stands; else none."""
+        session = self.session
+        self.beam = None
+        if session.strategy.is_beam and session.prompt_ids:
+            self.beam = BeamSearch(session.engine, session.strategy, session.ids, max_new_tokens=self.max_new_tokens, choices=session.choices)
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def compare(self, should_stop: Callable[[], bool], progress: Callable[[int, int], None], new_tokens: int = COMPARE_NEW_TOKENS) -> dict:
+        """The chapter's strategies from the current text, on a cache of their own (the path's is untouched)."""
+        from decoding.compare import compare, comparison_record
+        from decoding.settings import CHAPTER_STRATEGIES, parse_strategies
+
+        engine = self.engine
+        if not isinstance(engine, Forks):
+            raise SessionError(f"Comparing strategies needs a second cache, which the {engine.name} engine cannot make.")
+        if not self.session.prompt_ids:
+            raise SessionError("There is no prompt yet: set one first.")
+        strategies = parse_strategies(CHAPTER_STRATEGIES, seed=self.session.strategy.seed)
+        results = compare(engine.fork(), self.session.ids, strategies, new_tokens, should_stop, progress)
+        return comparison_record(self.session.text, new_tokens, results)
+
+    def trace_record(self) -> dict:
+        """The current path (or the beam search so far) as a `tokenstep trace` record."""
+        from decoding.trace import beam_trace_record, trace_record
+
+        return beam_trace_record(self.beam) if self.beam is not None else trace_record(self.session)
+
+    def export(self, folder: Path) -> str:
+        """The trace record as JSON (replayable), CSV and Markdown files; says where they went."""
+        from decoding.trace import format_trace
+
+        record = self.trace_record()
+        if not record["steps"]:
+            raise SessionError("Nothing to export yet: take a step first.")
+        stem = folder / time.strftime("tokenstep-trace-%Y%m%d-%H%M%S")
+        for fmt, suffix in (("json", ".json"), ("csv", ".csv"), ("markdown", ".md")):
+            write_atomically(stem.with_suffix(suffix), format_trace(record, fmt) + "\n")
+        what = "beam search" if self.beam is not None else "path"
+        return f"Saved the {what} to {stem}.json, .csv and .md"
+
+    def export_tree(self, folder: Path) -> str:
+        """The whole tree as a session file (`tokenstep --session` opens it); says where it went."""
+        from decoding import session_file
+
+        path = folder / time.strftime("tokenstep-tree-%Y%m%d-%H%M%S.json")
+        session = self.session
+        session_file.save(path, session.tree, session.engine, session.strategy, session.choices)
+        return f"Saved the whole tree to {path} (a session file: tokenstep --session opens it)"
+
+    def save(self) -> None:
+        self.keeper.save(self.session)
+
+    # --- what a view shows -------------------------------------------------------------------------
+
+    def view(self, panels: Iterable[str] = ()) -> View:
+        from decoding.panels import PANELS
+
+        values = {name: PANELS[name](self) for name in panels}
+        engine = self.engine
+        model = one_line(f"{_short_model_name(engine.model_id)} · {engine.name} · {engine.device} · {engine.dtype}")
+        beam = self.beam.snapshot() if self.beam is not None else None
+        return View(self.session.snapshot(), beam, MappingProxyType(values), model)
+
+
+def _row(token_ids: list[int], row: int) -> int:
+    if not 0 <= row < len(token_ids):
+        raise SessionError(f"There is no row {row + 1}: the panel shows {len(token_ids)} candidates.")
+    return token_ids[row]
+
+
+def _short_model_name(model_id: str) -> str:
+    """A local folder or file is shown by its name; a Hub id as it is."""
+    path = Path(model_id).expanduser()
+    return path.name if path.exists() else model_id

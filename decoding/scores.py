@@ -1,0 +1,125 @@
+"""One position's next-token scores, as an engine returns them, and everything derived from them, once.
+
+An engine returns either the whole vocabulary's logits, or (a server) only the top N log-probabilities.
+`Scores` holds both alike as one vector with -inf where nothing is known; `NextToken` is the next
+token at one position under one strategy: the raw and processed scores, the candidates shown, the
+entropy. On partial scores each says what it can: the entropy is a lower bound, a token outside the
+N has no rank, sampling and processors see only the N.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from decoding.distribution import rank_of, summarize
+from decoding.processors import build_processors, explain
+from decoding.settings import Strategy
+from decoding.state import Distribution, ProcessorReport
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Raw next-token scores at one position.
+
+    `values` is a float32 vector over the whole vocabulary: the model's logits when `complete`, else
+    the log-probabilities of the tokens the engine returned and -inf for the rest. The processors run
+    on `values` (logits, as generate() runs them; on partial scores, log-probabilities: the same for
+    every processor but the repetition penalty, which scales raw scores).
+    """
+
+    values: torch.Tensor
+    complete: bool = True
+
+    @classmethod
+    def top(cls, vocab_size: int, ids: Sequence[int], logprobs: Sequence[float], device: str | torch.device = "cpu") -> Scores:
+        """Partial scores: the log-probabilities of `ids`, nothing known of the rest."""
+        values = torch.full((vocab_size,), float("-inf"), dtype=torch.float32, device=device)
+        values[torch.tensor(list(ids), dtype=torch.long, device=device)] = torch.tensor(list(logprobs), dtype=torch.float32, device=device)
+        return cls(values, complete=False)
+
+    @property
+    def logprobs(self) -> torch.Tensor:
+        """Log-probabilities under the raw model (-inf where unknown)."""
+        return torch.log_softmax(self.values, dim=-1) if self.complete else self.values
+
+    @property
+    def known(self) -> int:
+        """How many tokens' scores are known (the vocabulary's size when complete)."""
+        return self.values.shape[-1] if self.complete else int(torch.isfinite(self.values).sum())
+
+
+class NextToken:
+    """The next token at one position under one strategy, each part computed once on first use."""
+
+    def __init__(self, scores: Scores, strategy: Strategy, choices: int, text_of: Callable[[int], str], context: Sequence[int]) -> None:
+        self.scores, self.strategy, self.choices = scores, strategy, choices
+        self._text_of = text_of
+        # The processors read the sequence (n-gram blocking, repetition penalty): run them now, on a
+        # copy (some write in place), rather than keep the sequence for later.
+        self.processed: torch.Tensor | None = _processed(strategy, scores.values, context) if strategy.reshapes else None
+        self._logprobs: torch.Tensor | None = None
+        self._distribution: Distribution | None = None
+
+    def under(self, strategy: Strategy, choices: int, context: Sequence[int]) -> NextToken:
+        """The same scores under another strategy or number of candidates."""
+        return NextToken(self.scores, strategy, choices, self._text_of, context)
+
+    @property
+    def logprobs(self) -> torch.Tensor:
+        if self._logprobs is None:
+            self._logprobs = self.scores.logprobs
+        return self._logprobs
+
+    @property
+    def strategy_scores(self) -> torch.Tensor:
+        """What the strategy chooses from: the processed scores, or the raw ones when nothing reshapes them."""
+        return self.processed if self.processed is not None else self.scores.values
+
+    @property
+    def distribution(self) -> Distribution:
+        """The candidates shown (row 0 is the raw argmax) and the entropy."""
+        if self._distribution is None:
+            self._distribution = self._summarize()
+        return self._distribution
+
+    def logprob(self, token_id: int) -> float | None:
+        """The raw model's log-probability of `token_id`; None when the engine did not return it."""
+        value = float(self.logprobs[token_id])
+        return value if math.isfinite(value) or self.scores.complete else None
+
+    def rank(self, token_id: int) -> int | None:
+        """0-based rank among the raw scores (ties by id); None for a token outside the known N."""
+        shown = next((c for c in self.distribution.candidates if c.token_id == token_id), None)
+        if shown is not None:
+            return shown.rank
+        if not self.scores.complete and not math.isfinite(float(self.scores.values[token_id])):
+            return None
+        return rank_of(self.scores.values, token_id)
+
+    def processed_prob(self, token_id: int) -> float | None:
+        """The probability under the strategy's processors, when they reshape the distribution."""
+        if self.processed is None:
+            return None
+        shown = next((c for c in self.distribution.candidates if c.token_id == token_id), None)
+        if shown is not None:
+            return shown.processed_prob
+        return float(torch.softmax(self.processed, dim=-1)[token_id])
+
+    def report(self, context: Sequence[int]) -> ProcessorReport | None:
+        """What each processor did to the candidates (None when the strategy has none)."""
+        if not self.strategy.reshapes:
+            return None
+        return explain(self.strategy, list(context), self.scores.values, [c.token_id for c in self.distribution.candidates])
+
+    def _summarize(self) -> Distribution:
+        known = None if self.scores.complete else self.scores.known
+        return summarize(self.scores.values, self.logprobs, self.processed, self.choices, self._text_of, known)
+
+
+def _processed(strategy: Strategy, values: torch.Tensor, context: Sequence[int]) -> torch.Tensor:
+    input_ids = torch.tensor([list(context)], dtype=torch.long, device=values.device)
+    return build_processors(strategy)(input_ids, values.clone()[None])[0]

@@ -1,0 +1,32 @@
+"""The side panels, registered in one place: the core computes each one's value (decoding.panels) while
+it is open, and its widget shows it with `show(value, view)`.
+
+To add a panel: a function in `decoding.panels.PANELS`, a widget, and one line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from textual.widget import Widget
+
+from tui.widgets.processors import ProcessorPanel
+from tui.widgets.tree_view import TreePanel
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    name: str  # the core's panel (decoding.panels.PANELS) and the widget's id
+    key: str  # toggles it
+    label: str  # footer and palette
+    help: str
+    widget: type[Widget]  # has show(value, view)
+    place: Literal["side", "main"]  # beside the candidates, or in place of the text (and focused)
+    in_footer: bool = False
+
+
+PANELS = (
+    PanelSpec("processors", "w", "Processors", "What each processor did to the candidates", ProcessorPanel, "side"),
+    PanelSpec("tree", "t", "Tree", "Every branch walked; enter jumps to one", TreePanel, "main", in_footer=True),
+)
