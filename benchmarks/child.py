@@ -1,8 +1,8 @@
 """Run in a fresh process by the start-up and memory benchmarks: prints `KEY value` lines.
 
-  python child.py app   the app, headless: first painted frame, first candidates, peak RSS
-  python child.py bare  `import torch, transformers` and loading the same weights: time and peak RSS
-  python child.py steps ENGINE THREADS   tokens/s of one engine's forward steps with that many threads
+python child.py app   the app, headless: first painted frame, first candidates, peak RSS
+python child.py bare  `import torch, transformers` and loading the same weights: time and peak RSS
+python child.py steps ENGINE THREADS   tokens/s of one engine's forward steps with that many threads
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ def steps() -> None:
 
     engine_name, threads = sys.argv[2], int(sys.argv[3])
     import torch
-
     from common import load
 
     torch.set_num_threads(threads)

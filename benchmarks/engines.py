@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 from common import PROMPT, Result, load, seconds, table
 from stepping import NEW_TOKENS, play_loop
-
 
 ROUNDS = 8  # llama.cpp's speed here varies by ~10% from run to run: alternate, keep the best of each
 
@@ -57,7 +55,9 @@ def run() -> list[Result]:
         return []
     ours, baseline = tokens_per_second(session_loop(engine="llama"), llama_own_loop())
     slow = {"transformers float32": {"dtype": "float32"}, "transformers bfloat16": {"dtype": "bfloat16"}}
-    rows = [[name, speed, speed / baseline] for name, speed in ((n, tokens_per_second(session_loop(**o))[0]) for n, o in slow.items())]
+    rows = [
+        [name, speed, speed / baseline] for name, speed in ((n, tokens_per_second(session_loop(**o))[0]) for n, o in slow.items())
+    ]
     rows += [["llama.cpp (Q4_1)", ours, ours / baseline], ["llama.cpp's own eval loop", baseline, 1.0]]
     table("Engines: tokens/s of the play loop, 64 tokens", ["engine", "tok/s", "vs llama.cpp loop"], rows)
     return [Result("llama_engine", rows[2][2], ">=", 0.9)]

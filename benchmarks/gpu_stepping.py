@@ -10,10 +10,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
-from common import load, table
 import stepping
+import torch
+from common import load, table
 
 
 def smollm2_shaped_model(folder: Path) -> Path:
@@ -24,8 +23,15 @@ def smollm2_shaped_model(folder: Path) -> Path:
 
     build_tiny_model(folder)  # for its byte-level tokenizer; the model is replaced below
     config = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True,
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
         eos_token_id=0,
     )
     LlamaForCausalLM(config).save_pretrained(folder)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from common import Result, best_of, load, long_text, table
 
 NEW_TOKENS = 64

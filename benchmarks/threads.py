@@ -21,7 +21,9 @@ CORES = os.cpu_count() or 1
 
 def tokens_per_s(engine: str, threads: int, policy: str) -> float:
     env = {**os.environ, "OMP_WAIT_POLICY": policy}
-    out = subprocess.run([sys.executable, str(CHILD), "steps", engine, str(threads)], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(CHILD), "steps", engine, str(threads)], env=env, capture_output=True, text=True, check=True
+    ).stdout
     return float(next(line.split()[1] for line in out.splitlines() if line.startswith("TOKENS_PER_S")))
 
 

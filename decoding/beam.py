@@ -12,6 +12,7 @@ next live beams. The search ends when no live beam can still beat the finished o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -147,7 +148,7 @@ class BeamSearch:
         finished = tuple(
             self._view(hypothesis, score)
             for hypothesis, score, flag in zip(state.finished, state.finished_scores.tolist(), state.finished_flags)
-            if flag
+            if flag and hypothesis is not None
         )
         return beams, tuple(sorted(finished, key=lambda beam: -beam.penalised))
 
@@ -160,7 +161,11 @@ class BeamSearch:
             values, complete = state.scores.values, state.scores.complete
             candidates = tuple(
                 summarize(
-                    values[row], raw[row], processed[row] if self._processors else None, self.choices, self._token_text,
+                    values[row],
+                    raw[row],
+                    processed[row] if self._processors else None,
+                    self.choices,
+                    self._token_text,
                     None if complete else int(torch.isfinite(values[row]).sum()),
                 )
                 for row in live
@@ -198,7 +203,13 @@ class BeamSearch:
             forced_at = flat.index(pair)
         length = len(state.running[0].ids) + 1
         candidates = [
-            self._extend(state.running[index // vocab], index % vocab, float(top_scores[k]), float(raw[index // vocab, index % vocab]), k == forced_at)
+            self._extend(
+                state.running[index // vocab],
+                index % vocab,
+                float(top_scores[k]),
+                float(raw[index // vocab, index % vocab]),
+                k == forced_at,
+            )
             for k, index in enumerate(flat)
         ]
         ends = torch.tensor(
@@ -233,7 +244,15 @@ class BeamSearch:
             chosen.sort(key=lambda k: -float(go_on[k]))
         return chosen, go_on
 
-    def _file_finished(self, state: _State, candidates: list[_Hypothesis], top_scores: torch.Tensor, ends: torch.Tensor, length: int, forced_at: int | None):
+    def _file_finished(
+        self,
+        state: _State,
+        candidates: list[_Hypothesis],
+        top_scores: torch.Tensor,
+        ends: torch.Tensor,
+        length: int,
+        forced_at: int | None,
+    ):
         """Pairs among the top B that ended join the finished slots if they beat one
         (generate()'s `_update_finished_beams`, with its -1e9 masks)."""
         strategy = self.strategy
@@ -253,7 +272,9 @@ class BeamSearch:
         flags = state.finished_flags + tuple(just_ended.tolist())
         return tuple(pool[i] for i in slots), merged[slots], tuple(flags[i] for i in slots)
 
-    def _can_improve(self, running_scores: torch.Tensor, finished_scores: torch.Tensor, flags: tuple[bool, ...], length: int) -> bool:
+    def _can_improve(
+        self, running_scores: torch.Tensor, finished_scores: torch.Tensor, flags: tuple[bool, ...], length: int
+    ) -> bool:
         """generate()'s `_check_early_stop_heuristic`: could the best live beam still beat the worst finished one?"""
         strategy = self.strategy
         longest = self.max_new_tokens if strategy.early_stopping == "never" and strategy.length_penalty > 0 else length
@@ -268,7 +289,11 @@ class BeamSearch:
         if all(flags) and self.strategy.early_stopping is True:
             return f"{self._beams} hypotheses finished (early_stopping)"
         if every_pair_ended:
-            return f"max_new_tokens={self.max_new_tokens} reached" if length >= self.max_new_tokens else "every kept continuation ended"
+            return (
+                f"max_new_tokens={self.max_new_tokens} reached"
+                if length >= self.max_new_tokens
+                else "every kept continuation ended"
+            )
         return None
 
     # --- helpers ------------------------------------------------------------------------------------
@@ -292,8 +317,10 @@ class BeamSearch:
             raw = state.scores.logprobs
             processed = raw
             if self._processors:
-                ids = torch.tensor([self.prefix_ids + list(h.ids) for h in state.running], device=raw.device)
-                processed = self._processors(ids, raw.clone())  # some processors write in place
+                ids = cast(
+                    torch.LongTensor, torch.tensor([self.prefix_ids + list(h.ids) for h in state.running], device=raw.device)
+                )
+                processed = self._processors(ids, cast(torch.FloatTensor, raw.clone()))  # some processors write in place
             self._scored = (raw, processed)
         return self._scored
 
@@ -320,4 +347,3 @@ class BeamSearch:
             penalised=penalised,
             forced=hypothesis.forced,
         )
-

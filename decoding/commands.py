@@ -8,9 +8,10 @@ the news a long command sends before it ends (frames while playing, a comparison
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from decoding.settings import Strategy
 from decoding.state import Timing
@@ -25,9 +26,9 @@ class Job:
 
     cancelled: threading.Event = field(default_factory=threading.Event)  # set: stop between two model passes
     clock: Callable[[], float] = lambda: 0.0
-    frame: Callable[[Timing], None] = lambda timing: None  # show the state as it is now
-    notice: Callable[[str], None] = lambda text: None  # tell the person something (a file saved)
-    highlight_beam: Callable[[int], None] = lambda rank: None  # the beam a view should highlight
+    frame: Callable[[Timing], object] = lambda timing: None  # show the state as it is now
+    notice: Callable[[str], object] = lambda text: None  # tell the person something (a file saved)
+    highlight_beam: Callable[[int], object] = lambda rank: None  # the beam a view should highlight
 
 
 @dataclass(frozen=True)
@@ -200,9 +201,9 @@ class Compare(Command):
     """The chapter's strategies from the current text; `progress` and `done` carry the news to a view."""
 
     name: ClassVar[str] = "compare"
-    progress: Callable[[int, int], None]
-    done: Callable[[dict], None]
-    failed: Callable[[str], None]
+    progress: Callable[[int, int], object]
+    done: Callable[[dict], object]
+    failed: Callable[[str], object]
 
     def run(self, explorer: Explorer, job: Job) -> Timing | None:
         from decoding.compare import Cancelled

@@ -6,8 +6,8 @@ which makes the log-probabilities comparable, as in the chapter's comparison of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from decoding.engine import Engine, RunsSideBySide, decode_continuation
 from decoding.errors import SessionError, SettingsError
@@ -18,7 +18,7 @@ from decoding.trace import aligned_table, markdown_table, terminal_safe_json
 NGRAM = 3  # repeats are counted among token 3-grams
 COMPARE_NEW_TOKENS = 32  # what each strategy writes in a comparison from the current text (the app's view)
 
-Progress = Callable[[int, int], None]  # (strategies done, strategies in all)
+Progress = Callable[[int, int], object]  # (strategies done, strategies in all)
 
 
 class Cancelled(Exception):
@@ -56,7 +56,9 @@ def compare(
     if new_tokens < 1:
         raise SessionError(f"the number of new tokens must be at least 1 (got {new_tokens}).")
     if any(s.is_beam for s in strategies) and not isinstance(engine, RunsSideBySide):  # say so before any work
-        raise SettingsError(f"The {engine.name} engine cannot run beam search; leave beam out of --strategies or use --engine transformers.")
+        raise SettingsError(
+            f"The {engine.name} engine cannot run beam search; leave beam out of --strategies or use --engine transformers."
+        )
     results = []
     for done, strategy in enumerate(strategies):
         progress(done, len(strategies))
@@ -64,12 +66,16 @@ def compare(
         run = _beam if strategy.is_beam else _path
         ids, logprob = run(engine, exact, prefix_ids, new_tokens, should_stop)
         cut_short = "the context limit" if len(ids) < new_tokens else None  # EOS is suppressed: nothing else ends one
-        results.append(Continuation(strategy, ids, decode_continuation(engine, prefix_ids, ids), logprob, repeated_ngrams(ids), cut_short))
+        results.append(
+            Continuation(strategy, ids, decode_continuation(engine, prefix_ids, ids), logprob, repeated_ngrams(ids), cut_short)
+        )
     progress(len(strategies), len(strategies))
     return results
 
 
-def _path(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop) -> tuple[tuple[int, ...], float]:
+def _path(
+    engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop
+) -> tuple[tuple[int, ...], float]:
     from decoding.prompt import recorded_prompt
     from decoding.session import Session
 
@@ -82,7 +88,9 @@ def _path(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens:
     return tuple(session.generated_ids), session.sequence_logprob
 
 
-def _beam(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop) -> tuple[tuple[int, ...], float]:
+def _beam(
+    engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop
+) -> tuple[tuple[int, ...], float]:
     from decoding.beam import BeamSearch
 
     search = BeamSearch(engine, strategy, prefix_ids, max_new_tokens=new_tokens)  # at most the room left
@@ -91,6 +99,7 @@ def _beam(engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens:
             raise Cancelled
         search.step()
     best = search.snapshot().best
+    assert best is not None, "an ended search has a finished hypothesis"
     return best.token_ids, best.logprob
 
 
@@ -139,7 +148,13 @@ def format_comparison(record: dict, fmt: str) -> str:
         return terminal_safe_json(record)
     header = ["Strategy", "logprob", "mean", f"repeated {record['ngram']}-grams", "Continuation"]
     rows = [
-        [r["strategy"], f"{r['sequence_logprob']:.2f}", f"{r['mean_logprob']:.3f}", str(r["repeated_ngrams"]), one_line(r["generated_text"])]
+        [
+            r["strategy"],
+            f"{r['sequence_logprob']:.2f}",
+            f"{r['mean_logprob']:.3f}",
+            str(r["repeated_ngrams"]),
+            one_line(r["generated_text"]),
+        ]
         for r in record["results"]
     ]
     table = markdown_table(header, rows) if fmt == "markdown" else aligned_table(header, rows)

@@ -7,7 +7,7 @@ the same computed distribution.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -21,8 +21,8 @@ def top_ids(logits: torch.Tensor, k: int) -> list[int]:
     index, so ties are broken by id to keep row 0 equal to the greedy choice.
     """
     k = min(k, logits.numel())
-    values, ids = torch.topk(logits, min(k + 1, logits.numel()))
-    values, ids = values.tolist(), ids.tolist()
+    top = torch.topk(logits, min(k + 1, logits.numel()))
+    values, ids = top.values.tolist(), top.indices.tolist()
     if len(set(values)) == len(values):  # no ties among them or at the cut: topk's order is the order
         return ids[:k]
     tied_or_better = torch.nonzero(logits >= values[k - 1]).flatten().tolist()

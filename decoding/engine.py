@@ -9,7 +9,8 @@ sequences side by side (beam search), the log-probability of any one token (forc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from decoding.scores import Scores

@@ -10,10 +10,10 @@ same objects without a view.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping
 
 from decoding.beam import BeamSearch
 from decoding.compare import COMPARE_NEW_TOKENS
@@ -26,7 +26,6 @@ from decoding.session import Session
 from decoding.settings import Strategy
 from decoding.state import BeamSnapshot, Snapshot
 from decoding.tokens import one_line
-
 
 
 @dataclass(frozen=True)
@@ -179,11 +178,15 @@ class Explorer:
         session = self.session
         self.beam = None
         if session.strategy.is_beam and session.prompt_ids:
-            self.beam = BeamSearch(session.engine, session.strategy, session.ids, max_new_tokens=self.max_new_tokens, choices=session.choices)
+            self.beam = BeamSearch(
+                session.engine, session.strategy, session.ids, max_new_tokens=self.max_new_tokens, choices=session.choices
+            )
 
     # --- records ---------------------------------------------------------------------------------
 
-    def compare(self, should_stop: Callable[[], bool], progress: Callable[[int, int], None], new_tokens: int = COMPARE_NEW_TOKENS) -> dict:
+    def compare(
+        self, should_stop: Callable[[], bool], progress: Callable[[int, int], object], new_tokens: int = COMPARE_NEW_TOKENS
+    ) -> dict:
         """The chapter's strategies from the current text, on a cache of their own (the path's is untouched)."""
         from decoding.compare import compare, comparison_record
         from decoding.settings import CHAPTER_STRATEGIES, parse_strategies

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -69,7 +70,8 @@ class TransformersEngine:
             self._cache.crop(length - self.cached_length)  # a negative count: tokens to drop from the end
 
     def detach_last(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        tail = [(layer.keys[..., -count:, :].clone(), layer.values[..., -count:, :].clone()) for layer in self._cache.layers]
+        layers = cast(list[Any], self._cache.layers)  # attention layers: each holds keys and values
+        tail = [(layer.keys[..., -count:, :].clone(), layer.values[..., -count:, :].clone()) for layer in layers]
         self.crop(self.cached_length - count)
         return tail
 
@@ -106,7 +108,7 @@ class SideBySide:
 
     def reorder(self, rows: list[int]) -> None:
         """Row i of the cache becomes old row rows[i] (a beam continues from its parent)."""
-        self._cache.reorder_cache(torch.tensor(rows, dtype=torch.long, device=self.model.device))
+        self._cache.reorder_cache(cast(torch.LongTensor, torch.tensor(rows, dtype=torch.long, device=self.model.device)))
 
     def _run(self, ids: list[list[int]]) -> torch.Tensor:
         return _last_logits(self.model, self._cache, ids)

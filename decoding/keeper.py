@@ -6,8 +6,9 @@ model, a failed save) comes back through `note`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from decoding.errors import TokenstepError
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # torch-free, but only needed once the model is loaded
 
 
 class SessionKeeper:
-    def __init__(self, path: Path | None, saved: SavedSession | None, note: Callable[[str], None]) -> None:
+    def __init__(self, path: Path | None, saved: SavedSession | None, note: Callable[[str], object]) -> None:
         self.path = path  # None: nothing is saved (tests, benchmarks)
         self.saved = saved  # to reopen once, when the model is loaded
         self.note = note

@@ -7,8 +7,8 @@ probabilities differ slightly; transformers stays the default, the engine that a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -12,10 +12,11 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, cast
 
 from decoding.engine import Engine
 from decoding.errors import LoadError
@@ -49,7 +50,7 @@ ENGINES = tuple(ENGINE_KINDS)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], object]
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ class LoadOptions:
         if self.engine not in ENGINES:
             raise LoadError(f"--engine must be one of {', '.join(ENGINES)} (got {self.engine!r}).")
         if ENGINE_KINDS[self.engine].gguf_only and self.model and not self.model.lower().endswith(".gguf"):
-            raise LoadError(f"--engine {self.engine} runs .gguf files; --model {self.model} is not one. Use --engine transformers.")
+            raise LoadError(
+                f"--engine {self.engine} runs .gguf files; --model {self.model} is not one. Use --engine transformers."
+            )
         if self.dtype not in DTYPES:
             raise LoadError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r}).")
         if not _valid_device_name(self.device):
@@ -75,7 +78,7 @@ class LoadOptions:
             raise LoadError(f"--device-map only accepts 'auto' (got {self.device_map!r}).")
 
 
-def recorded_model(model_id: str | None, engine_name: str | None, dtype: str | None = None) -> dict[str, str | None]:
+def recorded_model(model_id: str | None, engine_name: str | None, dtype: str | None = None) -> dict[str, Any]:
     """LoadOptions' `model`, `engine` and `dtype` for a model as traces and session files record it
     (the name shown, the engine's name, the dtype it ran in: a quantization name means the engine's own)."""
     return {
@@ -169,7 +172,10 @@ def load_engine(options: LoadOptions | None = None, progress: Progress = lambda 
 
 def _load_engine(options: LoadOptions, progress: Progress) -> Engine:
     device = resolve_device(options.device)
-    loaders: dict[str, Callable[[LoadOptions, str, Progress], Engine]] = {"transformers": _load_transformers, "llama": _load_llama}
+    loaders: dict[str, Callable[[LoadOptions, str, Progress], Engine]] = {
+        "transformers": _load_transformers,
+        "llama": _load_llama,
+    }
     return loaders[options.engine](options, device, progress)
 
 
@@ -259,7 +265,9 @@ def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map:
         )
     if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
         # transformers would quietly make an empty tokenizer; every prompt would become unknown tokens.
-        raise LoadError(f"--model {model_id}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}). Save one beside the weights.")
+        raise LoadError(
+            f"--model {model_id}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}). Save one beside the weights."
+        )
     placement = {"device_map": "auto"} if device_map == "auto" else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -269,7 +277,7 @@ def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map:
     except Exception as error:  # a truncated or foreign file fails in many ways deep inside the readers
         raise LoadError(f"--model {model_id}: its files cannot be read ({_first_line(error)}).") from None
     if not placement:
-        model = model.to(device)
+        model = cast(Any, model).to(device)  # transformers types .to() loosely
     return model, tokenizer
 
 
@@ -347,7 +355,7 @@ def convert_gguf(gguf: Path, target: Path):
     except Exception as error:  # a truncated or foreign file fails in many ways deep inside the readers
         raise LoadError(f"--model {gguf}: transformers cannot read this GGUF file ({_first_line(error)}).") from None
     # save_pretrained refuses a quantizer-loaded model; the weights are already plain float32.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,9 @@ the same name (tui/panels.py); adding a panel touches no other panel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from decoding.state import ProcessorReport
 from decoding.tree import Branch

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from transformers import (
@@ -41,11 +42,11 @@ def build_processors(strategy: Strategy) -> LogitsProcessorList:
 def explain(strategy: Strategy, input_ids: list[int], logits: torch.Tensor, token_ids: list[int]) -> ProcessorReport:
     """Apply the strategy's processors one at a time to one position's logits and record, for the
     candidates `token_ids`, what each did: the same calls, in the same order, as `build_processors`."""
-    ids = torch.tensor([input_ids], dtype=torch.long, device=logits.device)
+    ids = cast(torch.LongTensor, torch.tensor([input_ids], dtype=torch.long, device=logits.device))
     scores = logits.clone()[None]
     effects = []
     for name in strategy.active_processors():
-        after = _BUILDERS[name](strategy)(ids, scores.clone())
+        after = _BUILDERS[name](strategy)(ids, cast(torch.FloatTensor, scores.clone()))
         effects.append(_effect(name, scores[0], after[0], token_ids))
         scores = after
     return ProcessorReport(tuple(token_ids), tuple(effects))

@@ -6,8 +6,8 @@ encoding the text again (a tokenizer or template that changed is then reported, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from decoding.engine import Engine
 from decoding.errors import SessionError

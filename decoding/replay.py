@@ -114,7 +114,9 @@ def prompt_difference(engine: Engine, record: dict[str, Any]) -> str | None:
 def replay_path(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
     """Compare a path trace (`tokenstep trace`, or `e` in the app) step by step, from the recorded
     prompt ids (so a tokenizer that changed shows as a difference, see `prompt_difference`)."""
-    explorer.new_prompt(recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"], record.get("prompt_form", "plain")))
+    explorer.new_prompt(
+        recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"], record.get("prompt_form", "plain"))
+    )
     session = explorer.session
     checks = []
     for number, step in enumerate(record["steps"], start=1):
@@ -157,20 +159,30 @@ def replay_beam(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
         difference = max((abs(a["score"] - b["score"]) for a, b in zip(ours["beams"], theirs["beams"])), default=0.0)
         checks.append(StepCheck(number, same, difference, same, "" if same else "other beams"))
     if len(again["steps"]) != len(record["steps"]):
-        checks.append(StepCheck(len(checks) + 1, False, 0.0, False, f"{len(again['steps'])} steps here, {len(record['steps'])} in the trace"))
+        checks.append(
+            StepCheck(
+                len(checks) + 1, False, 0.0, False, f"{len(again['steps'])} steps here, {len(record['steps'])} in the trace"
+            )
+        )
     return checks
 
 
-def format_checks(checks: list[StepCheck], tolerance: float, score_name: str = "probability", prompt_note: str | None = None) -> str:
+def format_checks(
+    checks: list[StepCheck], tolerance: float, score_name: str = "probability", prompt_note: str | None = None
+) -> str:
     lines = [f"prompt: {prompt_note}"] if prompt_note else []
     lines.append(f"{'step':>4}  {'candidates':<10}  {'largest Δ ' + score_name:<24}  {'choice':<8}  note")
-    for check in checks:
+    for step in checks:
         lines.append(
-            f"{check.step:>4}  {'same' if check.same_candidates else 'DIFFER':<10}  {check.largest_difference:<24.2e}  "
-            f"{'same' if check.same_choice else 'DIFFER':<8}  {check.note}"
+            f"{step.step:>4}  {'same' if step.same_candidates else 'DIFFER':<10}  {step.largest_difference:<24.2e}  "
+            f"{'same' if step.same_choice else 'DIFFER':<8}  {step.note}"
         )
-    failing = [check.step for check in checks if not check.agrees(tolerance)]
-    verdict = f"all {len(checks)} steps agree (tolerance {tolerance:g})" if not failing else f"{len(failing)} of {len(checks)} steps differ: {failing}"
+    failing = [step.step for step in checks if not step.agrees(tolerance)]
+    verdict = (
+        f"all {len(checks)} steps agree (tolerance {tolerance:g})"
+        if not failing
+        else f"{len(failing)} of {len(checks)} steps differ: {failing}"
+    )
     if prompt_note:
         verdict += "; the prompt differs"
     return "\n".join([*lines, verdict])

@@ -38,7 +38,15 @@ class Number:
     high: float | None = None
 
 
-_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", None: "null", dict: "an object", list: "a list"}
+_NAMES = {
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    None: "null",
+    dict: "an object",
+    list: "a list",
+}
 
 
 def check(value: Any, spec: Any, where: str = "the file") -> None:

@@ -10,8 +10,9 @@ N has no rank, sampling and processors see only the N.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import cast
 
 import torch
 
@@ -38,7 +39,9 @@ class Scores:
     def top(cls, vocab_size: int, ids: Sequence[int], logprobs: Sequence[float], device: str | torch.device = "cpu") -> Scores:
         """Partial scores: the log-probabilities of `ids`, nothing known of the rest."""
         values = torch.full((vocab_size,), float("-inf"), dtype=torch.float32, device=device)
-        values[torch.tensor(list(ids), dtype=torch.long, device=device)] = torch.tensor(list(logprobs), dtype=torch.float32, device=device)
+        values[torch.tensor(list(ids), dtype=torch.long, device=device)] = torch.tensor(
+            list(logprobs), dtype=torch.float32, device=device
+        )
         return cls(values, complete=False)
 
     @property
@@ -55,7 +58,9 @@ class Scores:
 class NextToken:
     """The next token at one position under one strategy, each part computed once on first use."""
 
-    def __init__(self, scores: Scores, strategy: Strategy, choices: int, text_of: Callable[[int], str], context: Sequence[int]) -> None:
+    def __init__(
+        self, scores: Scores, strategy: Strategy, choices: int, text_of: Callable[[int], str], context: Sequence[int]
+    ) -> None:
         self.scores, self.strategy, self.choices = scores, strategy, choices
         self._text_of = text_of
         # The processors read the sequence (n-gram blocking, repetition penalty): run them now, on a
@@ -121,5 +126,5 @@ class NextToken:
 
 
 def _processed(strategy: Strategy, values: torch.Tensor, context: Sequence[int]) -> torch.Tensor:
-    input_ids = torch.tensor([list(context)], dtype=torch.long, device=values.device)
-    return build_processors(strategy)(input_ids, values.clone()[None])[0]
+    input_ids = cast(torch.LongTensor, torch.tensor([list(context)], dtype=torch.long, device=values.device))
+    return build_processors(strategy)(input_ids, cast(torch.FloatTensor, values.clone()[None]))[0]

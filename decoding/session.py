@@ -8,8 +8,8 @@ the choice. Undo crops the cache and puts that value back, so the panel is exact
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -285,7 +285,9 @@ class Session:
         if self.finished == "eos":
             raise SessionError("The generation has ended (the model chose end-of-sequence). Undo to go on.")
         if self.finished:
-            raise SessionError(f"The context limit of {self.engine.context_limit} tokens is reached. Undo, or start a shorter prompt.")
+            raise SessionError(
+                f"The context limit of {self.engine.context_limit} tokens is reached. Undo, or start a shorter prompt."
+            )
         return self._next
 
     def _choose(self, offered: NextToken) -> int:

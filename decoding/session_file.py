@@ -102,15 +102,20 @@ def _node_record(node: Node) -> dict[str, Any]:
     if node.parent is None:
         record.update(prompt=node.prompt, prompt_ids=list(node.prompt_ids), form=node.form)
     else:
+        assert node.token is not None, "every node below a root holds a token"
         # vars(), not dataclasses.asdict: asdict deep-copies, and this runs after every step
         record["token"] = {**vars(node.token), "raw": node.token.raw.hex()}
         panel = node.panel
-        record["panel"] = None if panel is None else {
-            "candidates": [vars(candidate) for candidate in panel.candidates],
-            "entropy": panel.entropy,
-            "processed_entropy": panel.processed_entropy,
-            **({} if panel.complete else {"known": panel.known, "covered": panel.covered}),
-        }
+        record["panel"] = (
+            None
+            if panel is None
+            else {
+                "candidates": [vars(candidate) for candidate in panel.candidates],
+                "entropy": panel.entropy,
+                "processed_entropy": panel.processed_entropy,
+                **({} if panel.complete else {"known": panel.known, "covered": panel.covered}),
+            }
+        )
     if node.rng is not None:
         record["rng"] = base64.b64encode(node.rng).decode("ascii")
     return record
@@ -173,7 +178,7 @@ def load(path: Path) -> SavedSession:
     except FileError as error:
         raise SessionError(f"{error} It was left as it is.") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise SessionError(f"{path} is not a tokenstep session file (no \"format\": \"{FORMAT}\"). It was left as it is.")
+        raise SessionError(f'{path} is not a tokenstep session file (no "format": "{FORMAT}"). It was left as it is.')
     if record.get("version") != VERSION:
         raise SessionError(f"{path} is a version {record.get('version')!r} session; this tokenstep reads version {VERSION}.")
     try:
@@ -223,7 +228,9 @@ def _node(item: dict[str, Any], vocab_size: int) -> Node:
             candidates = tuple(Candidate(**candidate) for candidate in item["panel"]["candidates"])
             _check_ids([c.token_id for c in candidates], vocab_size, item["id"])
             saved = item["panel"]
-            panel = Distribution(candidates, saved["entropy"], saved["processed_entropy"], saved.get("known"), saved.get("covered", 1.0))
+            panel = Distribution(
+                candidates, saved["entropy"], saved["processed_entropy"], saved.get("known"), saved.get("covered", 1.0)
+            )
     return Node(
         id=item["id"],
         parent=item["parent"],
@@ -274,9 +281,10 @@ def _check_links(tree: Tree) -> None:
     if any(root not in nodes or nodes[root].parent is not None for root in tree.roots):
         raise ValueError("a root is missing or has a parent")
     reaches_root: set[int] = set(tree.roots)
-    for node_id in nodes:
+    for start in nodes:
         walked: list[int] = []
-        while node_id not in reaches_root:
+        node_id: int | None = start
+        while node_id is not None and node_id not in reaches_root:
             if len(walked) > len(nodes):
                 raise ValueError(f"the parents of node {walked[0]} form a cycle")
             walked.append(node_id)

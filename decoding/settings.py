@@ -6,9 +6,10 @@ Pure Python (no torch), so the command line can check options before anything he
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 from decoding.errors import SettingsError
 
@@ -234,7 +235,9 @@ def _parse_strategy(spec: str, common: dict[str, Any]) -> Strategy:
     for pair in pairs:
         name, equals, value = pair.partition("=")
         if not equals or name not in known:
-            raise SettingsError(f"{spec!r}: write settings as name=value, with a name among {', '.join(sorted(known))} (got {pair!r})")
+            raise SettingsError(
+                f"{spec!r}: write settings as name=value, with a name among {', '.join(sorted(known))} (got {pair!r})"
+            )
         settings[name] = _setting_value(value)
     try:
         return Strategy(**settings)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import codecs
 import unicodedata
-from typing import Callable
+from collections.abc import Callable
 
 VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥"}
 
@@ -18,7 +18,8 @@ def undecodable_at(text: str) -> int | None:
     return next((index for index, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
 
 
-def _hex_bytes(error: UnicodeDecodeError) -> tuple[str, int]:
+def _hex_bytes(error: UnicodeError) -> tuple[str, int]:
+    assert isinstance(error, UnicodeDecodeError), "registered for decoding only"
     bad = error.object[error.start : error.end]
     return "".join(f"<0x{b:02X}>" for b in bad), error.end
 

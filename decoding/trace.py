@@ -8,8 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from decoding.prompt import Prompt
 from decoding.state import Beam, Candidate, PathToken, ProcessorReport
@@ -82,7 +83,10 @@ def beam_trace_record(search: BeamSearch) -> dict[str, Any]:
     hypothesis as generate() would return it (none yet while the search runs and none has finished)."""
     engine, snapshot = search.engine, search.snapshot()
     best = snapshot.best
-    steps = [{"beams": [_beam_record(b) for b in beams], "finished": [_beam_record(b) for b in finished]} for beams, finished in search.steps_so_far()]
+    steps = [
+        {"beams": [_beam_record(b) for b in beams], "finished": [_beam_record(b) for b in finished]}
+        for beams, finished in search.steps_so_far()
+    ]
     return {
         "model": engine.model_id,
         "engine": engine.name,
@@ -185,7 +189,11 @@ def _beam_table_cells(record: dict[str, Any]) -> tuple[list[str], list[list[str]
         numbers = (beam["logprob"], beam["score"], beam["penalised_score"])
         return [step, rank, one_line(beam["text"]), *(f"{number:.3f}" for number in numbers)]
 
-    rows = [row(str(index), str(rank), beam) for index, step in enumerate(record["steps"], 1) for rank, beam in enumerate(step["beams"])]
+    rows = [
+        row(str(index), str(rank), beam)
+        for index, step in enumerate(record["steps"], 1)
+        for rank, beam in enumerate(step["beams"])
+    ]
     final = record["steps"][-1]["finished"] if record["steps"] else []
     rows += [row("finished", "best" if rank == 0 else str(rank), beam) for rank, beam in enumerate(final)]
     return header, rows, 2

@@ -70,12 +70,18 @@ class Tree:
         self.roots.append(root.id)
         return root
 
+    @property
+    def here(self) -> int:
+        """The current node (once there is a prompt)."""
+        assert self.current is not None, "the tree has no prompt yet"
+        return self.current
+
     def advance(self, token: PathToken, panel: Distribution | None, made_by: str, rng: bytes | None) -> Node:
         """The current node's child for `token`: the branch already there (now saying how it was
         chosen this time: forced, or by the strategy in force), or a new sibling branch."""
-        child_id = self.child(self.current, token.token_id)
+        child_id = self.child(self.here, token.token_id)
         if child_id is None:
-            return self._new(self.current, token=token, panel=panel, made_by=made_by, rng=rng)
+            return self._new(self.here, token=token, panel=panel, made_by=made_by, rng=rng)
         child = self.nodes[child_id]
         child.token, child.panel, child.made_by, child.rng = token, panel, made_by, rng
         child.revision += 1
@@ -84,7 +90,7 @@ class Tree:
 
     def enter(self, token_id: int) -> None:
         """Move into the current node's existing child for `token_id` (walking a recorded path again)."""
-        child_id = self.child(self.current, token_id)
+        child_id = self.child(self.here, token_id)
         if child_id is None:
             raise ValueError(f"node {self.current} has no child for token {token_id}")
         self.current = child_id
@@ -94,14 +100,13 @@ class Tree:
         return next((c for c in self.nodes[node_id].children if self.nodes[c].token_id == token_id), None)
 
     def up(self) -> None:
-        self.current = self.nodes[self.current].parent
+        self.current = self.nodes[self.here].parent
 
     def path(self, node_id: int) -> list[Node]:
         """Root first, `node_id` last."""
-        nodes = []
-        while node_id is not None:
-            nodes.append(self.nodes[node_id])
-            node_id = nodes[-1].parent
+        nodes = [self.nodes[node_id]]
+        while (parent := nodes[-1].parent) is not None:
+            nodes.append(self.nodes[parent])
         return nodes[::-1]
 
     def siblings(self, node_id: int) -> list[int]:
@@ -151,12 +156,17 @@ class Tree:
         run = [start]
         while len(self.nodes[run[-1]].children) == 1:
             run.append(self.nodes[run[-1]].children[0])
-        tokens = [self.nodes[node_id].token for node_id in run]
+        tokens = [token for node_id in run if (token := self.nodes[node_id].token) is not None]
         logprob = logprob_above + sum(token.logprob for token in tokens)
         rows.append(
             Branch(
-                tuple(run), level, one_line(_run_text(tokens)), logprob, self.nodes[start].made_by,
-                any(node_id in on_path for node_id in run), self.current in run,
+                tuple(run),
+                level,
+                one_line(_run_text(tokens)),
+                logprob,
+                self.nodes[start].made_by,
+                any(node_id in on_path for node_id in run),
+                self.current in run,
             )
         )
         for child in self.nodes[run[-1]].children:

@@ -3,7 +3,7 @@ work ahead, no second cache, no beams), or only the top N scores (as an inferenc
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -4,7 +4,6 @@ import itertools
 import json
 import threading
 
-
 from decoding.loading import LoadOptions
 from decoding.settings import Strategy
 from tui.app import TokenstepApp
@@ -346,8 +345,19 @@ async def test_command_palette_offers_the_actions(tiny_model_dir):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         titles = [action.label for action in palette_actions()]
-        for wanted in ("Step", "Undo", "Settings", "Set candidates shown (k)", "Switch to sampling", "Whitespace", "Export",
-                       "Tree", "Processors", "Compare", "Load another model"):
+        for wanted in (
+            "Step",
+            "Undo",
+            "Settings",
+            "Set candidates shown (k)",
+            "Switch to sampling",
+            "Whitespace",
+            "Export",
+            "Tree",
+            "Processors",
+            "Compare",
+            "Load another model",
+        ):
             assert wanted in titles
         await pilot.press("ctrl+p")
         await pilot.pause()
@@ -378,6 +388,8 @@ async def test_clicking_a_row_force_picks_it(tiny_model_dir):
         await settle(pilot)
         third = panel_ids(app)[2]
         panel = app.query_one(CandidatePanel)
-        await pilot.click(CandidatePanel, offset=(panel.content_region.x - panel.region.x + 3, panel.content_region.y - panel.region.y + 1 + 2))
+        await pilot.click(
+            CandidatePanel, offset=(panel.content_region.x - panel.region.x + 3, panel.content_region.y - panel.region.y + 1 + 2)
+        )
         await settle(pilot)
         assert app.snapshot.path[-1].token_id == third

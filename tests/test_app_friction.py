@@ -26,7 +26,9 @@ async def test_a_long_candidate_list_scrolls_with_the_highlight(tiny_model_dir):
         panel = app.query_one(CandidatePanel)
         scroller = panel.parent
         row_y = panel.virtual_region.y + 1 + panel.cursor_row
-        assert panel.cursor_row == 30 and scroller.scroll_y <= row_y < scroller.scroll_y + scroller.scrollable_content_region.height
+        assert (
+            panel.cursor_row == 30 and scroller.scroll_y <= row_y < scroller.scroll_y + scroller.scrollable_content_region.height
+        )
         wanted = panel_ids(app)[30]
         await pilot.press("enter")
         await settle(pilot)

@@ -142,7 +142,25 @@ def test_an_engine_without_beam_search_says_so(tiny_engine):
 def test_the_beam_trace_json_reports_generates_winner_and_score(embedded_engine, capsys):
     from tui.cli import main
 
-    assert main(["trace", "Transformers are the", "--strategy", "beam", "--num-beams", "2", "--steps", "6", "--length-penalty", "1.5", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "trace",
+                "Transformers are the",
+                "--strategy",
+                "beam",
+                "--num-beams",
+                "2",
+                "--steps",
+                "6",
+                "--length-penalty",
+                "1.5",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     record = __import__("json").loads(capsys.readouterr().out)
     strategy = Strategy(kind="beam", num_beams=2, length_penalty=1.5)
     expected = generate_beam(embedded_engine, record["prompt_ids"], strategy, 6)
@@ -150,7 +168,9 @@ def test_the_beam_trace_json_reports_generates_winner_and_score(embedded_engine,
     assert record["sequence_score"] == pytest.approx(float(expected.sequences_scores[0]), abs=1e-5)
     assert record["generated_text"] == embedded_engine.decode(record["generated_ids"])
     raw = torch.log_softmax(expected_logits(embedded_engine, record["prompt_ids"], record["generated_ids"]), dim=-1)
-    assert record["sequence_logprob"] == pytest.approx(sum(float(raw[i, t]) for i, t in enumerate(record["generated_ids"])), abs=1e-3)
+    assert record["sequence_logprob"] == pytest.approx(
+        sum(float(raw[i, t]) for i, t in enumerate(record["generated_ids"])), abs=1e-3
+    )
 
 
 def expected_logits(engine, prompt_ids, generated):

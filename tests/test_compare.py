@@ -49,7 +49,14 @@ def test_a_comparison_can_be_cancelled_and_reports_progress(tiny_engine):
     seen = []
     calls = iter(range(1000))
     with pytest.raises(Cancelled):
-        compare(tiny_engine, [1, 2], parse_strategies("greedy,sample"), 5, should_stop=lambda: next(calls) >= 7, progress=lambda d, t: seen.append((d, t)))
+        compare(
+            tiny_engine,
+            [1, 2],
+            parse_strategies("greedy,sample"),
+            5,
+            should_stop=lambda: next(calls) >= 7,
+            progress=lambda d, t: seen.append((d, t)),
+        )
     assert seen == [(0, 2), (1, 2)]
 
 

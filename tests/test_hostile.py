@@ -32,12 +32,21 @@ HOSTILE = "a\x1b]0;TITLE\x07 b\x1b[2J c\x9b31m d\u202e e"
 def assert_terminal_safe(output: str) -> None:
     leftover = TERMINAL_OWN.sub("", output).replace("\n", "")
     found = FORBIDDEN.search(leftover)
-    assert found is None, f"a raw control character reached the terminal: {leftover[max(0, found.start() - 20) : found.end() + 20]!r}"
+    assert found is None, (
+        f"a raw control character reached the terminal: {leftover[max(0, found.start() - 20) : found.end() + 20]!r}"
+    )
 
 
 def screen_bytes(app) -> str:
     """What the terminal would be sent for the whole screen (as Textual paints it)."""
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), force_terminal=True, color_system="truecolor", legacy_windows=False)
+    console = Console(
+        width=app.size.width,
+        height=app.size.height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system="truecolor",
+        legacy_windows=False,
+    )
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.file.getvalue()
 
@@ -173,18 +182,54 @@ def test_a_bad_option_is_refused_before_torch_is_imported():
 
 
 def test_an_invalid_utf8_prompt_from_the_shell_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "tui.cli", "trace", b"caf\xc3".decode("utf-8", "surrogateescape")], capture_output=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "trace", b"caf\xc3".decode("utf-8", "surrogateescape")], capture_output=True, timeout=60
+    )
     assert result.returncode == 2 and result.stderr.count(b"\n") == 1 and b"not valid UTF-8" in result.stderr
 
 
-OPTION_VALUES = ["", "0", "1", "2", "-1", "0.5", "1e-40", "1e308", "nan", "inf", "-inf", "18446744073709551616", "abc", "\x1b[2J", "1,9"]
-OPTIONS = ["--steps", "--choices", "--temperature", "--top-k", "--top-p", "--seed", "--repetition-penalty", "--no-repeat-ngram-size",
-           "--num-beams", "--length-penalty", "--strategy", "--format", "--picks", "--early-stopping", "--device", "--dtype"]
+OPTION_VALUES = [
+    "",
+    "0",
+    "1",
+    "2",
+    "-1",
+    "0.5",
+    "1e-40",
+    "1e308",
+    "nan",
+    "inf",
+    "-inf",
+    "18446744073709551616",
+    "abc",
+    "\x1b[2J",
+    "1,9",
+]
+OPTIONS = [
+    "--steps",
+    "--choices",
+    "--temperature",
+    "--top-k",
+    "--top-p",
+    "--seed",
+    "--repetition-penalty",
+    "--no-repeat-ngram-size",
+    "--num-beams",
+    "--length-penalty",
+    "--strategy",
+    "--format",
+    "--picks",
+    "--early-stopping",
+    "--device",
+    "--dtype",
+]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from(OPTIONS), st.sampled_from(OPTION_VALUES + ["sample", "beam", "json", "cpu"])), max_size=4),
-       st.text(max_size=12))
+@given(
+    st.lists(st.tuples(st.sampled_from(OPTIONS), st.sampled_from(OPTION_VALUES + ["sample", "beam", "json", "cpu"])), max_size=4),
+    st.text(max_size=12),
+)
 def test_any_trace_command_line_gives_a_result_or_one_line(cached_engine, options, prompt):
     args = ["trace", prompt, "--steps", "2", "--device", "cpu"] + [part for option in options for part in option]
     code, out, err = run_cli(*args)
@@ -198,7 +243,11 @@ def test_any_trace_command_line_gives_a_result_or_one_line(cached_engine, option
 # --- mutated files: a result or one line, never a traceback, never a changed file ----------------
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
@@ -273,8 +322,8 @@ def session_record(tiny_engine, tmp_path_factory):
 def test_reopening_a_mutated_session_file_opens_it_or_refuses_it_and_leaves_it_alone(session_record, tiny_engine, tmp_path, data):
     from decoding import session_file
     from decoding.errors import SessionError
-    from decoding.session import Session
     from decoding.keeper import SessionKeeper
+    from decoding.session import Session
 
     path = tmp_path / "s.json"
     written = write(path, mutated(session_record, data))
@@ -363,15 +412,21 @@ def test_a_bert_folder_is_refused_before_loading(tmp_path):
     from decoding.errors import LoadError
     from decoding.loading import LoadOptions, load_engine
 
-    BertForMaskedLM(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, vocab_size=50)).save_pretrained(tmp_path)
+    BertForMaskedLM(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, vocab_size=50)
+    ).save_pretrained(tmp_path)
     with pytest.raises(LoadError, match="'bert' model, which is not a causal"):
         load_engine(LoadOptions(model=str(tmp_path), device="cpu"))
 
 
 def test_replay_refuses_a_trace_with_no_steps_or_of_the_wrong_shape(cached_engine, tmp_path, trace_record):
     path = tmp_path / "t.json"
-    for record, message in [({**trace_record, "steps": []}, "holds no steps"), (5, "not an object"), (None, "not an object"),
-                            ({**trace_record, "steps": "x"}, "trace.steps: expected a list")]:
+    for record, message in [
+        ({**trace_record, "steps": []}, "holds no steps"),
+        (5, "not an object"),
+        (None, "not an object"),
+        ({**trace_record, "steps": "x"}, "trace.steps: expected a list"),
+    ]:
         write(path, record)
         code, _, err = run_cli("replay", str(path))
         assert_one_line(code, err)

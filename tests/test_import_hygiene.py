@@ -21,6 +21,9 @@ def test_core_never_imports_textual():
     assert not {name for name in loaded if name.split(".")[0] in ("textual", "tui")}
 
 
-@pytest.mark.parametrize("module", ["decoding.settings", "decoding.errors", "decoding.tokens", "decoding.loading", "decoding.state", "tui.cli", "tui.app"])
+@pytest.mark.parametrize(
+    "module",
+    ["decoding.settings", "decoding.errors", "decoding.tokens", "decoding.loading", "decoding.state", "tui.cli", "tui.app"],
+)
 def test_modules_needed_before_the_first_paint_do_not_import_torch(module):
     assert "torch" not in modules_after_import(module)

@@ -19,7 +19,9 @@ def replay(capsys, path, *args):
 
 
 def test_a_trace_replayed_on_its_model_agrees_at_every_step(capsys, tiny_model_dir, tmp_path):
-    path = saved_trace(capsys, tiny_model_dir, tmp_path, "--strategy", "sample", "--top-k", "5", "--seed", "4", "--steps", "5", "--picks", "0,2")
+    path = saved_trace(
+        capsys, tiny_model_dir, tmp_path, "--strategy", "sample", "--top-k", "5", "--seed", "4", "--steps", "5", "--picks", "0,2"
+    )
     record = json.loads(path.read_text())
     record["model"] = str(tiny_model_dir)
     path.write_text(json.dumps(record))

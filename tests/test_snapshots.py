@@ -5,9 +5,9 @@ Update them after an intended change with `make test PYTEST_ARGS="--snapshot-upd
 
 from textual.widgets import Input
 
+from decoding.loading import LoadOptions
 from tests.test_app import SIZE, make_app, settle
 from tui.app import TokenstepApp
-from decoding.loading import LoadOptions
 
 
 async def still(pilot):

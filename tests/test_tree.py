@@ -109,7 +109,10 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tiny_session, tmp_path, 
     [
         ('{"format": "tokenstep-session", "version": 1, "tree": {', "not a tokenstep session: not valid JSON"),
         ('{"name": "something else"}', "not a tokenstep session file"),
-        ('{"format": "tokenstep-session", "version": 1, "model": {}, "strategy": {}, "choices": 5, "tree": {"roots": [0], "current": 3, "nodes": []}}', "damaged"),
+        (
+            '{"format": "tokenstep-session", "version": 1, "model": {}, "strategy": {}, "choices": 5, "tree": {"roots": [0], "current": 3, "nodes": []}}',
+            "damaged",
+        ),
         ("\xff\xfe garbage", "not UTF-8 text, so it cannot be a tokenstep session"),
     ],
 )

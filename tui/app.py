@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import queue
 import sys
-import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -61,7 +61,7 @@ class TokenstepApp(App[int]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute, so subclasses elsewhere find it
     AUTO_FOCUS = None  # keys step at once; tab (or a click) goes to the prompt
     TITLE = "tokenstep"
-    BINDINGS = bindings()
+    BINDINGS = bindings()  # type: ignore[assignment]  # a list of Binding is what App expects, typed invariantly
     COMMANDS = App.COMMANDS | {ActionCommands}
 
     def __init__(
@@ -119,7 +119,9 @@ class TokenstepApp(App[int]):
     # --- set-up -----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        prompt = Input(self._shown_prompt(self.initial_prompt), placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
+        prompt = Input(
+            self._shown_prompt(self.initial_prompt), placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False
+        )
         prompt.border_title = "prompt · tab to edit, enter to run"
         yield prompt
         with Vertical(id="loading"):
@@ -357,13 +359,21 @@ class TokenstepApp(App[int]):
     visible_whitespace = False  # show spaces, tabs and newlines in the running text as ␣ ⇥ ↵
 
     def notify(
-        self, message: str, *, title: str = "", severity: SeverityLevel = "information", timeout: float | None = None, markup: bool = True
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
     ) -> None:
         """Every notification passes here: control characters and escape sequences (from a model, a
         file or a prompt) are shown as visible escapes, never sent to the terminal."""
         super().notify(escape_controls(message), title=escape_controls(title), severity=severity, timeout=timeout, markup=markup)
 
-    def deliver_screenshot(self, filename: str | None = None, path: str | None = None, time_format: str | None = None) -> str | None:
+    def deliver_screenshot(
+        self, filename: str | None = None, path: str | None = None, time_format: str | None = None
+    ) -> str | None:
         """The palette's Screenshot saves where exports go (Textual's default, ~/Downloads, is often
         missing over SSH)."""
         return super().deliver_screenshot(filename, path or str(self.export_dir), time_format)

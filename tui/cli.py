@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn
 
 from decoding.errors import TokenstepError
 from decoding.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, recorded_model
@@ -27,7 +28,7 @@ class UsageError(TokenstepError):
 class Parser(argparse.ArgumentParser):
     """argparse, but a mistake is one line (the usage block would bury it), raised rather than exited."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
@@ -153,9 +154,7 @@ def strategy_from(args: argparse.Namespace) -> Strategy:
 
 
 def load_options_from(args: argparse.Namespace) -> LoadOptions:
-    return LoadOptions(
-        model=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, engine=args.engine
-    )
+    return LoadOptions(model=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, engine=args.engine)
 
 
 def checked_prompt(prompt: str) -> str:
@@ -174,7 +173,9 @@ def parse_picks(text: str, choices: int) -> list[int]:
         raise TokenstepError(f"--picks takes ranks separated by commas, such as 0,2,1 (got {text!r}).") from None
     for rank in picks:
         if not 0 <= rank < choices:
-            raise TokenstepError(f"--picks rank {rank} is outside the {choices} choices shown (0 to {choices - 1}); raise --choices.")
+            raise TokenstepError(
+                f"--picks rank {rank} is outside the {choices} choices shown (0 to {choices - 1}); raise --choices."
+            )
     return picks
 
 
@@ -210,7 +211,9 @@ def build_replay_parser() -> argparse.ArgumentParser:
         "and report step by step whether the same candidates and choices come out.",
     )
     replay.add_argument("trace", type=Path)
-    replay.add_argument("--tolerance", type=float, default=1e-4, help="largest probability difference that counts as the same (default 1e-4)")
+    replay.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest probability difference that counts as the same (default 1e-4)"
+    )
     group = replay.add_argument_group("model (default: the trace's own)")
     group.add_argument("--model", help="another Hub id, folder or .gguf file")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -220,7 +223,15 @@ def build_replay_parser() -> argparse.ArgumentParser:
 
 def run_replay_command(argv: Sequence[str]) -> int:
     from decoding.files import read_json_file
-    from decoding.replay import checked_trace, format_checks, load_options, prompt_difference, replay_beam, replay_path, strategy_of
+    from decoding.replay import (
+        checked_trace,
+        format_checks,
+        load_options,
+        prompt_difference,
+        replay_beam,
+        replay_path,
+        strategy_of,
+    )
 
     args = build_replay_parser().parse_args(argv)
     if not 0 <= args.tolerance < float("inf"):  # NaN would compare as "same" at every step

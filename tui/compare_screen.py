@@ -55,7 +55,10 @@ class CompareScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="compare-dialog"):
-            yield Label(f"Strategies side by side: each writes {self.new_tokens} tokens from the current text (same seed)", id="compare-title")
+            yield Label(
+                f"Strategies side by side: each writes {self.new_tokens} tokens from the current text (same seed)",
+                id="compare-title",
+            )
             yield Label("waiting for the model…", id="compare-progress")
             yield ProgressBar(show_eta=False, id="compare-bar")
             yield Static(id="compare-table")

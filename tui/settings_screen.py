@@ -51,7 +51,9 @@ class SettingsScreen(ModalScreen[Settings | None]):
             yield Label("Strategy settings  (enter applies, escape cancels)", id="settings-title")
             with Grid(id="settings-grid"):
                 yield Label("strategy")
-                yield Select([(kind, kind) for kind in STRATEGY_KINDS], value=values["kind"], allow_blank=False, id="kind", compact=True)
+                yield Select(
+                    [(kind, kind) for kind in STRATEGY_KINDS], value=values["kind"], allow_blank=False, id="kind", compact=True
+                )
                 yield Label("", classes="error", id="kind-error")
                 for name, label, _ in FIELDS:
                     yield Label(label)
@@ -59,7 +61,13 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     yield Label("", classes="error", id=f"{name}-error")
                     if name == "length_penalty":
                         yield Label("early stopping (beam search)")
-                        yield Select(EARLY_STOPPING_CHOICES, value=str(values["early_stopping"]).lower(), allow_blank=False, id="early_stopping", compact=True)
+                        yield Select(
+                            EARLY_STOPPING_CHOICES,
+                            value=str(values["early_stopping"]).lower(),
+                            allow_blank=False,
+                            id="early_stopping",
+                            compact=True,
+                        )
                         yield Label("", classes="error", id="early_stopping-error")
             yield Button("Apply", variant="primary", id="apply")
 
@@ -77,7 +85,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         current = {**self.current.strategy.as_dict(), "choices": self.current.choices}
         values = {
             "kind": self.query_one("#kind", Select).value,
-            "early_stopping": EARLY_STOPPING_VALUES[self.query_one("#early_stopping", Select).value],
+            "early_stopping": EARLY_STOPPING_VALUES[str(self.query_one("#early_stopping", Select).value)],
             "suppress_tokens": current["suppress_tokens"],
         }
         problems: dict[str, str] = {}

@@ -40,7 +40,9 @@ def beam_table(snapshot: BeamSnapshot, highlighted: int, width: int = 80, highli
     if not snapshot.beams:
         lines.append(Text("  (no live beams)", style="dim"))
     lines.append(Text(f"\nfinished hypotheses ({len(snapshot.finished)}), best penalised score first", style="bold"))
-    lines += [_row("✓" if rank == 0 else "", beam, width, "green" if rank == 0 else "") for rank, beam in enumerate(snapshot.finished)]
+    lines += [
+        _row("✓" if rank == 0 else "", beam, width, "green" if rank == 0 else "") for rank, beam in enumerate(snapshot.finished)
+    ]
     if snapshot.ended:
         lines.append(Text(f"\nended: {snapshot.ended}", style="bold"))
     return Text("\n").join(lines)

@@ -12,6 +12,7 @@ from rich.text import Text
 from textual import events
 from textual.geometry import Region
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import Static
 
 from decoding.state import Candidate, Distribution
@@ -64,7 +65,7 @@ class CandidatePanel(Static):
     def _keep_cursor_in_view(self) -> None:
         """The panel sits in a scrolling container (the side column); scroll it to the highlighted row."""
         row = Region(0, self.virtual_region.y + HEADER_LINES + self.cursor_row, 1, 1)
-        if self.parent is not None and self.parent.allow_vertical_scroll:
+        if isinstance(self.parent, Widget) and self.parent.allow_vertical_scroll:
             self.parent.scroll_to_region(row, animate=False, immediate=True)
 
     def on_click(self, event: events.Click) -> None:
@@ -74,11 +75,16 @@ class CandidatePanel(Static):
             self.post_message(self.RowSelected(row))
 
     def _table(self) -> Text:
-        reshaped = self.shown.processed_entropy is not None
-        rows = [_cells(candidate, reshaped) for candidate in self.shown.candidates]
+        shown = self.shown
+        assert shown is not None
+        reshaped = shown.processed_entropy is not None
+        rows = [_cells(candidate, reshaped) for candidate in shown.candidates]
         header = [Text(title, style="bold") for title in _headers(reshaped)]
         # Fixed column widths: the panel keeps its width from step to step, so the text beside it never reflows.
-        widths = [max([width, *(cell.cell_len for cell in column)]) for width, column in zip(_widths(reshaped, len(rows)), zip(header, *rows))]
+        widths = [
+            max([width, *(cell.cell_len for cell in column)])
+            for width, column in zip(_widths(reshaped, len(rows)), zip(header, *rows))
+        ]
         lines = [_line(header, widths)]
         highlight = self.get_component_rich_style("candidate-panel--highlight")
         for index, row in enumerate(rows):
@@ -86,10 +92,14 @@ class CandidatePanel(Static):
             if index == self.cursor_row:
                 line.stylize(highlight)
             lines.append(line)
-        if not self.shown.complete:
-            lines.append(Text(f"the engine returned its top {self.shown.known}: {100 * self.shown.covered:.1f}% of the probability", style="dim"))
+        if not shown.complete:
+            lines.append(
+                Text(
+                    f"the engine returned its top {shown.known}: {100 * shown.covered:.1f}% of the probability",
+                    style="dim",
+                )
+            )
         return Text("\n").join(lines)
-
 
     def _empty(self) -> Text:
         """The note, in a panel as wide as the candidates were (the text beside it keeps its width)."""
@@ -128,7 +138,7 @@ def _cells(candidate: Candidate, reshaped: bool) -> list[Text]:
         Text(bar(candidate.prob), style=style or "cyan"),
     ]
     if reshaped:
-        after = "removed" if candidate.removed else f"{100 * candidate.processed_prob:.2f}%"
+        after = "removed" if candidate.removed else f"{100 * (candidate.processed_prob or 0.0):.2f}%"
         cells += [Text(after, style=style), Text(bar(candidate.processed_prob or 0), style=style or "magenta")]
     cells.append(Text(f"{candidate.logprob:.3f}", style=style or "dim"))
     return cells

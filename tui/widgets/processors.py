@@ -7,8 +7,6 @@ score it changed otherwise (a repetition penalty) is marked ↓ or ↑.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 from typing import TYPE_CHECKING
 
 from rich.text import Text

@@ -26,7 +26,11 @@ class StatusLine(Static):
         self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {snapshot.strategy.describe()}"))
 
     def show_beam(self, beam: BeamSnapshot, timing: Timing, model: str) -> None:
-        parts = [f"beam step {beam.steps} of at most {beam.max_new_tokens}", f"{len(beam.beams)} live", f"{len(beam.finished)} finished"]
+        parts = [
+            f"beam step {beam.steps} of at most {beam.max_new_tokens}",
+            f"{len(beam.beams)} live",
+            f"{len(beam.finished)} finished",
+        ]
         if beam.best is not None:
             parts.append(f"best finished {beam.best.penalised:.3f}")
         if beam.ended:

@@ -30,7 +30,8 @@ def running_text(snapshot: Snapshot, visible_whitespace: bool = False) -> Text:
     one tint share one span: the text is painted again several times a second while playing, and
     its cost grows with the number of spans."""
     text = Text(_shown(snapshot.prompt, visible_whitespace))
-    run_style, run = None, []
+    run_style: str | None = None
+    run: list[str] = []
     for token, piece in zip(snapshot.path, snapshot.pieces):
         style = f"{tint(token.prob)} {FORCED_STYLE}" if token.forced else tint(token.prob)
         if style != run_style and run:

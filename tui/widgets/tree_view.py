@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from decoding.explorer import View
 
 
-
 class TreePanel(Static, can_focus=True):
     COMPONENT_CLASSES = {"tree-panel--highlight"}
     BINDINGS = [
@@ -95,7 +94,10 @@ class TreePanel(Static, can_focus=True):
         if self.doomed is not None and self.doomed < len(self.rows):
             below = self._rows_below(self.doomed)
             lines.append(
-                Text(f"x again deletes the highlighted branch{f' and the {below} below it' if below else ''}; any other key keeps it", style="bold yellow")
+                Text(
+                    f"x again deletes the highlighted branch{f' and the {below} below it' if below else ''}; any other key keeps it",
+                    style="bold yellow",
+                )
             )
         highlight = self.get_component_rich_style("tree-panel--highlight")
         for index, row in enumerate(self.rows):
