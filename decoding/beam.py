@@ -71,7 +71,7 @@ class BeamSearch:
         self.engine, self.strategy, self.choices = engine, strategy, choices
         self.prefix_ids = list(prefix_ids)
         self.prefix_text = engine.decode(self.prefix_ids)
-        self._token_text = TokenTexts(engine.token_bytes)
+        self._token_text = TokenTexts.of(engine)
         self.max_new_tokens = min(max_new_tokens, room)
         self._processors = build_processors(strategy)
         self._beams = strategy.num_beams

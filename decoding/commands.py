@@ -137,6 +137,44 @@ class NewPrompt(Command):
 
 
 @dataclass(frozen=True)
+class Say(Command):
+    """The person's next chat message (a new conversation, after `system`, if none is under way)."""
+
+    name: ClassVar[str] = "message"
+    text: str
+    system: str | None = None
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.say(self.text, self.system)
+
+
+@dataclass(frozen=True)
+class NewChat(Command):
+    """A new conversation from its first message (after `system`)."""
+
+    name: ClassVar[str] = "new conversation"
+    text: str
+    system: str | None = None
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        from decoding.chat import conversation
+        from decoding.state import Message
+
+        explorer.new_chat(conversation([Message("user", self.text)], self.system))
+
+
+@dataclass(frozen=True)
+class ForceText(Command):
+    """Force the tokens of some text, one by one (a reply's start, say)."""
+
+    name: ClassVar[str] = "force text"
+    text: str
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.force_text(self.text)
+
+
+@dataclass(frozen=True)
 class ApplySettings(Command):
     name: ClassVar[str] = "settings"
     strategy: Strategy

@@ -7,11 +7,11 @@ the same computed distribution.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from decoding.state import Candidate, Distribution
+from decoding.tokens import TokenTexts
 
 
 def top_ids(logits: torch.Tensor, k: int) -> list[int]:
@@ -49,7 +49,7 @@ def summarize(
     logprobs: torch.Tensor,
     processed_scores: torch.Tensor | None,
     k: int,
-    text_of: Callable[[int], str],
+    texts: TokenTexts,
     known: int | None = None,
 ) -> Distribution:
     """Top-k candidates of the raw scores `values` (`logprobs` their log-probabilities), with the
@@ -65,7 +65,17 @@ def summarize(
         removed = (processed_scores[ids] == float("-inf")).tolist()
         processed_entropy = entropy(processed_logprobs)
     candidates = tuple(
-        Candidate(token_id, text_of(token_id), math.exp(logprob), logprob, rank, processed_prob, was_removed)
+        Candidate(
+            token_id,
+            texts(token_id),
+            math.exp(logprob),
+            logprob,
+            rank,
+            processed_prob,
+            was_removed,
+            token_id in texts.special_ids,
+            token_id in texts.end_ids,
+        )
         for rank, (token_id, logprob, processed_prob, was_removed) in enumerate(zip(ids, raw, after, removed))
     )
     if known is None:

@@ -23,11 +23,18 @@ class Engine(Protocol):
     dtype: str
     vocab_size: int  # width of the scores vector
     context_limit: int  # most tokens the model can attend to
-    eos_token_ids: frozenset[int]
+    eos_token_ids: frozenset[int]  # where generate() stops
+    end_of_turn_ids: frozenset[int]  # also end a chat reply (<|im_end|>, <|eot_id|>, <|endoftext|>...)
+    special_ids: frozenset[int]  # control tokens: shown by name, never read from typed text
     weights_digest: str  # tells two checkpoints (or dtypes) apart: their numbers differ
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt, as `generate()` would be given them."""
+        ...
+
+    def encode_piece(self, text: str) -> list[int]:
+        """Token ids of text in the middle of a sequence (forced text, a reply's start): no BOS, and
+        control tokens typed in it read as the characters they are."""
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -91,6 +98,24 @@ class RunsSideBySide(Protocol):
     """Can run several sequences side by side (beam search)."""
 
     def side_by_side(self) -> Runner: ...
+
+
+@runtime_checkable
+class RendersChats(Protocol):
+    """Has a chat template (the model's own) to render a conversation into the text it was trained on."""
+
+    def chat_template(self) -> str | None:
+        """The template, or None when the model has none."""
+        ...
+
+    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> tuple[str, list[int]]:
+        """The conversation as the template renders it, and its token ids (control tokens a person typed
+        in a message stay text)."""
+        ...
+
+    def encode_rendered(self, text: str) -> list[int]:
+        """Token ids of template text (its control tokens read as control tokens, no BOS added)."""
+        ...
 
 
 @runtime_checkable

@@ -10,21 +10,22 @@ same objects without a view.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from decoding.beam import BeamSearch
+from decoding.chat import conversation, next_turn
 from decoding.compare import COMPARE_NEW_TOKENS
 from decoding.engine import Engine, Forks
 from decoding.errors import SessionError, TokenstepError
 from decoding.files import write_atomically
 from decoding.keeper import SessionKeeper
-from decoding.prompt import Prompt
+from decoding.prompt import Prompt, chat_prompt, checked_text
 from decoding.session import Session
 from decoding.settings import Strategy
-from decoding.state import BeamSnapshot, Snapshot
+from decoding.state import BeamSnapshot, Message, Snapshot
 from decoding.tokens import one_line
 
 
@@ -57,7 +58,7 @@ class Explorer:
     def engine(self) -> Engine:
         return self.session.engine
 
-    def open(self, prompt: str) -> None:
+    def open(self, prompt: str | Prompt | None) -> None:
         """Reopen the saved tree (or start at `prompt`), then keep the session file from now on.
         A prompt the model cannot take is refused (SessionError) and the exploration stays open."""
         try:
@@ -134,6 +135,36 @@ class Explorer:
         """Start again from `prompt` (text: a plain prompt); refused if the model cannot take it."""
         self.session.reset(prompt)
         self._restart_beam()
+
+    def new_chat(self, messages: Sequence[Message]) -> None:
+        """Start a conversation: `messages`, rendered by the model's own chat template, then the
+        assistant's reply to step through."""
+        self.new_prompt(chat_prompt(self.engine, messages))
+
+    def say(self, content: str, system: str | None = None) -> None:
+        """The person's next message. In a chat it continues the conversation on the same cache (the
+        reply so far becomes the assistant's message); otherwise it starts one (after `system`)."""
+        message = Message("user", content)
+        session = self.session
+        if session.prompt.form != "chat":
+            return self.new_chat(conversation([message], system))
+        if session.finished == "context limit":
+            raise SessionError("The context is full: undo, or start a new conversation.")
+        turn = next_turn(self.engine, session.conversation(), session.ids, session.text, message)
+        session.add_turn(turn)
+        self._restart_beam()
+
+    def force_text(self, text: str) -> None:
+        """Force the tokens of `text` one by one (a reply's start, say): each is shown as forced, with
+        what the model would have chosen instead."""
+        if self.beam is not None:
+            raise SessionError("Text is forced onto a single path: switch from beam search to greedy or sampling first.")
+        checked_text(text, "The text")
+        ids = self.engine.encode_piece(text)
+        if not ids:
+            raise SessionError("The text gives no tokens: type something to force.")
+        for token_id in ids:
+            self.session.force(token_id)
 
     def apply_settings(self, strategy: Strategy, choices: int) -> None:
         """New settings; beam search (re)starts from the path as it stands. Refused as a whole if the

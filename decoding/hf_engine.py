@@ -15,6 +15,11 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from decoding.scores import Scores
 
 BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte-fallback tokens
+# Control tokens that end a turn, as llama.cpp recognises them (its end-of-generation set): a chat
+# reply ends at any of them, as well as at the ids generate() stops at.
+END_OF_TURN_TEXTS = frozenset(
+    {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "<|eom_id|>", "<|return|>"}
+)
 
 
 class TransformersEngine:
@@ -31,6 +36,8 @@ class TransformersEngine:
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.context_limit = _context_limit(model.config)
         self.eos_token_ids = _eos_ids(model, tokenizer)
+        self.special_ids = _special_ids(tokenizer)
+        self.end_of_turn_ids = frozenset(i for i in self.special_ids if tokenizer.convert_ids_to_tokens(i) in END_OF_TURN_TEXTS)
         self._byte_decoder = _byte_decoder(tokenizer)
         self._cache = DynamicCache(config=model.config)
         self.weights_digest = _weights_digest(model)
@@ -38,8 +45,26 @@ class TransformersEngine:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
 
+    def encode_piece(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids)))
+
+    def chat_template(self) -> str | None:
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) and template else None
+
+    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> tuple[str, list[int]]:
+        conversation = [dict(message) for message in messages]
+        text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt, tokenize=False)
+        encoded = self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=add_generation_prompt, sanitize_control_tokens=True, return_dict=True
+        )
+        return str(text), list(encoded["input_ids"])
+
+    def encode_rendered(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def token_bytes(self, token_id: int) -> bytes:
         piece = self.tokenizer.convert_ids_to_tokens(token_id)
@@ -151,6 +176,12 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
         elif source:
             found.update(source)
     return frozenset(found)
+
+
+def _special_ids(tokenizer) -> frozenset[int]:
+    """Control tokens: the tokenizer's special tokens and the added tokens marked special."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return frozenset(tokenizer.all_special_ids) | frozenset(i for i, token in added.items() if getattr(token, "special", False))
 
 
 def _byte_decoder(tokenizer) -> dict[str, int] | None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from decoding.errors import TokenstepError
 
 if TYPE_CHECKING:  # torch-free, but only needed once the model is loaded
+    from decoding.prompt import Prompt
     from decoding.session import Session
     from decoding.session_file import SavedSession, SessionWriter
     from decoding.tree import Branch
@@ -26,14 +27,14 @@ class SessionKeeper:
         self.foreign: tuple[tuple[Branch, ...], str] = ((), "")  # another model's tree, shown read-only
         self._writer: SessionWriter | None = None
 
-    def open(self, session: Session, prompt: str) -> None:
+    def open(self, session: Session, prompt: str | Prompt | None) -> None:
         """Reopen the saved tree on the same model, or start at `prompt`; another model's tree is only
         shown, and a tree that cannot be reopened is left as it is: both go on in a new file."""
         from decoding import session_file
 
         saved, self.saved = self.saved, None
         if saved is None:
-            return session.reset(prompt)
+            return _start(session, prompt)
         if not session_file.same_model(saved.model, session.engine):
             model = _described(saved.model)
             self.foreign = (tuple(saved.tree.branches()), model)
@@ -48,13 +49,13 @@ class SessionKeeper:
             session.set_choices(old[1])
             self._elsewhere(session, prompt, f"could not be reopened ({error})")
 
-    def _elsewhere(self, session: Session, prompt: str, why: str) -> None:
+    def _elsewhere(self, session: Session, prompt: str | Prompt | None, why: str) -> None:
         """Leave the opened file as it is; this exploration starts at `prompt`, saved to a new file."""
         from decoding import session_file
 
         old, self.path = self.path, session_file.new_session_path()
         self.note(f"{old} {why}; it was left as it is. This exploration is saved to {self.path}.")
-        session.reset(prompt)
+        _start(session, prompt)
 
     def start(self, session: Session) -> None:
         """Save from now on (after loading a model)."""
@@ -85,6 +86,12 @@ class SessionKeeper:
 
         if self.path is not None:
             self.path = new_session_path()
+
+
+def _start(session: Session, prompt: str | Prompt | None) -> None:
+    """Start at `prompt`; with none (a chat prompt the model could not take), wait for one."""
+    if prompt is not None:
+        session.reset(prompt)
 
 
 def _described(model: dict[str, Any]) -> str:

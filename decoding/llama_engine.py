@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,9 +34,9 @@ class LlamaCppEngine:
     name = "llama.cpp"
 
     def __init__(self, gguf: Path, *, model_id: str, gpu: bool, threads: int | None = None) -> None:
-        from llama_cpp import Llama
+        import llama_cpp
 
-        self._llm = Llama(
+        self._llm = llama_cpp.Llama(
             model_path=str(gguf),
             n_ctx=MAX_CONTEXT,
             n_threads=threads or default_threads(),
@@ -49,13 +50,59 @@ class LlamaCppEngine:
         self.vocab_size = self._llm.n_vocab()
         self.context_limit = min(self._llm._model.n_ctx_train(), self._llm.n_ctx())
         self.eos_token_ids = frozenset({self._llm.token_eos()})
+        vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        self.special_ids = frozenset(i for i in range(self.vocab_size) if llama_cpp.llama_vocab_is_control(vocab, i))
+        self.end_of_turn_ids = frozenset(i for i in self.special_ids if llama_cpp.llama_vocab_is_eog(vocab, i))
         self.weights_digest = file_digest(gguf)
 
     def encode(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
+    def encode_piece(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
+
+    def chat_template(self) -> str | None:
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        return template or None
+
+    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> tuple[str, list[int]]:
+        """The GGUF's template, rendered by transformers' own renderer (as apply_chat_template renders
+        it); a message's text is tokenized as text, the template's own parts with control tokens."""
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        template = self.chat_template()
+        assert template is not None, "checked by the caller"
+        special = {
+            "bos_token": self._llm._model.token_get_text(self._llm.token_bos()),
+            "eos_token": self._llm._model.token_get_text(self._llm.token_eos()),
+        }
+        render = cast(Any, render_jinja_template)  # typed as returning a str; it returns (texts, indices)
+        rendered, _ = render(
+            [[dict(m) for m in messages]], chat_template=template, add_generation_prompt=add_generation_prompt, **special
+        )
+        text = rendered[0]
+        return text, self._encode_keeping_typed_text(text, [m["content"] for m in messages])
+
+    def encode_rendered(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _encode_keeping_typed_text(self, text: str, contents: list[str]) -> list[int]:
+        """Tokenize rendered text whole, unless a message holds a control token's text: then the
+        messages are tokenized as text and the template's parts around them with control tokens."""
+        names = [self._llm._model.token_get_text(i) for i in self.special_ids]
+        if not any(name and name in content for content in contents for name in names):
+            return self.encode_rendered(text)
+        ids, cursor = [], 0
+        for content in contents:
+            start = text.find(content, cursor) if content else -1
+            if start < 0:
+                continue
+            ids += self.encode_rendered(text[cursor:start]) + self.encode_piece(content)
+            cursor = start + len(content)
+        return ids + self.encode_rendered(text[cursor:])
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._llm._model.detokenize([token_id], special=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from decoding.chat import Turn, messages_of, next_turn
 from decoding.engine import Engine
 from decoding.errors import SessionError, SettingsError
 from decoding.loading import LoadOptions, recorded_model
-from decoding.prompt import plain_prompt, recorded_prompt
+from decoding.prompt import chat_prompt, plain_prompt, recorded_prompt
 from decoding.schema import Number, ShapeError, Whole, check
 from decoding.settings import Strategy
 
@@ -29,16 +30,17 @@ _COMMON = {
     "prompt": str,
     "prompt_ids": [Whole(0)],
     "prompt_form?": str,
+    "messages?": [{"role": str, "content": str}],
 }
+TOKEN_STEP = {
+    "candidates": [{"token_id": Whole(0), "prob": Number(0, 1), "text": str}],
+    "chosen": {"token_id": Whole(0), "forced": bool, "text": str},
+}
+TURN_STEP = {"turn": {"messages": [{"role": str, "content": str}], "text": str, "ids": [Whole(0)]}}
 PATH_TRACE_SHAPE = {
     **_COMMON,
     "choices?": Whole(1),
-    "steps": [
-        {
-            "candidates": [{"token_id": Whole(0), "prob": Number(0, 1), "text": str}],
-            "chosen": {"token_id": Whole(0), "forced": bool, "text": str},
-        }
-    ],
+    "steps": [(TOKEN_STEP, TURN_STEP)],
 }
 BEAM_TRACE_SHAPE = {
     **_COMMON,
@@ -102,7 +104,10 @@ def prompt_difference(engine: Engine, record: dict[str, Any]) -> str | None:
     if "sequence_score" in record:
         return None  # a beam trace's prompt is the text the search continued, not a prompt
     try:
-        now = plain_prompt(engine, record["prompt"]).ids
+        if record.get("prompt_form") == "chat":
+            now = chat_prompt(engine, messages_of(record.get("messages", []), "the trace's messages")).ids
+        else:
+            now = plain_prompt(engine, record["prompt"]).ids
     except SessionError as error:
         return f"the prompt cannot be read here ({error}); replayed from the recorded ids"
     recorded = tuple(record["prompt_ids"])
@@ -114,12 +119,15 @@ def prompt_difference(engine: Engine, record: dict[str, Any]) -> str | None:
 def replay_path(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
     """Compare a path trace (`tokenstep trace`, or `e` in the app) step by step, from the recorded
     prompt ids (so a tokenizer that changed shows as a difference, see `prompt_difference`)."""
-    explorer.new_prompt(
-        recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"], record.get("prompt_form", "plain"))
-    )
+    messages = messages_of(record.get("messages", []), "the trace's messages")
+    form = record.get("prompt_form", "plain")
+    explorer.new_prompt(recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"], form, messages))
     session = explorer.session
     checks = []
     for number, step in enumerate(record["steps"], start=1):
+        if "turn" in step:
+            checks.append(_replay_turn(explorer, number, step["turn"]))
+            continue
         panel = session.distribution
         if panel is None:
             checks.append(StepCheck(number, False, 0.0, False, f"the generation ended here ({session.finished})"))
@@ -143,6 +151,23 @@ def replay_path(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
                 explorer.force(chosen["token_id"])
         checks.append(StepCheck(number, same_ids, difference, same_choice, note))
     return checks
+
+
+def _replay_turn(explorer: Explorer, number: int, recorded: dict[str, Any]) -> StepCheck:
+    """A chat's later turn: fed as recorded; whether the template still frames it so is its check."""
+    session = explorer.session
+    messages = messages_of(recorded["messages"], f"turn {number}'s message")
+    if not messages:
+        raise SessionError(f"turn {number} of the trace holds no message.")
+    message = messages[-1]
+    turn = Turn(message, recorded["text"], tuple(recorded["ids"]))
+    try:
+        now: tuple[int, ...] | None = next_turn(explorer.engine, session.conversation(), session.ids, session.text, message).ids
+    except SessionError:
+        now = None
+    session.add_turn(turn)
+    same = now == turn.ids
+    return StepCheck(number, same, 0.0, same, "turn" if same else "turn: the template now frames this message differently")
 
 
 def replay_beam(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:

@@ -10,7 +10,7 @@ N has no rank, sampling and processors see only the N.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -20,6 +20,7 @@ from decoding.distribution import rank_of, summarize
 from decoding.processors import build_processors, explain
 from decoding.settings import Strategy
 from decoding.state import Distribution, ProcessorReport
+from decoding.tokens import TokenTexts
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,9 @@ class Scores:
 class NextToken:
     """The next token at one position under one strategy, each part computed once on first use."""
 
-    def __init__(
-        self, scores: Scores, strategy: Strategy, choices: int, text_of: Callable[[int], str], context: Sequence[int]
-    ) -> None:
+    def __init__(self, scores: Scores, strategy: Strategy, choices: int, texts: TokenTexts, context: Sequence[int]) -> None:
         self.scores, self.strategy, self.choices = scores, strategy, choices
-        self._text_of = text_of
+        self._texts = texts
         # The processors read the sequence (n-gram blocking, repetition penalty): run them now, on a
         # copy (some write in place), rather than keep the sequence for later.
         self.processed: torch.Tensor | None = _processed(strategy, scores.values, context) if strategy.reshapes else None
@@ -71,7 +70,7 @@ class NextToken:
 
     def under(self, strategy: Strategy, choices: int, context: Sequence[int]) -> NextToken:
         """The same scores under another strategy or number of candidates."""
-        return NextToken(self.scores, strategy, choices, self._text_of, context)
+        return NextToken(self.scores, strategy, choices, self._texts, context)
 
     @property
     def logprobs(self) -> torch.Tensor:
@@ -122,7 +121,7 @@ class NextToken:
 
     def _summarize(self) -> Distribution:
         known = None if self.scores.complete else self.scores.known
-        return summarize(self.scores.values, self.logprobs, self.processed, self.choices, self._text_of, known)
+        return summarize(self.scores.values, self.logprobs, self.processed, self.choices, self._texts, known)
 
 
 def _processed(strategy: Strategy, values: torch.Tensor, context: Sequence[int]) -> torch.Tensor:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
+from decoding.chat import Turn
 from decoding.engine import Engine, ScoresAnyToken, SetsAside, decode_continuation
 from decoding.errors import SessionError, SettingsError
 from decoding.prompt import Prompt, checked_ids, plain_prompt
 from decoding.scores import NextToken, Scores
 from decoding.settings import Strategy
-from decoding.state import Distribution, PathToken, ProcessorReport, Snapshot
+from decoding.state import Distribution, Message, PathToken, ProcessorReport, Snapshot, TurnMark
 from decoding.tokens import RunningText, TokenTexts, bytes_to_text
 from decoding.tree import Node, Tree
 
@@ -28,11 +29,18 @@ NO_PROMPT = Prompt("", ())
 
 @dataclass(frozen=True)
 class Step:
-    """One chosen token and what was on offer when it was chosen."""
+    """One chosen token and what was on offer when it was chosen; or, in a chat, a whole turn (the next
+    user message, fed at once), with what was on offer before it."""
 
-    token: PathToken
-    offered: NextToken  # its scores, under the strategy in force then
-    sampler_state: torch.Tensor  # before the choice
+    token: PathToken | None  # None for a turn
+    offered: NextToken  # what was on offer before it, under the strategy in force then
+    sampler_state: torch.Tensor  # before it
+    turn: Turn | None = None
+    finished_before: str | None = None  # a turn may follow an ended reply: undo ends it again
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return (self.token.token_id,) if self.token is not None else self.turn.ids if self.turn is not None else ()
 
 
 class Session:
@@ -46,7 +54,7 @@ class Session:
         self._running_text = RunningText()
         self._ahead: dict[int, tuple[Scores, object]] = {}  # token id -> (its next scores, its cache entries)
         self._rng = torch.Generator()  # made again on the scores' device at each start
-        self.token_text = TokenTexts(engine.token_bytes)  # one token's own text, e.g. `<0xE2>` for a partial byte
+        self.token_text = TokenTexts.of(engine)  # one token's own text, e.g. `<0xE2>` for a partial byte
         self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
         self.tree = Tree()  # every path walked from every prompt; the current path is tree.current's
 
@@ -66,12 +74,13 @@ class Session:
 
     @property
     def path(self) -> tuple[PathToken, ...]:
-        return tuple(step.token for step in self._steps)
+        """The chosen tokens (a chat's turns apart)."""
+        return tuple(step.token for step in self._steps if step.token is not None)
 
     @property
     def panels(self) -> tuple[Distribution, ...]:
         """The candidates that were on offer before each path token."""
-        return tuple(step.offered.distribution for step in self._steps)
+        return tuple(step.offered.distribution for step in self._steps if step.token is not None)
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -79,11 +88,21 @@ class Session:
 
     @property
     def generated_ids(self) -> list[int]:
-        return [step.token.token_id for step in self._steps]
+        """The chosen tokens' ids (a chat's turns apart)."""
+        return [token.token_id for token in self.path]
 
     @property
     def ids(self) -> list[int]:
-        return self.prompt_ids + self.generated_ids
+        """Everything the model reads: the prompt, then every step's tokens (turns included)."""
+        return self.prompt_ids + [token_id for step in self._steps for token_id in step.ids]
+
+    @property
+    def reply_ids(self) -> list[int]:
+        """The tokens chosen since the prompt or the last turn: the reply under way."""
+        reply: list[int] = []
+        for step in self._steps:
+            reply = [] if step.token is None else [*reply, step.token.token_id]
+        return reply
 
     @property
     def text(self) -> str:
@@ -92,12 +111,35 @@ class Session:
 
     @property
     def generated_text(self) -> str:
-        return decode_continuation(self.engine, self.prompt_ids, self.generated_ids)
+        """What follows the prompt (a chat's later turns included), decoded as one sequence."""
+        return decode_continuation(self.engine, self.prompt_ids, self.ids[len(self.prompt.ids) :])
 
     @property
     def sequence_logprob(self) -> float:
         """Sum of the chosen tokens' raw-model log-probabilities (the chapter's `sequence_logprob`)."""
-        return sum(step.token.logprob for step in self._steps)
+        return sum(token.logprob for token in self.path)
+
+    def conversation(self) -> tuple[Message, ...]:
+        """A chat's messages so far: the prompt's, then each reply and turn, then the reply under way
+        (its end token left out: the template closes a message itself)."""
+        messages = list(self.prompt.messages)
+        reply: list[int] = []
+
+        def close_reply() -> None:
+            while reply and reply[-1] in self._end_ids():
+                reply.pop()
+            messages.append(Message("assistant", self.engine.decode(reply)))
+
+        for step in self._steps:
+            if step.turn is not None:
+                close_reply()
+                messages.append(step.turn.message)
+                reply = []
+            elif step.token is not None:
+                reply.append(step.token.token_id)
+        if reply:
+            close_reply()
+        return tuple(messages)
 
     @property
     def next(self) -> NextToken | None:
@@ -110,6 +152,12 @@ class Session:
         return self.next.distribution if self.next is not None else None
 
     def snapshot(self) -> Snapshot:
+        turns, before = [], 0
+        for step in self._steps:
+            if step.turn is not None:
+                turns.append(TurnMark(before, step.turn.segments))
+            else:
+                before += 1
         return Snapshot(
             prompt=self.prompt.text,
             path=self.path,
@@ -118,18 +166,26 @@ class Session:
             finished=self.finished,
             strategy=self._strategy,
             choices=self._choices,
+            prompt_segments=self.prompt.segments,
+            turns=tuple(turns),
+            chat=self.prompt.form == "chat",
         )
 
     def processor_report(self, index: int | None = None) -> ProcessorReport | None:
         """What each of the strategy's processors did to the candidates before path token `index`
         (default: the next token), under the strategy in force then. None when the strategy has no
         processors or there is no such step."""
-        index = len(self._steps) if index is None else index
-        if index == len(self._steps):
-            offered = self.next
+        tokens = [position for position, step in enumerate(self._steps) if step.token is not None]
+        index = len(tokens) if index is None else index
+        if index == len(tokens):
+            offered, position = self.next, len(self._steps)
+        elif 0 <= index < len(tokens):
+            position = tokens[index]
+            offered = self._steps[position].offered
         else:
-            offered = self._steps[index].offered if 0 <= index < len(self._steps) else None
-        return offered.report(self.ids[: len(self.prompt.ids) + index]) if offered is not None else None
+            return None
+        context = self.prompt_ids + [token_id for step in self._steps[:position] for token_id in step.ids]
+        return offered.report(context) if offered is not None else None
 
     # --- settings --------------------------------------------------------------------------------
 
@@ -157,8 +213,31 @@ class Session:
         """Start again from `prompt` (text is made a plain prompt). An invalid prompt is refused and
         the path is kept."""
         prompt = plain_prompt(self.engine, prompt) if isinstance(prompt, str) else prompt
-        self._start(Prompt(prompt.text, checked_ids(self.engine, prompt.ids), prompt.form))
-        self.tree.add_root(self.prompt.text, list(self.prompt.ids), self.prompt.form)
+        self._start(Prompt(prompt.text, checked_ids(self.engine, prompt.ids), prompt.form, prompt.messages))
+        self.tree.add_root(self.prompt.text, list(self.prompt.ids), self.prompt.form, self.prompt.messages)
+
+    def add_turn(self, turn: Turn, replaying: bool = False) -> None:
+        """Feed a chat's next turn after the path (the ending token first, if the reply ended: it was
+        never fed) on the same cache: nothing before it is computed again."""
+        if self.prompt.form != "chat":
+            raise SessionError("The next message follows a chat: start one first (its prompt is a conversation).")
+        if self.finished == "context limit":
+            self._can_choose()  # which says so
+        if len(self.ids) + len(turn.ids) >= self.engine.context_limit:
+            raise SessionError(f"The message does not fit in the model's context of {self.engine.context_limit} tokens.")
+        unfed = self.ids[self.engine.cached_length :]  # the ending token, after an ended reply
+        offered = self._next
+        assert offered is not None, "a chat has a prompt"
+        scores = self.engine.feed([*unfed, *turn.ids])  # may raise: nothing has changed yet
+        self._steps.append(Step(None, offered, self._rng.get_state(), turn, self.finished))
+        self._running_text.push(turn.text.encode("utf-8"))
+        self.finished = None
+        self._ahead.clear()
+        self._next = self._offer(scores)
+        if replaying:
+            self.tree.enter_turn(turn.ids)
+        else:
+            self.tree.add_turn(turn.text, list(turn.ids), (turn.message,))
 
     def _start(self, prompt: Prompt) -> None:
         old_ids = self.ids
@@ -169,6 +248,7 @@ class Session:
             self._refeed(old_ids)
             raise
         self.prompt, self._steps = prompt, []
+        self.token_text.end_ids = self._end_ids()  # a chat's end-of-turn tokens end it too
         self._running_text = RunningText()
         # Sample on the scores' device, as generate() does, so the same seed gives the same tokens.
         self._rng = torch.Generator(device=scores.values.device)
@@ -202,20 +282,21 @@ class Session:
             raise SessionError(f"token id {token_id!r} is not in the vocabulary (0 to {self.engine.vocab_size - 1}).")
         return self._append(token_id, True, self._rng.get_state())
 
-    def undo(self) -> PathToken:
-        """Take back the last token: crop the cache (no recomputation) and restore what was on offer."""
+    def undo(self) -> Step:
+        """Take back the last token (or a chat's last turn): crop the cache (no recomputation) and
+        restore what was on offer."""
         if not self._steps:
             raise SessionError("Nothing to undo: the path is back at the prompt.")
         step = self._steps.pop()
         self._running_text.pop()
         self._rng.set_state(step.sampler_state)
-        self._next, self.finished = step.offered, None
+        self._next, self.finished = step.offered, step.finished_before
         if (step.offered.strategy, step.offered.choices) != (self._strategy, self._choices):
             self._review()  # the settings changed since: what is on offer now is seen under the new ones
-        self.engine.crop(len(self.ids))  # nothing to do after an ending token: it was never fed
+        self.engine.crop(len(self.ids) - (1 if self.finished else 0))  # an ending token is never fed
         self._ahead.clear()
         self.tree.up()
-        return step.token
+        return step
 
     def look_ahead(self, token_ids: Sequence[int], should_stop: Callable[[], bool] = lambda: False) -> None:
         """Run the model ahead for each of `token_ids`, so choosing one of them later is instant.
@@ -246,14 +327,17 @@ class Session:
         target = self.tree.path(node_id)
         root, nodes = target[0], target[1:]
         if root.prompt_ids != self.prompt.ids:
-            self._start(Prompt(root.prompt, checked_ids(self.engine, root.prompt_ids), root.form))
+            self._start(Prompt(root.prompt, checked_ids(self.engine, root.prompt_ids), root.form, root.messages))
             self.tree.current = root.id
         shared = 0
-        while shared < min(len(nodes), len(self._steps)) and nodes[shared].token_id == self._steps[shared].token.token_id:
+        while shared < min(len(nodes), len(self._steps)) and nodes[shared].ids == self._steps[shared].ids:
             shared += 1
         while len(self._steps) > shared:
             self.undo()
         for node in nodes[shared:]:
+            if node.token is None:  # a chat's turn
+                self.add_turn(Turn(node.messages[-1], node.prompt, node.prompt_ids), replaying=True)
+                continue
             self._can_choose()
             self._append(node.token_id, node.forced, self._rng.get_state(), replaying=True)
             if node.rng is not None:
@@ -307,6 +391,7 @@ class Session:
         ending = self._ending_after(token_id)
         scores = None if ending else self._run_model_on(token_id)  # may raise: nothing has changed yet
         raw = self.engine.token_bytes(token_id)
+        special = token_id in self.engine.special_ids
         token = PathToken(
             token_id=token_id,
             text=bytes_to_text(raw),
@@ -317,6 +402,7 @@ class Session:
             processed_prob=offered.processed_prob(token_id),
             raw=raw,
             piece=self._running_text.push(raw),
+            special=special,
         )
         self._steps.append(Step(token, offered, rng_state))
         self.finished = ending
@@ -340,7 +426,7 @@ class Session:
         )
 
     def _pieces(self) -> tuple[str, ...]:
-        pieces = [step.token.piece for step in self._steps]
+        pieces = [token.piece for token in self.path]
         if pieces:
             pieces[-1] += self._running_text.unfinished()
         return tuple(pieces)
@@ -354,8 +440,13 @@ class Session:
             return scores
         return self.engine.feed([token_id])
 
+    def _end_ids(self) -> frozenset[int]:
+        """What ends the path: generate()'s end-of-sequence ids, and in a chat any end-of-turn token."""
+        engine = self.engine
+        return engine.eos_token_ids | engine.end_of_turn_ids if self.prompt.form == "chat" else engine.eos_token_ids
+
     def _ending_after(self, token_id: int) -> str | None:
-        if token_id in self.engine.eos_token_ids:
+        if token_id in self._end_ids():
             return "eos"
         if len(self.ids) + 1 >= self.engine.context_limit:
             return "context limit"

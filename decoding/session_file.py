@@ -20,7 +20,7 @@ from decoding.errors import SessionError, SettingsError
 from decoding.files import FileError, read_json_file, read_text_file, write_atomically
 from decoding.schema import Number, ShapeError, Whole, check
 from decoding.settings import Strategy
-from decoding.state import Candidate, Distribution, PathToken
+from decoding.state import Candidate, Distribution, Message, PathToken
 from decoding.tree import Node, Tree
 
 FORMAT = "tokenstep-session"
@@ -99,7 +99,9 @@ def tree_record(tree: Tree) -> dict[str, Any]:
 
 def _node_record(node: Node) -> dict[str, Any]:
     record: dict[str, Any] = {"id": node.id, "parent": node.parent, "made_by": node.made_by}  # children: from parents
-    if node.parent is None:
+    if node.messages:
+        record["messages"] = [{"role": m.role, "content": m.content} for m in node.messages]
+    if node.token is None:  # a root, or a chat's turn
         record.update(prompt=node.prompt, prompt_ids=list(node.prompt_ids), form=node.form)
     else:
         assert node.token is not None, "every node below a root holds a token"
@@ -131,6 +133,8 @@ CANDIDATE_SHAPE = {
     "rank": Whole(0),
     "processed_prob?": (Number(0, 1), None),
     "removed?": bool,
+    "special?": bool,
+    "ends?": bool,
 }
 NODE_SHAPE = {
     "id": Whole(0),
@@ -139,6 +143,7 @@ NODE_SHAPE = {
     "prompt?": str,
     "prompt_ids?": [Whole(0)],
     "form?": str,
+    "messages?": [{"role": str, "content": str}],
     "token?": {
         "token_id": Whole(0),
         "text": str,
@@ -149,6 +154,7 @@ NODE_SHAPE = {
         "processed_prob?": (Number(0, 1), None),
         "raw": str,
         "piece": str,
+        "special?": bool,
     },
     "panel?": (
         {
@@ -214,14 +220,12 @@ def _tree(record: dict[str, Any], vocab_size: int) -> Tree:
 
 def _node(item: dict[str, Any], vocab_size: int) -> Node:
     token = panel = None
-    if item["parent"] is None:
+    if item["parent"] is None or "token" not in item:  # a root, or a chat's turn
         prompt_ids = tuple(item.get("prompt_ids", ()))
         if not prompt_ids:
-            raise ValueError(f"root {item['id']} has no prompt ids")
+            raise ValueError(f"node {item['id']} has neither a token nor prompt ids")
         _check_ids(prompt_ids, vocab_size, item["id"])
     else:
-        if "token" not in item:
-            raise ValueError(f"node {item['id']} has a parent but no token")
         token = PathToken(**{**item["token"], "raw": _hex(item["token"]["raw"], item["id"])})
         _check_ids([token.token_id], vocab_size, item["id"])
         if item.get("panel"):
@@ -231,6 +235,9 @@ def _node(item: dict[str, Any], vocab_size: int) -> Node:
             panel = Distribution(
                 candidates, saved["entropy"], saved["processed_entropy"], saved.get("known"), saved.get("covered", 1.0)
             )
+    messages = tuple(Message(m["role"], m["content"]) for m in item.get("messages", ()))
+    if item["parent"] is not None and token is None and not messages:
+        raise ValueError(f"node {item['id']} is a turn without its message")
     return Node(
         id=item["id"],
         parent=item["parent"],
@@ -241,6 +248,7 @@ def _node(item: dict[str, Any], vocab_size: int) -> Node:
         prompt=item.get("prompt", ""),
         prompt_ids=tuple(item.get("prompt_ids", ())),
         form=item.get("form", "plain"),
+        messages=messages,
     )
 
 

@@ -23,6 +23,8 @@ class Candidate:
     rank: int  # 0-based, in the whole raw distribution (ties broken by token id)
     processed_prob: float | None = None
     removed: bool = False  # a processor (top-k, top-p, n-gram blocking...) ruled it out
+    special: bool = False  # a control token (<|im_end|>): shown by its name, in its own style
+    ends: bool = False  # choosing it ends the generation (or a chat's turn)
 
     @property
     def label(self) -> str:
@@ -58,6 +60,32 @@ class PathToken:
     processed_prob: float | None = None  # under the strategy's processors, when they reshape
     raw: bytes = field(default=b"", repr=False)  # the bytes it stands for (may be part of a character)
     piece: str = field(default="", repr=False)  # its share of the running text: the characters it completes
+    special: bool = False  # a control token (<|im_end|>), not text that reads like one
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a chat: its role (system, user or assistant) and what it says."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a prompt's text: a message's own words, or the chat template's scaffolding around
+    them (role markers, control tokens), which a view dims."""
+
+    text: str
+    scaffold: bool = False
+
+
+@dataclass(frozen=True)
+class TurnMark:
+    """A chat turn fed after path token `before - 1`: the next user message, framed by the template."""
+
+    before: int  # how many path tokens come before it
+    segments: tuple[Segment, ...]
 
 
 @dataclass(frozen=True)
@@ -71,6 +99,9 @@ class Snapshot:
     finished: str | None
     strategy: Strategy
     choices: int
+    prompt_segments: tuple[Segment, ...] = ()  # the prompt, its chat scaffolding apart (empty: the prompt as it is)
+    turns: tuple[TurnMark, ...] = ()  # chat turns fed between path tokens
+    chat: bool = False  # the prompt is a conversation rendered by the model's chat template
 
     @property
     def sequence_logprob(self) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import unicodedata
 from collections.abc import Callable
+from typing import Any
 
 VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥"}
 
@@ -34,11 +35,21 @@ def bytes_to_text(raw: bytes) -> str:
 
 class TokenTexts:
     """Each token's own text (`bytes_to_text` of its bytes), decoded once: panels show the same tokens
-    step after step."""
+    step after step. Also which tokens are control tokens, and which end a turn."""
 
-    def __init__(self, token_bytes: Callable[[int], bytes]) -> None:
+    def __init__(
+        self,
+        token_bytes: Callable[[int], bytes],
+        special_ids: frozenset[int] = frozenset(),
+        end_ids: frozenset[int] = frozenset(),
+    ) -> None:
         self._token_bytes = token_bytes
         self._texts: dict[int, str] = {}
+        self.special_ids, self.end_ids = special_ids, end_ids
+
+    @classmethod
+    def of(cls, engine: Any) -> TokenTexts:
+        return cls(engine.token_bytes, engine.special_ids, engine.eos_token_ids | engine.end_of_turn_ids)
 
     def __call__(self, token_id: int) -> str:
         if token_id not in self._texts:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from decoding.prompt import Prompt
-from decoding.state import Beam, Candidate, PathToken, ProcessorReport
+from decoding.state import Beam, Candidate, Message, PathToken, ProcessorReport
 from decoding.tokens import is_unshown, json_escaped, one_line
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -30,12 +30,16 @@ class TracePlan:
     prompt: str | Prompt  # text is taken as a plain prompt
     steps: int
     picks: Sequence[int] = ()  # per step, the rank of the candidate to force; then the strategy goes on
+    prefill: str = ""  # text forced first, token by token (a reply's start)
 
 
 def run_trace(explorer: Explorer, plan: TracePlan) -> dict[str, Any]:
-    """Start `explorer` at the plan's prompt, take its steps (at most: the generation may end first),
-    and return the full JSON-ready record: the path's, or under beam search the search's."""
+    """Start `explorer` at the plan's prompt (and its prefill), take its steps (at most: the
+    generation may end first), and return the full JSON-ready record: the path's, or under beam
+    search the search's."""
     explorer.new_prompt(plan.prompt)
+    if plan.prefill:
+        explorer.force_text(plan.prefill)
     for index in range(plan.steps):
         if not explorer.can_play_on():
             break
@@ -47,18 +51,29 @@ def run_trace(explorer: Explorer, plan: TracePlan) -> dict[str, Any]:
 
 
 def trace_record(session: Session) -> dict[str, Any]:
-    """The session's current path as a trace record: what was on offer at each step and what was chosen."""
+    """The session's current path as a trace record: what was on offer at each step and what was
+    chosen (and in a chat, each later turn: its message, the template's text and its ids)."""
     engine, strategy = session.engine, session.strategy
-    steps = [
-        {
-            "input_text": engine.decode(session.ids[: len(session.prompt_ids) + index]),
-            "candidates": [_candidate_record(c) for c in panel.candidates],
-            "chosen": _chosen_record(chosen),
-            "entropy": panel.entropy,
-            **_processors_record(session.processor_report(index)),
-        }
-        for index, (panel, chosen) in enumerate(zip(session.panels, session.path))
-    ]
+    steps: list[dict[str, Any]] = []
+    ids, index = list(session.prompt_ids), 0
+    for step in session.steps:
+        if step.turn is not None:
+            turn = step.turn
+            steps.append({"turn": {"messages": [_message_record(turn.message)], "text": turn.text, "ids": list(turn.ids)}})
+        elif step.token is not None:
+            panel = step.offered.distribution
+            steps.append(
+                {
+                    "input_text": engine.decode(ids),
+                    "candidates": [_candidate_record(c) for c in panel.candidates],
+                    "chosen": _chosen_record(step.token),
+                    "entropy": panel.entropy,
+                    **_processors_record(session.processor_report(index)),
+                }
+            )
+            index += 1
+        ids += step.ids
+    chat = {"messages": [_message_record(m) for m in session.prompt.messages]} if session.prompt.form == "chat" else {}
     return {
         "model": engine.model_id,
         "engine": engine.name,
@@ -69,6 +84,7 @@ def trace_record(session: Session) -> dict[str, Any]:
         "prompt": session.prompt.text,
         "prompt_ids": session.prompt_ids,
         "prompt_form": session.prompt.form,
+        **chat,
         "choices": session.choices,
         "steps": steps,
         "generated_ids": session.generated_ids,
@@ -130,8 +146,19 @@ def _processors_record(report: ProcessorReport | None) -> dict[str, Any]:
     }
 
 
+def _message_record(message: Message) -> dict[str, str]:
+    return {"role": message.role, "content": message.content}
+
+
 def _candidate_record(candidate: Candidate) -> dict[str, Any]:
-    record = {"token_id": candidate.token_id, "text": candidate.text, "prob": candidate.prob, "logprob": candidate.logprob}
+    record: dict[str, Any] = {
+        "token_id": candidate.token_id,
+        "text": candidate.text,
+        "prob": candidate.prob,
+        "logprob": candidate.logprob,
+    }
+    if candidate.special:
+        record.update(special=True, ends=candidate.ends)  # a control token, not text that reads like one
     if candidate.processed_prob is not None:
         record.update(processed_prob=candidate.processed_prob, removed=candidate.removed)
     return record
@@ -148,6 +175,8 @@ def _chosen_record(token: PathToken) -> dict[str, Any]:
     }
     if token.processed_prob is not None:
         record["processed_prob"] = token.processed_prob
+    if token.special:
+        record["special"] = True
     return record
 
 
@@ -172,10 +201,14 @@ def _table_cells(record: dict[str, Any]) -> tuple[list[str], list[list[str]], in
     """Header, rows, and which column holds text long enough to cut in an aligned table."""
     if "sequence_score" in record:
         return _beam_table_cells(record)
-    width = max([len(step["candidates"]) for step in record["steps"]], default=record["choices"])
+    width = max([len(step.get("candidates", ())) for step in record["steps"]], default=record["choices"])
     header = ["Input"] + [f"Choice {i}" for i in range(width)]
     rows = []
     for step in record["steps"]:
+        if "turn" in step:  # a chat's next message
+            message = step["turn"]["messages"][-1]
+            rows.append([one_line(f"▸ {message['role']}: {message['content']}")] + [""] * width)
+            continue
         cells = [f"{one_line(c['text'])} ({100 * c['prob']:.2f}%)" for c in step["candidates"]]
         rows.append([one_line(step["input_text"]), *cells])
     return header, rows, 0

@@ -1,4 +1,5 @@
-"""Every path a person walks, kept: each prompt is a root, each chosen token a node with its step data.
+"""Every path a person walks, kept: each prompt is a root, each chosen token a node with its step data,
+and in a chat each later user message (a turn) a node of its own.
 
 Undo moves up without deleting; choosing a different token from a node opens a sibling branch; choosing
 one already tried moves into that branch again. Pure Python (no torch), so it can be saved as JSON and
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from decoding.state import Distribution, PathToken
+from decoding.state import Distribution, Message, PathToken
 from decoding.tokens import one_line
 
 
@@ -17,24 +18,34 @@ from decoding.tokens import one_line
 class Node:
     id: int
     parent: int | None  # None for a root
-    token: PathToken | None = None  # None for a root
+    token: PathToken | None = None  # None for a root or a turn
     panel: Distribution | None = None  # the candidates on offer when the token was chosen
-    made_by: str = "prompt"  # "forced", or the strategy that chose it ("greedy", "sample T=0.7 seed=0")
+    made_by: str = "prompt"  # "forced", the strategy that chose it ("greedy", "sample T=0.7 seed=0"), "turn"
     rng: bytes | None = None  # the sampler's state once this token was chosen; None: unchanged from the parent
     children: list[int] = field(default_factory=list)
-    prompt: str = ""  # roots only
-    prompt_ids: tuple[int, ...] = ()  # roots only
+    prompt: str = ""  # roots and turns: the text fed
+    prompt_ids: tuple[int, ...] = ()  # roots and turns: the ids fed
     form: str = "plain"  # roots only: the prompt's form
+    messages: tuple[Message, ...] = ()  # a chat root's conversation; a turn's user message
     revision: int = 0  # counts the times it was walked again and its data replaced (savers cache by it)
 
     @property
     def token_id(self) -> int:
-        assert self.token is not None, "a root has no token"
+        assert self.token is not None, "a root or a turn has no token"
         return self.token.token_id
 
     @property
     def forced(self) -> bool:
         return self.token is not None and self.token.forced
+
+    @property
+    def is_turn(self) -> bool:
+        return self.parent is not None and self.token is None
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """What this node fed the model: its token, or its prompt's or turn's ids."""
+        return (self.token.token_id,) if self.token is not None else self.prompt_ids
 
 
 @dataclass(frozen=True)
@@ -60,13 +71,13 @@ class Tree:
         self.roots: list[int] = []
         self.current: int | None = None
 
-    def add_root(self, prompt: str, prompt_ids: list[int], form: str = "plain") -> Node:
+    def add_root(self, prompt: str, prompt_ids: list[int], form: str = "plain", messages: tuple[Message, ...] = ()) -> Node:
         """Start at this prompt: its existing root if it was used before, else a new one."""
         for root_id in self.roots:
             if self.nodes[root_id].prompt_ids == tuple(prompt_ids):
                 self.current = root_id
                 return self.nodes[root_id]
-        root = self._new(None, prompt=prompt, prompt_ids=tuple(prompt_ids), form=form)
+        root = self._new(None, prompt=prompt, prompt_ids=tuple(prompt_ids), form=form, messages=messages)
         self.roots.append(root.id)
         return root
 
@@ -97,7 +108,29 @@ class Tree:
 
     def child(self, node_id: int, token_id: int) -> int | None:
         """The id of `node_id`'s child for `token_id`, if that branch was walked."""
-        return next((c for c in self.nodes[node_id].children if self.nodes[c].token_id == token_id), None)
+        return next(
+            (c for c in self.nodes[node_id].children if self.nodes[c].ids == (token_id,) and not self.nodes[c].is_turn), None
+        )
+
+    def add_turn(self, text: str, ids: list[int], messages: tuple[Message, ...]) -> Node:
+        """A chat's next turn below the current node: the branch already there, or a new one."""
+        here = self.here
+        existing = next(
+            (c for c in self.nodes[here].children if self.nodes[c].is_turn and self.nodes[c].prompt_ids == tuple(ids)), None
+        )
+        if existing is not None:
+            self.current = existing
+            return self.nodes[existing]
+        return self._new(here, prompt=text, prompt_ids=tuple(ids), made_by="turn", messages=messages)
+
+    def enter_turn(self, ids: tuple[int, ...]) -> None:
+        """Move into the current node's existing turn with these ids (walking a recorded path again)."""
+        node = next(
+            (c for c in self.nodes[self.here].children if self.nodes[c].is_turn and self.nodes[c].prompt_ids == ids), None
+        )
+        if node is None:
+            raise ValueError(f"node {self.current} has no such turn")
+        self.current = node
 
     def up(self) -> None:
         self.current = self.nodes[self.here].parent
@@ -154,15 +187,19 @@ class Tree:
         """One run from `start` down to a fork or a leaf, then the runs below it; `logprob_above`: the
         sequence log-probability where the run starts."""
         run = [start]
-        while len(self.nodes[run[-1]].children) == 1:
-            run.append(self.nodes[run[-1]].children[0])
+        while len(children := self.nodes[run[-1]].children) == 1 and not self.nodes[children[0]].is_turn:
+            run.append(children[0])
         tokens = [token for node_id in run if (token := self.nodes[node_id].token) is not None]
         logprob = logprob_above + sum(token.logprob for token in tokens)
+        first = self.nodes[start]
+        text = _run_text(tokens)
+        if first.is_turn and first.messages:  # a chat's next message, then the reply to it
+            text = f"▸ {first.messages[-1].role}: {first.messages[-1].content} ▸ {text}"
         rows.append(
             Branch(
                 tuple(run),
                 level,
-                one_line(_run_text(tokens)),
+                one_line(text),
                 logprob,
                 self.nodes[start].made_by,
                 any(node_id in on_path for node_id in run),

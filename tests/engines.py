@@ -16,11 +16,25 @@ class Basic:
 
     def __init__(self, engine) -> None:
         self.inner = engine
-        for name in ("name", "model_id", "device", "dtype", "vocab_size", "context_limit", "eos_token_ids", "weights_digest"):
+        for name in (
+            "name",
+            "model_id",
+            "device",
+            "dtype",
+            "vocab_size",
+            "context_limit",
+            "eos_token_ids",
+            "end_of_turn_ids",
+            "special_ids",
+            "weights_digest",
+        ):
             setattr(self, name, getattr(engine, name))
 
     def encode(self, text: str) -> list[int]:
         return self.inner.encode(text)
+
+    def encode_piece(self, text: str) -> list[int]:
+        return self.inner.encode_piece(text)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.inner.decode(ids)

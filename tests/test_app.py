@@ -264,7 +264,7 @@ async def test_a_failed_load_says_why_and_offers_another_model(tmp_path, tiny_mo
         assert "no such folder" in message and "m to try another model" in message
         await pilot.press("m")
         await pilot.pause()
-        app.screen.query_one("#model-input").value = str(tiny_model_dir)
+        app.screen.query_one("#ask-input").value = str(tiny_model_dir)
         await pilot.press("enter")
         await settle(pilot)
         assert app.snapshot is not None and app.query_one("#main").display

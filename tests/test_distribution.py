@@ -3,6 +3,7 @@ import math
 import torch
 
 from decoding.distribution import entropy, rank_of, summarize, top_ids
+from decoding.tokens import TokenTexts
 
 
 def test_ties_are_ordered_by_token_id_so_row_zero_is_argmax():
@@ -22,7 +23,7 @@ def test_entropy_of_a_uniform_distribution_is_log_n():
 def test_summary_marks_tokens_a_processor_removed():
     logits = torch.tensor([3.0, 2.0, 1.0, 0.0])
     processed = torch.tensor([3.0, 2.0, float("-inf"), float("-inf")])
-    summary = summarize(logits, torch.log_softmax(logits, dim=-1), processed, 4, text_of=lambda i: f"t{i}")
+    summary = summarize(logits, torch.log_softmax(logits, dim=-1), processed, 4, TokenTexts(lambda i: f"t{i}".encode()))
     assert [c.removed for c in summary.candidates] == [False, False, True, True]
     assert summary.candidates[2].processed_prob == 0.0
     assert math.isclose(sum(c.processed_prob for c in summary.candidates), 1.0, rel_tol=1e-6)

@@ -92,3 +92,17 @@ def test_trace_names_the_engine(capsys):
     assert main(["trace", PROMPT, "--engine", "llama", "--format", "json", "--steps", "2"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["engine"] == "llama.cpp" and record["generated_text"].startswith(" most")
+
+
+def test_a_chat_renders_from_the_ggufs_own_template_to_the_same_ids(llama_engine, embedded_engine):
+    from decoding.prompt import chat_prompt
+    from decoding.state import Message
+
+    messages = [Message("system", "Be brief."), Message("user", "What is a transformer?")]
+    ours, theirs = chat_prompt(llama_engine, messages), chat_prompt(embedded_engine, messages)
+    assert ours.text == theirs.text and ours.ids == theirs.ids
+    session = Session(llama_engine)
+    session.reset(ours)
+    for _ in range(3):
+        session.step()
+    assert session.prompt.form == "chat" and llama_engine.end_of_turn_ids >= {0, 2}  # <|endoftext|>, <|im_end|>

@@ -85,3 +85,19 @@ def test_tree_panel_with_two_prompts_and_a_fork(snap_compare, tiny_model_dir):
         await still(pilot)
 
     assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=run_before)
+
+
+def test_chat_view_with_two_turns(snap_compare, tiny_chat_model_dir):
+    from decoding.chat import PromptRequest
+
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("tab", *"hello", "ctrl+s")
+        await still(pilot)
+        await pilot.press("space", "space", "space", "tab", *"again", "ctrl+s")
+        await still(pilot)
+        await pilot.press("escape", "space", "space")
+        await still(pilot)
+
+    app = make_app(tiny_chat_model_dir, prompt=PromptRequest("", chat=True))
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -70,6 +70,19 @@ ACTIONS = (
     Action("export.tree", "export_tree", "Export tree", "Save every branch as JSON (a session file)", "E", in_footer=False),
     Action("whitespace", "toggle_whitespace", "Whitespace", "Show spaces and newlines as ␣ and ↵", "v", in_footer=False),
     Action("model", "choose_model", "Load another model", "A Hub id, folder or .gguf file", "m", in_footer=False),
+    Action(
+        "chat",
+        "toggle_chat",
+        "Chat / plain prompt",
+        "The prompt box takes a chat message, or a plain prompt",
+        "ctrl+t",
+        in_footer=False,
+    ),
+    Action("send", "send", "Send message", "Send the message box: the conversation's next turn", "ctrl+s", in_footer=False),
+    Action(
+        "chat.new", "send(True)", "New conversation", "Start a new conversation from the message box", "ctrl+n", in_footer=False
+    ),
+    Action("force_text", "force_text", "Force text", "Force some text token by token (a reply's start)", "f", in_footer=False),
     Action("stop", "stop", "Stop", "Stop playing and drop queued steps", "escape"),
     Action("quit", "quit", "Quit", "Leave tokenstep", "q"),
 )

@@ -22,9 +22,10 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.notifications import SeverityLevel
-from textual.widgets import Footer, Input, Label
+from textual.widgets import Footer, Input, Label, TextArea
 
 from decoding import commands
+from decoding.chat import PromptRequest
 from decoding.errors import TokenstepError
 from decoding.loading import EMBEDDED_NAME, LoadOptions
 from decoding.settings import Strategy
@@ -32,8 +33,8 @@ from decoding.state import Timing
 from decoding.tokens import escape_controls, one_line
 from tui import messages
 from tui.actions import bindings
+from tui.ask_screen import AskScreen
 from tui.compare_screen import CompareScreen
-from tui.model_screen import ModelScreen
 from tui.palette import ActionCommands
 from tui.panels import PANELS
 from tui.settings_screen import Settings, SettingsScreen
@@ -45,6 +46,7 @@ from tui.widgets.text_view import TextView
 
 if TYPE_CHECKING:  # torch loads on the model thread, after the first paint
     from decoding.explorer import Explorer, View
+    from decoding.prompt import Prompt
     from decoding.session import Session
     from decoding.session_file import SavedSession
 
@@ -69,7 +71,8 @@ class TokenstepApp(App[int]):
         load_options: LoadOptions = LoadOptions(),
         strategy: Strategy = Strategy(),
         *,
-        prompt: str = "Transformers are the",
+        prompt: str | PromptRequest = "Transformers are the",
+        prefill: str | None = None,
         choices: int = 10,
         max_new_tokens: int = 256,
         look_ahead: int = 5,
@@ -80,7 +83,9 @@ class TokenstepApp(App[int]):
     ) -> None:
         super().__init__()
         self.load_options, self.strategy, self.choices = load_options, strategy, choices
-        self.initial_prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.request = prompt if isinstance(prompt, PromptRequest) else PromptRequest(prompt)
+        self.prefill, self.max_new_tokens = prefill, max_new_tokens
+        self.chat_mode, self.system = self.request.chat, self.request.system  # the box takes chat messages
         self.look_ahead = look_ahead  # candidates whose next panel is computed while the person reads
         self.export_dir = export_dir or Path.cwd()
         self.clock = clock
@@ -96,6 +101,7 @@ class TokenstepApp(App[int]):
         self.loading = False  # a model is being loaded (its Loaded or LoadFailed is still to come)
         self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()  # the model thread's work
         self._prompts_shown: dict[str, str] = {}  # the prompt box's text -> the prompt it stands for
+        self._unsent = ""  # the last message sent, put back in the box if it is refused
 
     # --- what tests and benchmarks read, when the app is idle ---------------------------------------
 
@@ -119,11 +125,13 @@ class TokenstepApp(App[int]):
     # --- set-up -----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        prompt = Input(
-            self._shown_prompt(self.initial_prompt), placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False
-        )
-        prompt.border_title = "prompt · tab to edit, enter to run"
+        text = "" if self.request.chat else self.request.text
+        prompt = Input(self._shown_prompt(text), placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
+        prompt.border_title = "prompt · tab to edit, enter to run · ctrl+t chat"
         yield prompt
+        message = TextArea(id="message", soft_wrap=True, show_line_numbers=False, placeholder="Type a message")
+        message.border_title = "message · tab to edit, ctrl+s sends · ctrl+n new conversation · ctrl+t plain prompt"
+        yield message
         with Vertical(id="loading"):
             yield Spinner()
             yield Label(Text(escape_controls(f"Loading {self._model_name()}…")), id="loading-text")
@@ -140,6 +148,7 @@ class TokenstepApp(App[int]):
 
     def on_mount(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+        self._show_prompt_box()
         self.query_one("#main").display = False
         self.query_one(BeamPanel).display = False
         for spec in PANELS:
@@ -149,7 +158,7 @@ class TokenstepApp(App[int]):
         # Sent after the first frame is painted: importing torch holds the GIL for a second or more,
         # so started any earlier it would keep the first frame off the screen.
         self._model_thread()
-        self.load(self.load_options, Settings(self.strategy, self.choices), self.initial_prompt)
+        self.load(self.load_options, Settings(self.strategy, self.choices), self.request, self.prefill)
 
     def on_unmount(self) -> None:
         if self._job is not None:
@@ -170,12 +179,13 @@ class TokenstepApp(App[int]):
         while (job := self._inbox.get()) is not None:
             job()
 
-    def load(self, options: LoadOptions, settings: Settings, prompt: str) -> None:
-        """Load the model on the model thread, then open the exploration at `prompt` (or the saved tree)."""
+    def load(self, options: LoadOptions, settings: Settings, request: PromptRequest | None, prefill: str | None = None) -> None:
+        """Load the model on the model thread, then open the exploration at the prompt asked for
+        (or the saved tree), and force `prefill`."""
         self.loading = True
-        self._inbox.put(partial(self._load, options, settings, prompt))
+        self._inbox.put(partial(self._load, options, settings, request, prefill))
 
-    def _load(self, options: LoadOptions, settings: Settings, prompt: str) -> None:
+    def _load(self, options: LoadOptions, settings: Settings, request: PromptRequest | None, prefill: str | None) -> None:
         """On the model thread. Every failure ends in a message: the spinner never waits forever."""
         try:
             explorer = self._new_explorer(options, settings)
@@ -187,7 +197,9 @@ class TokenstepApp(App[int]):
             return
         start = self.clock()  # the first panel, computed on this thread while it is warm; keys wait
         try:
-            explorer.open(prompt)
+            explorer.open(self._first_prompt(explorer, request))
+            if prefill:
+                explorer.force_text(prefill)
         except Exception as error:  # a prompt the model cannot take, a session folder that fails: the app still opens
             self.post_message(messages.CommandFailed(_said(error)))
         try:
@@ -196,6 +208,16 @@ class TokenstepApp(App[int]):
             self.post_message(messages.LoadFailed(f"The model loaded, but its first panel failed: {_said(error)}"))
             return
         self.post_message(messages.Loaded(explorer, view, Timing(latency_ms=1000 * (self.clock() - start))))
+
+    def _first_prompt(self, explorer: Explorer, request: PromptRequest | None) -> Prompt | None:
+        """The prompt to open at; a chat the model cannot take is said and skipped (a message follows)."""
+        if request is None or (request.chat and not request.text and not request.messages):
+            return None  # a chat to be started with the first message sent
+        try:
+            return request.build(explorer.engine)
+        except TokenstepError as error:
+            self.post_message(messages.CommandFailed(str(error)))
+            return None
 
     def _new_explorer(self, options: LoadOptions, settings: Settings) -> Explorer:
         from decoding.loading import collector_paused, load_engine
@@ -289,7 +311,7 @@ class TokenstepApp(App[int]):
         self.query_one(Spinner).stop()
         self.query_one("#loading").display = False
         self.query_one("#main").display = True
-        if message.view.snapshot.prompt:
+        if message.view.snapshot.prompt and not message.view.snapshot.chat:
             self.query_one("#prompt", Input).value = self._shown_prompt(message.view.snapshot.prompt)  # a reopened session's
         self._updated(messages.Updated(message.view, message.timing))
         self._next_command(after_work_ahead=False)
@@ -316,6 +338,9 @@ class TokenstepApp(App[int]):
     @on(messages.CommandFailed)
     def _command_failed(self, message: messages.CommandFailed) -> None:
         self.notify(message.text, severity="warning", markup=False)
+        box = self.query_one("#message", TextArea)
+        if isinstance(self.running, (commands.Say, commands.NewChat)) and not box.text:
+            box.text = self._unsent  # a message that was not taken is not lost
 
     @on(messages.Notice)
     def _notice(self, message: messages.Notice) -> None:
@@ -347,7 +372,10 @@ class TokenstepApp(App[int]):
         self.query_one(BeamPanel).display = beam is not None and main_panel is None
         if beam is None:
             self.query_one(TextView).show(view.snapshot, self.visible_whitespace)
-            self.query_one(CandidatePanel).show(view.snapshot.distribution, ENDED_NOTES.get(view.snapshot.finished or "", ""))
+            note = ENDED_NOTES.get(view.snapshot.finished or "", "")
+            if view.snapshot.chat and view.snapshot.finished == "eos":
+                note = "the reply has ended: send the next message (ctrl+s), or ⌫ takes it back"
+            self.query_one(CandidatePanel).show(view.snapshot.distribution, note, view.snapshot.chat)
             self.query_one(StatusLine).show(view.snapshot, self.timing, view.model)
             return
         self.highlighted_beam = max(0, min(self.highlighted_beam, len(beam.beams) - 1))
@@ -507,14 +535,48 @@ class TokenstepApp(App[int]):
             self.query_one("#loading").display = True
             self.query_one(Spinner).start()
             self.query_one("#loading-text", Label).update(Text(escape_controls(f"Loading {self._model_name()}…")))
-            self.load(self.load_options, Settings(self.strategy, self.choices), self.query_one("#prompt", Input).value)
+            plain = self.query_one("#prompt", Input).value
+            self.load(self.load_options, Settings(self.strategy, self.choices), None if self.chat_mode else PromptRequest(plain))
 
-        self.push_screen(ModelScreen(), chosen)
+        question = "Model to load: a Hub id, a local folder or a .gguf file (empty: the embedded model)"
+        self.push_screen(AskScreen(question, "HuggingFaceTB/SmolLM2-135M-Instruct"), chosen)
 
     @on(Input.Submitted, "#prompt")
     def new_prompt(self, event: Input.Submitted) -> None:
         self.action_stop()
         self.enqueue(commands.NewPrompt(self._prompts_shown.get(event.value, event.value)))
+
+    # --- chat ----------------------------------------------------------------------------------------
+
+    def action_toggle_chat(self) -> None:
+        """The prompt box takes a plain prompt, or a chat message (the exploration is not changed)."""
+        self.chat_mode = not self.chat_mode
+        self._show_prompt_box()
+        self.set_focus(self.query_one("#message" if self.chat_mode else "#prompt"))
+
+    def _show_prompt_box(self) -> None:
+        self.query_one("#prompt").display = not self.chat_mode
+        self.query_one("#message").display = self.chat_mode
+
+    def action_send(self, new: bool = False) -> None:
+        """Send the message box: the next turn of the conversation (or, `new`, a new conversation)."""
+        if not self.chat_mode:
+            return
+        box = self.query_one("#message", TextArea)
+        if not box.text.strip():
+            self.notify("The message is empty: type something to send.", severity="warning", markup=False)
+            return
+        self.action_stop()
+        self._unsent = box.text
+        self.enqueue(commands.NewChat(box.text, self.system) if new else commands.Say(box.text, self.system))
+        box.clear()
+
+    def action_force_text(self) -> None:
+        def chosen(text: str | None) -> None:
+            if text:
+                self._pause_then(commands.ForceText(text))
+
+        self.push_screen(AskScreen("Text to force, token by token (a reply can start with it):", strip=False), chosen)
 
     @on(CandidatePanel.RowSelected)
     def row_clicked(self, event: CandidatePanel.RowSelected) -> None:

@@ -13,10 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
+from decoding.chat import PromptRequest
 from decoding.errors import TokenstepError
 from decoding.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, recorded_model
 from decoding.settings import CHAPTER_STRATEGIES, STRATEGY_KINDS, Strategy, parse_strategies, strategy_from_options
-from decoding.tokens import escape_controls, one_line, undecodable_at
+from decoding.state import Message
+from decoding.tokens import escape_controls, one_line
 
 DEFAULT_PROMPT = "Transformers are the"
 
@@ -84,6 +86,40 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prompt")
+    group.add_argument(
+        "--chat", action="store_true", help="take the prompt as the user's message, rendered by the model's chat template"
+    )
+    group.add_argument("--system", help="with --chat: a system message before it")
+    group.add_argument(
+        "--prompt-file",
+        type=Path,
+        help="read the prompt from a file (with --chat: a message, or a JSON list of {role, content} messages)",
+    )
+    group.add_argument("--prefill", help="start the reply (or the continuation) with this text, forced token by token")
+
+
+def prompt_request(args: argparse.Namespace, default: str = "") -> PromptRequest:
+    """The prompt the options ask for, checked as far as it can be before a model loads."""
+    from decoding.chat import read_prompt_file
+
+    if args.system is not None and not args.chat:
+        raise TokenstepError("--system goes with --chat (a system message starts a conversation).")
+    if args.prompt_file is not None and args.prompt is not None:
+        raise TokenstepError("Give the prompt as an argument or with --prompt-file, not both.")
+    text: str = args.prompt if args.prompt is not None else default
+    messages: tuple[Message, ...] = ()
+    if args.prompt_file is not None:
+        read = read_prompt_file(args.prompt_file, args.chat)
+        text, messages = (read, ()) if isinstance(read, str) else ("", read)
+    request = PromptRequest(text, messages, args.chat, args.system)
+    request.check()
+    if args.prefill is not None and not args.prefill:
+        raise TokenstepError("--prefill is empty: give the text the reply starts with.")
+    return request
+
+
 def _early_stopping(text: str) -> str:
     if text != "never":
         raise argparse.ArgumentTypeError(f"takes no value, or `never` (got {text!r})")
@@ -96,7 +132,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         description="Step through a language model's text generation one token at a time. "
         "Also: `tokenstep trace`, `tokenstep compare` and `tokenstep replay` (each with --help).",
     )
-    app.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
+    app.add_argument("prompt", nargs="?", help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     app.add_argument("--choices", type=int, default=10, help="candidates shown (default 10)")
     app.add_argument("--max-new-tokens", type=int, default=256, help="where play stops (default 256)")
     app.add_argument(
@@ -105,15 +141,17 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sessions = app.add_mutually_exclusive_group()
     sessions.add_argument("--session", type=Path, help="open or create this session file (default: a new one in the data folder)")
     sessions.add_argument("--resume", action="store_true", help="open the last session")
+    _add_prompt_options(app)
     _add_model_options(app)
     _add_strategy_options(app)
 
     trace = Parser(prog="tokenstep trace", description="Run N steps headless and print the trace.")
-    trace.add_argument("prompt")
+    trace.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
     trace.add_argument("--steps", type=int, default=8, help="steps to take (default 8)")
     trace.add_argument("--choices", type=int, default=5, help="candidates per step (default 5)")
     trace.add_argument("--format", default="table", choices=["table", "json", "csv", "markdown"])
     trace.add_argument("--picks", default="", help="ranks to force, one per step, e.g. 0,2,1 (0 = the top one)")
+    _add_prompt_options(trace)
     _add_model_options(trace)
     _add_strategy_options(trace)
     return app, trace
@@ -125,7 +163,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
         description="Run several strategies for exactly N new tokens from the same prompt and seed; "
         "print each continuation with its log-probability under the raw model and its repeated 3-grams.",
     )
-    compare.add_argument("prompt")
+    compare.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
     compare.add_argument("--new-tokens", type=int, default=32, help="tokens each strategy writes (default 32)")
     compare.add_argument("--format", default="table", choices=["table", "json", "markdown"])
     compare.add_argument(
@@ -134,6 +172,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
         help="comma-separated, each kind[:name=value...] (default: the chapter's set: %(default)s)",
     )
     compare.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every strategy (default 0)")
+    _add_prompt_options(compare)
     _add_model_options(compare)
     return compare
 
@@ -157,15 +196,6 @@ def load_options_from(args: argparse.Namespace) -> LoadOptions:
     return LoadOptions(model=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, engine=args.engine)
 
 
-def checked_prompt(prompt: str) -> str:
-    """The prompt, if a model can take it: one line saying why not otherwise, before anything loads."""
-    if not prompt:
-        raise TokenstepError("The prompt is empty: give some text for the model to continue.")
-    if (index := undecodable_at(prompt)) is not None:
-        raise TokenstepError(f"The prompt is not valid UTF-8 text (character {index + 1} was a stray byte): give it as UTF-8.")
-    return prompt
-
-
 def parse_picks(text: str, choices: int) -> list[int]:
     try:
         picks = [int(part) for part in text.split(",") if part.strip()]
@@ -183,23 +213,26 @@ def run_trace_command(argv: Sequence[str]) -> int:
     from decoding.trace import TracePlan
 
     args = build_parsers()[1].parse_args(argv)
-    checked_prompt(args.prompt)
+    request = prompt_request(args)
     if args.steps < 1:
         raise TokenstepError(f"--steps must be at least 1 (got {args.steps}).")
     if args.choices < 1:
         raise TokenstepError(f"--choices must be at least 1 (got {args.choices}).")
-    plan = TracePlan(args.prompt, args.steps, parse_picks(args.picks, args.choices))
+    picks = parse_picks(args.picks, args.choices)
     strategy, options = strategy_from(args), load_options_from(args)
-    if strategy.is_beam and plan.picks:
-        raise TokenstepError("--picks forces tokens on one path; beam search keeps several. Drop --picks or the beam strategy.")
+    if strategy.is_beam and (picks or args.prefill):
+        raise TokenstepError(
+            "--picks and --prefill force tokens on one path; beam search keeps several. Drop them or the beam strategy."
+        )
 
     from decoding.explorer import Explorer
     from decoding.loading import load_engine
     from decoding.trace import format_trace, run_trace
 
     engine = load_engine(options, _progress_on_terminal)
+    plan = TracePlan(request.build(engine), args.steps, picks, args.prefill or "")
     # Beam search runs for at most --steps new tokens, as generate(max_new_tokens=steps) would.
-    explorer = Explorer(engine, strategy, args.choices, max_new_tokens=plan.steps)
+    explorer = Explorer(engine, strategy, args.choices, max_new_tokens=plan.steps + len(engine.encode_piece(plan.prefill)))
     print(format_trace(run_trace(explorer, plan), args.format))
     return 0
 
@@ -256,7 +289,7 @@ def run_replay_command(argv: Sequence[str]) -> int:
 
 def run_compare_command(argv: Sequence[str]) -> int:
     args = build_compare_parser().parse_args(argv)
-    checked_prompt(args.prompt)
+    request = prompt_request(args)
     if args.new_tokens < 1:
         raise TokenstepError(f"--new-tokens must be at least 1 (got {args.new_tokens}).")
     strategies = parse_strategies(args.strategies, seed=args.seed)
@@ -266,11 +299,10 @@ def run_compare_command(argv: Sequence[str]) -> int:
     from decoding.loading import load_engine
 
     engine = load_engine(options, _progress_on_terminal)
-    from decoding.prompt import plain_prompt
-
-    prefix_ids = list(plain_prompt(engine, args.prompt).ids)
+    prompt = request.build(engine)
+    prefix_ids = list(prompt.ids) + (engine.encode_piece(args.prefill) if args.prefill else [])
     results = compare(engine, prefix_ids, strategies, args.new_tokens, progress=_compare_progress)
-    print(format_comparison(comparison_record(args.prompt, args.new_tokens, results), args.format))
+    print(format_comparison(comparison_record(engine.decode(prefix_ids), args.new_tokens, results), args.format))
     return 0
 
 
@@ -286,7 +318,7 @@ def _progress_on_terminal(message: str) -> None:
 
 def run_app_command(argv: Sequence[str]) -> int:
     args = build_parsers()[0].parse_args(argv)
-    checked_prompt(args.prompt)
+    request = prompt_request(args, default=DEFAULT_PROMPT)
     if args.choices < 1:
         raise TokenstepError(f"--choices must be at least 1 (got {args.choices}).")
     if args.look_ahead < 0:
@@ -309,7 +341,8 @@ def run_app_command(argv: Sequence[str]) -> int:
     app = TokenstepApp(
         options,
         strategy,
-        prompt=args.prompt,
+        prompt=request,
+        prefill=args.prefill,
         choices=choices,
         max_new_tokens=args.max_new_tokens,
         look_ahead=args.look_ahead,

@@ -19,6 +19,7 @@ from decoding.state import Candidate, Distribution
 
 BAR_WIDTH = 10
 REMOVED_STYLE = "dim strike"
+SPECIAL_STYLE = "magenta"  # a control token (<|im_end|>), unlike the same characters typed as text
 HEADER_LINES = 1
 TOKEN_WIDTH = 18
 PERCENT_WIDTH = len("100.00%")
@@ -46,13 +47,14 @@ class CandidatePanel(Static):
 
     shown: Distribution | None = None
     note = ""
+    chat = False
     cursor_row = 0
 
-    def show(self, distribution: Distribution | None, note: str = "") -> None:
+    def show(self, distribution: Distribution | None, note: str = "", chat: bool = False) -> None:
         """Show these candidates, keeping the highlighted row number; with none, `note` says why."""
-        if distribution == self.shown and note == self.note:
+        if distribution == self.shown and note == self.note and chat == self.chat:
             return  # nothing new to paint
-        self.shown, self.note = distribution, note
+        self.shown, self.note, self.chat = distribution, note, chat
         self.move_cursor(self.cursor_row)
 
     def move_cursor(self, row: int) -> None:
@@ -92,6 +94,9 @@ class CandidatePanel(Static):
             if index == self.cursor_row:
                 line.stylize(highlight)
             lines.append(line)
+        if shown.candidates and shown.candidates[0].ends:
+            ends = "the reply" if self.chat else "the generation"
+            lines.append(Text(f"row 1, {shown.candidates[0].label}, would end {ends}", style=SPECIAL_STYLE))
         if not shown.complete:
             lines.append(
                 Text(
@@ -133,7 +138,7 @@ def _cells(candidate: Candidate, reshaped: bool) -> list[Text]:
     style = REMOVED_STYLE if candidate.removed else ""
     cells = [
         Text(str(candidate.rank + 1), style="dim"),
-        Text(_fit(candidate.label), style=style or "bold"),
+        Text(_fit(candidate.label), style=style or (SPECIAL_STYLE if candidate.special else "bold")),
         Text(f"{100 * candidate.prob:.2f}%", style=style),
         Text(bar(candidate.prob), style=style or "cyan"),
     ]
