@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml .ci/constraints.txt .ci/build-llama.sh
 run: $(STAMP)
 	$(BIN)/tokenstep $(ARGS)
 
+# The server tests run real servers: llama-server and vLLM (CPU), each built or installed once into the
+# cache folder (about 7 and 2 minutes the first time) and reused after.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	LLAMA_SERVER="$$(PYTHON=$(BIN)/python .ci/build-llama.sh server)" VLLM_PYTHON="$$(.ci/vllm-env.sh)" \
+		HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Lint, format, types and the core's import contract (pyproject.toml says what each checks).
 check: $(STAMP)
@@ -31,4 +34,5 @@ check: $(STAMP)
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py
+	LLAMA_SERVER="$$(PYTHON=$(BIN)/python .ci/build-llama.sh server)" VLLM_PYTHON="$$(.ci/vllm-env.sh)" \
+		HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py $(BENCH)

@@ -2,6 +2,7 @@
 # Builds llama.cpp once per version and set of CPU flags, into a cache folder outside the repository,
 # and reuses it after that:
 #   .ci/build-llama.sh wheel    -> a llama-cpp-python wheel (for --engine llama), path printed
+#   .ci/build-llama.sh server   -> llama.cpp's llama-server, from the same sources (for the server tests)
 #
 # The flags never depend on the building CPU: llama-cpp-python compiles with GGML_NATIVE=ON by
 # default, and a build made on a CPU with AMX crashed in ggml's AMX kernels; one made on a CPU with
@@ -32,7 +33,29 @@ wheel() {
     echo "$built"
 }
 
+server() {
+    local folder="$CACHE/llama-server/$KEY"
+    if [ ! -x "$folder/llama-server" ]; then
+        echo "Building llama-server $VERSION with portable CPU flags (once; about 7 minutes on 2 cores)..." >&2
+        local work
+        work=$(mktemp -d)
+        trap 'rm -rf "$work"' RETURN
+        "$PYTHON" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$work" >&2
+        tar xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+        # Static, no web UI (it would be downloaded), no TLS: a local test server.
+        cmake -S "$work"/llama_cpp_python-*/vendor/llama.cpp -B "$work/build" -DCMAKE_BUILD_TYPE=Release $PORTABLE_FLAGS \
+            -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+            -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF >&2
+        cmake --build "$work/build" --target llama-server -j "$(nproc)" >&2
+        mkdir -p "$folder"
+        cp "$work/build/bin/llama-server" "$folder/llama-server.partial"
+        mv "$folder/llama-server.partial" "$folder/llama-server"  # whole, or not there
+    fi
+    echo "$folder/llama-server"
+}
+
 case "${1:-}" in
     wheel) wheel ;;
-    *) echo "usage: $0 wheel" >&2; exit 2 ;;
+    server) server ;;
+    *) echo "usage: $0 wheel|server" >&2; exit 2 ;;
 esac

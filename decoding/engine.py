@@ -74,6 +74,14 @@ class SetsAside(Protocol):
 
 
 @runtime_checkable
+class FeedsAlternatives(Protocol):
+    """Can score several one-token continuations of the held tokens at once (a server answers them
+    concurrently), each set aside as `SetsAside.detach_last` would leave it."""
+
+    def feed_alternatives(self, token_ids: Sequence[int]) -> list[tuple[Scores, object]]: ...
+
+
+@runtime_checkable
 class Forks(Protocol):
     """Can give the same model with a cache of its own (work beside a session: a comparison)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -38,7 +38,7 @@ class TransformersEngine:
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self.special_ids = _special_ids(tokenizer)
         self.end_of_turn_ids = frozenset(i for i in self.special_ids if tokenizer.convert_ids_to_tokens(i) in END_OF_TURN_TEXTS)
-        self._byte_decoder = _byte_decoder(tokenizer)
+        self._token_bytes = token_bytes_of(tokenizer, _byte_decoder(tokenizer))
         self._cache = DynamicCache(config=model.config)
         self.weights_digest = _weights_digest(model)
 
@@ -67,14 +67,7 @@ class TransformersEngine:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def token_bytes(self, token_id: int) -> bytes:
-        piece = self.tokenizer.convert_ids_to_tokens(token_id)
-        if piece is None:
-            return b""
-        if match := BYTE_PIECE.fullmatch(piece):
-            return bytes([int(match[1], 16)])
-        if self._byte_decoder and all(ch in self._byte_decoder for ch in piece):
-            return bytes(self._byte_decoder[ch] for ch in piece)
-        return piece.replace("\u2581", " ").encode("utf-8")  # sentencepiece writes a leading space as ▁
+        return self._token_bytes(token_id)
 
     @property
     def cached_length(self) -> int:
@@ -176,6 +169,22 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
         elif source:
             found.update(source)
     return frozenset(found)
+
+
+def token_bytes_of(tokenizer: Any, byte_decoder: dict[str, int] | None) -> Callable[[int], bytes]:
+    """The raw bytes each token of `tokenizer` stands for (may be part of a UTF-8 character)."""
+
+    def token_bytes(token_id: int) -> bytes:
+        piece = tokenizer.convert_ids_to_tokens(token_id)
+        if piece is None:
+            return b""
+        if match := BYTE_PIECE.fullmatch(piece):
+            return bytes([int(match[1], 16)])
+        if byte_decoder and all(ch in byte_decoder for ch in piece):
+            return bytes(byte_decoder[ch] for ch in piece)
+        return piece.replace("\u2581", " ").encode("utf-8")  # sentencepiece writes a leading space as ▁
+
+    return token_bytes
 
 
 def _special_ids(tokenizer) -> frozenset[int]:

@@ -44,8 +44,10 @@ ENGINE_KINDS = {
     for kind in (
         EngineKind("transformers", "transformers", "any Hugging Face causal LM; agrees with generate() (default)"),
         EngineKind("llama", "llama.cpp", "a .gguf file run by llama.cpp: faster, quantized", gguf_only=True),
+        EngineKind("server", "server", "a model served by vLLM, SGLang or llama.cpp's llama-server (--url)"),
     )
 }
+SERVER_TOP_RANGE = (2, 1000)  # candidates a server is asked for per step
 ENGINES = tuple(ENGINE_KINDS)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -59,7 +61,11 @@ class LoadOptions:
     device: str = "auto"
     dtype: str = "auto"
     device_map: str | None = None  # "auto": accelerate places a model too large for one device
-    engine: str = "transformers"  # or "llama": llama.cpp on the .gguf file itself
+    engine: str = "transformers"  # or "llama": llama.cpp on the .gguf file itself; "server": a served model
+    url: str | None = None  # --engine server: the server's address
+    api_key: str | None = None  # --engine server: for a server behind a key (else $TOKENSTEP_API_KEY)
+    server_top: int = 20  # --engine server: the top N log-probabilities asked for per step
+    tokenizer: str | None = None  # --engine server: a local copy of the served model's tokenizer
 
     def __post_init__(self) -> None:
         if self.model is not None and not self.model.strip():
@@ -76,14 +82,30 @@ class LoadOptions:
             raise LoadError(f"--device must be {DEVICES_HELP} (got {self.device!r}).")
         if self.device_map not in (None, "auto"):
             raise LoadError(f"--device-map only accepts 'auto' (got {self.device_map!r}).")
+        if self.engine == "server":
+            if not self.url:
+                raise LoadError("--engine server needs --url, the server's address (such as http://127.0.0.1:8000).")
+            if self.model:
+                raise LoadError("--engine server runs the model the server serves: leave out --model.")
+            low, high = SERVER_TOP_RANGE
+            if not low <= self.server_top <= high:
+                raise LoadError(f"--server-top must be from {low} to {high} (got {self.server_top}).")
+        elif self.url or self.tokenizer:
+            raise LoadError("--url and --tokenizer go with --engine server.")
 
 
-def recorded_model(model_id: str | None, engine_name: str | None, dtype: str | None = None) -> dict[str, Any]:
-    """LoadOptions' `model`, `engine` and `dtype` for a model as traces and session files record it
-    (the name shown, the engine's name, the dtype it ran in: a quantization name means the engine's own)."""
+def recorded_model(
+    model_id: str | None, engine_name: str | None, dtype: str | None = None, url: str | None = None
+) -> dict[str, Any]:
+    """LoadOptions' `model`, `engine` and `dtype` (and a server's `url`) for a model as traces and
+    session files record it (the name shown, the engine's name, the dtype it ran in: a quantization
+    name means the engine's own)."""
+    engine = next((kind.option for kind in ENGINE_KINDS.values() if kind.name == engine_name), "transformers")
+    if engine == "server":
+        return {"model": None, "engine": engine, "url": url}
     return {
         "model": None if model_id == EMBEDDED_NAME else model_id,
-        "engine": next((kind.option for kind in ENGINE_KINDS.values() if kind.name == engine_name), "transformers"),
+        "engine": engine,
         "dtype": dtype if dtype in DTYPES else "auto",
     }
 
@@ -171,10 +193,11 @@ def load_engine(options: LoadOptions | None = None, progress: Progress = lambda 
 
 
 def _load_engine(options: LoadOptions, progress: Progress) -> Engine:
-    device = resolve_device(options.device)
+    device = "server" if options.engine == "server" else resolve_device(options.device)
     loaders: dict[str, Callable[[LoadOptions, str, Progress], Engine]] = {
         "transformers": _load_transformers,
         "llama": _load_llama,
+        "server": _load_server,
     }
     return loaders[options.engine](options, device, progress)
 
@@ -196,6 +219,18 @@ def _load_transformers(options: LoadOptions, device: str, progress: Progress) ->
     progress(f"loading {model_id} on {device} ({str(dtype).removeprefix('torch.')})")
     model, tokenizer = _load_pretrained(source, model_id, device, dtype, options.device_map)
     return TransformersEngine(model, tokenizer, model_id=model_id)
+
+
+def _load_server(options: LoadOptions, device: str, progress: Progress) -> Engine:
+    from decoding.server_engine import ServerEngine, ServerError
+
+    assert options.url is not None, "checked by LoadOptions"
+    progress(f"asking {options.url} what it serves")
+    api_key = options.api_key or os.environ.get("TOKENSTEP_API_KEY") or None
+    try:
+        return ServerEngine(options.url, api_key=api_key, top=options.server_top, tokenizer=options.tokenizer)
+    except ServerError as error:
+        raise LoadError(f"--engine server: {error}") from None
 
 
 def _load_llama(options: LoadOptions, device: str, progress: Progress) -> Engine:

@@ -25,6 +25,7 @@ _COMMON = {
     "model": (str, None),
     "engine": str,
     "dtype?": (str, None),
+    "url?": str,
     "strategy": {"do_sample?": bool, "num_beams?": Whole(1)},
     "seed?": Whole(0),
     "prompt": str,
@@ -81,7 +82,7 @@ class StepCheck:
 
 def load_options(record: dict[str, Any], **overrides: Any) -> LoadOptions:
     """The trace's own model, engine and dtype, unless overridden (an override of None keeps the trace's)."""
-    options = recorded_model(record.get("model"), record.get("engine"), record.get("dtype"))
+    options = recorded_model(record.get("model"), record.get("engine"), record.get("dtype"), record.get("url"))
     options.update({name: value for name, value in overrides.items() if value is not None})
     return LoadOptions(**options)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from decoding.chat import Turn
-from decoding.engine import Engine, ScoresAnyToken, SetsAside, decode_continuation
+from decoding.engine import Engine, FeedsAlternatives, ScoresAnyToken, SetsAside, decode_continuation
 from decoding.errors import SessionError, SettingsError
 from decoding.prompt import Prompt, checked_ids, plain_prompt
 from decoding.scores import NextToken, Scores
@@ -307,6 +307,11 @@ class Session:
         """
         engine = self.engine
         if not isinstance(engine, SetsAside):
+            return
+        wanted = [t for t in dict.fromkeys(token_ids) if t not in self._ahead and not self.finished and not self._ending_after(t)]
+        if isinstance(engine, FeedsAlternatives):  # all at once: a server answers them concurrently
+            if wanted and not should_stop():
+                self._ahead.update(zip(wanted, engine.feed_alternatives(wanted)))
             return
         for token_id in token_ids:
             if should_stop():

@@ -50,6 +50,7 @@ def model_identity(engine) -> dict[str, Any]:
         "vocab_size": engine.vocab_size,
         "fingerprint": digest.hexdigest()[:16],
         "weights": engine.weights_digest,
+        **({"url": engine.url} if isinstance(getattr(engine, "url", None), str) else {}),
     }
 
 
@@ -169,7 +170,15 @@ NODE_SHAPE = {
     "rng?": str,
 }
 SESSION_SHAPE = {
-    "model": {"model_id": (str, None), "engine": str, "vocab_size": Whole(1), "fingerprint": str, "weights?": str, "dtype?": str},
+    "model": {
+        "model_id": (str, None),
+        "engine": str,
+        "vocab_size": Whole(1),
+        "fingerprint": str,
+        "weights?": str,
+        "dtype?": str,
+        "url?": str,
+    },
     "strategy": dict,
     "choices": Whole(1),
     "tree": {"roots": [Whole(0)], "current": (Whole(0), None), "nodes": [NODE_SHAPE]},

@@ -79,6 +79,7 @@ def trace_record(session: Session) -> dict[str, Any]:
         "engine": engine.name,
         "device": engine.device,
         "dtype": engine.dtype,
+        **_server(engine),
         "strategy": strategy.generation_kwargs(),
         "seed": strategy.seed,
         "prompt": session.prompt.text,
@@ -108,6 +109,7 @@ def beam_trace_record(search: BeamSearch) -> dict[str, Any]:
         "engine": engine.name,
         "device": engine.device,
         "dtype": engine.dtype,
+        **_server(engine),
         "strategy": search.strategy.generation_kwargs(),
         "max_new_tokens": search.max_new_tokens,
         "prompt": snapshot.prefix,
@@ -144,6 +146,12 @@ def _processors_record(report: ProcessorReport | None) -> dict[str, Any]:
             for effect in report.effects
         ]
     }
+
+
+def _server(engine: Any) -> dict[str, str]:
+    """A served model's address, so that replay can ask the same server."""
+    url = getattr(engine, "url", None)
+    return {"url": url} if isinstance(url, str) else {}
 
 
 def _message_record(message: Message) -> dict[str, str]:

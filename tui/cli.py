@@ -61,6 +61,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         choices=ENGINES,
         help="; ".join(f"{kind.option}: {kind.help}" for kind in ENGINE_KINDS.values()),
     )
+    server = parser.add_argument_group("server (--engine server)")
+    server.add_argument("--url", help="the server's address, with or without /v1 (vLLM, SGLang or llama-server)")
+    server.add_argument("--api-key", help="for a server behind a key (default: $TOKENSTEP_API_KEY)")
+    server.add_argument("--server-top", type=int, default=20, help="top N log-probabilities asked for per step (default 20)")
+    server.add_argument("--tokenizer", help="a local copy of the served model's tokenizer (default: the server's own endpoints)")
 
 
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +198,17 @@ def strategy_from(args: argparse.Namespace) -> Strategy:
 
 
 def load_options_from(args: argparse.Namespace) -> LoadOptions:
-    return LoadOptions(model=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map, engine=args.engine)
+    return LoadOptions(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
+        engine=args.engine,
+        url=args.url,
+        api_key=args.api_key,
+        server_top=args.server_top,
+        tokenizer=args.tokenizer,
+    )
 
 
 def parse_picks(text: str, choices: int) -> list[int]:
@@ -251,6 +266,8 @@ def build_replay_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", help="another Hub id, folder or .gguf file")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     group.add_argument("--dtype", choices=DTYPES, help="default: the trace's")
+    group.add_argument("--url", help="a server to replay on (default: a server trace's own)")
+    group.add_argument("--api-key", help="for a server behind a key (default: $TOKENSTEP_API_KEY)")
     return replay
 
 
@@ -272,7 +289,7 @@ def run_replay_command(argv: Sequence[str]) -> int:
     record = checked_trace(read_json_file(args.trace, "a tokenstep JSON trace"), str(args.trace))
     beam = "sequence_score" in record
     strategy = strategy_of(record)
-    options = load_options(record, model=args.model, device=args.device, dtype=args.dtype)
+    options = load_options(record, model=args.model, device=args.device, dtype=args.dtype, url=args.url, api_key=args.api_key)
 
     from decoding.loading import load_engine
 
@@ -334,7 +351,9 @@ def run_app_command(argv: Sequence[str]) -> int:
     if saved is not None:
         strategy, choices = saved.strategy, saved.choices
         if args.model is None:  # reopen on the model it was made with
-            recorded = recorded_model(saved.model.get("model_id"), saved.model.get("engine"), saved.model.get("dtype"))
+            recorded = recorded_model(
+                saved.model.get("model_id"), saved.model.get("engine"), saved.model.get("dtype"), saved.model.get("url")
+            )
             if args.dtype != "auto":
                 recorded["dtype"] = args.dtype
             options = replace(options, **recorded)

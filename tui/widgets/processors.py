@@ -67,4 +67,7 @@ class ProcessorPanel(Static):
         elif report is None or distribution is None:
             self.update(Text("No processors: the strategy takes the model's distribution as it is.", style="dim"))
         else:
-            self.update(processor_table(report, distribution))
+            table = processor_table(report, distribution)
+            if not distribution.complete:  # a server's top N: the processors ran here, on them
+                table.append(f"\nran here, on the top {distribution.known} tokens the engine returned", style="dim")
+            self.update(table)

@@ -1,0 +1,230 @@
+"""The server engine against real servers on 127.0.0.1: llama.cpp's llama-server serving the embedded
+GGUF, and vLLM (CPU) serving its converted copy; agreement with the in-process engines and generate()."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+
+import pytest
+import torch
+
+from decoding.errors import LoadError, TokenstepError
+from decoding.explorer import Explorer
+from decoding.loading import LoadOptions, converted_gguf, embedded_gguf, load_engine
+from decoding.session import Session
+from decoding.settings import Strategy
+from tests import servers
+
+pytestmark = pytest.mark.server
+PROMPT = "Transformers are the"
+
+
+@pytest.fixture(scope="module")
+def llama_server_url():
+    binary = os.environ.get("LLAMA_SERVER")
+    if not binary:
+        pytest.skip("$LLAMA_SERVER is not set: `make test` builds llama-server and sets it")
+    from decoding.llama_engine import default_threads
+
+    port = servers.free_port()
+    command = servers.llama_server_command(binary, embedded_gguf(), port, default_threads())
+    with servers.running(command, f"http://127.0.0.1:{port}", "llama-server", 120) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def vllm_url():
+    python = os.environ.get("VLLM_PYTHON")
+    if not python:
+        pytest.skip("$VLLM_PYTHON is not set: `make test` makes vLLM's environment and sets it")
+    port = servers.free_port()
+    command = servers.vllm_command(python, converted_gguf(embedded_gguf()), port)
+    with servers.running(command, f"http://127.0.0.1:{port}", "vllm", 600, servers.VLLM_ENV) as url:
+        yield url
+
+
+def server_engine(url: str, top: int = 20):
+    return load_engine(LoadOptions(engine="server", url=url, server_top=top))
+
+
+def greedy(engine, steps: int = 32) -> Session:
+    session = Session(engine)
+    session.reset(PROMPT)
+    for _ in range(steps):
+        session.step()
+    return session
+
+
+def top10(session: Session) -> dict[int, float]:
+    return {c.token_id: c.prob for c in session.distribution.candidates}
+
+
+# --- llama-server ---------------------------------------------------------------------------------
+
+
+def test_llama_server_steps_the_in_process_engines_path_with_its_probabilities(llama_server_url):
+    served = server_engine(llama_server_url)
+    assert served.dialect.name == "llama.cpp" and "llama.cpp" in served.device
+    ours, theirs = Session(served), Session(load_engine(LoadOptions(engine="llama")))
+    for session in (ours, theirs):
+        session.reset(PROMPT)
+    assert ours.prompt_ids == theirs.prompt_ids
+    for _ in range(32):
+        a, b = top10(ours), top10(theirs)
+        shared = a.keys() & b.keys()  # near-ties may trade places at the tenth row
+        assert len(shared) >= 9 and max(abs(a[t] - b[t]) for t in shared) <= 1e-3
+        ours.step()
+        theirs.step()
+    assert ours.generated_ids == theirs.generated_ids
+    assert ours.text == theirs.text
+
+
+def test_llama_server_undo_sends_no_request_and_a_forced_token_outside_the_n_gets_its_probability(llama_server_url):
+    served = server_engine(llama_server_url, top=10)
+    local = Session(load_engine(LoadOptions(engine="llama")))
+    session = Session(served)
+    for s in (session, local):
+        s.reset(PROMPT)
+        s.step()
+    before = session.distribution
+    outside = int(torch.argsort(local.next.scores.values, descending=True)[40])
+    session.force(outside)
+    local.force(outside)
+    assert session.path[-1].logprob == pytest.approx(local.path[-1].logprob, abs=1e-3) and session.path[-1].rank is None
+    requests = []
+    post = served.http.post
+    served.http.post = lambda *args: requests.append(args) or post(*args)
+    session.undo()
+    assert requests == [] and session.distribution == before
+
+
+# --- vLLM ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.embedded
+def test_vllm_steps_generates_greedy_path_with_its_probabilities(vllm_url, embedded_engine):
+    served = server_engine(vllm_url, top=20)
+    assert served.dialect.name == "vLLM" and served.model_id == "smollm2"
+    ours, theirs = Session(served), Session(embedded_engine)
+    for session in (ours, theirs):
+        session.reset(PROMPT)
+    assert ours.prompt_ids == theirs.prompt_ids
+    for _ in range(32):
+        a, b = top10(ours), top10(theirs)
+        assert list(a) == list(b) and max(abs(a[t] - b[t]) for t in a) <= 1e-4
+        ours.step()
+        theirs.step()
+    ids = torch.tensor([ours.prompt_ids])
+    expected = embedded_engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False)
+    assert ours.generated_ids == theirs.generated_ids == expected[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.embedded
+def test_vllm_gives_a_token_outside_the_n_its_true_log_probability(vllm_url, embedded_engine):
+    served, local = Session(server_engine(vllm_url, top=5)), Session(embedded_engine)
+    for session in (served, local):
+        session.reset(PROMPT)
+    outside = int(torch.argsort(local.next.scores.values, descending=True)[100])
+    served.force(outside)
+    local.force(outside)
+    assert served.path[-1].logprob == pytest.approx(local.path[-1].logprob, abs=1e-4)
+    assert served.path[-1].rank is None and local.path[-1].rank == 100
+
+
+@pytest.mark.embedded
+def test_vllm_beam_search_with_n_at_least_2b_equals_generate(vllm_url, embedded_engine):
+    explorer = Explorer(server_engine(vllm_url, top=10), Strategy(kind="beam", num_beams=3), max_new_tokens=8)
+    explorer.new_prompt(PROMPT)
+    while not explorer.beam.ended:
+        explorer.step()
+    best = explorer.beam.snapshot().best
+    ids = torch.tensor([explorer.session.prompt_ids])
+    out = embedded_engine.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=8,
+        num_beams=3,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    assert list(best.token_ids) == out.sequences[0, ids.shape[1] :].tolist()
+    assert best.penalised == pytest.approx(float(out.sequences_scores[0]), abs=1e-3)
+
+
+# --- what goes wrong is one line -------------------------------------------------------------------
+
+
+def test_a_server_that_is_down_or_speaks_another_dialect_is_one_clear_line():
+    port = servers.free_port()
+    with pytest.raises(LoadError, match="cannot be reached.*is the server running"):
+        server_engine(f"http://127.0.0.1:{port}")
+    with pytest.raises(LoadError, match="--url"):
+        LoadOptions(engine="server")
+    with pytest.raises(LoadError, match="give the server's address"):
+        server_engine("ftp://example")
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802  http.server's name
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(LoadError, match="not as vLLM, SGLang or llama.cpp"):
+            server_engine(f"http://127.0.0.1:{server.server_address[1]}/v1")
+    finally:
+        server.shutdown()
+
+
+def test_a_server_that_stops_answering_leaves_the_path_and_the_step_can_be_retried(llama_server_url, monkeypatch):
+    import decoding.server_engine
+
+    served = server_engine(llama_server_url)
+    session = Session(served)
+    session.reset(PROMPT)
+    session.step()
+    path = session.path
+    monkeypatch.setattr(served.http, "base", "http://127.0.0.1:9")  # for the message
+    real = served.http._request
+
+    def down(*args, **kwargs):
+        raise decoding.server_engine.ServerError("http://127.0.0.1:9 cannot be reached (refused): is the server running?")
+
+    served.http._request = down
+    with pytest.raises(TokenstepError, match="cannot be reached"):
+        session.step()
+    assert session.path == path and served.cached_length == len(session.ids)
+    served.http._request = real
+    session.step()  # retried
+    assert len(session.path) == 2
+
+
+async def test_the_app_steps_undoes_and_picks_ahead_through_a_server(llama_server_url):
+    from tests.test_app import SIZE, panel_ids, settle
+    from tui.app import TokenstepApp
+
+    app = TokenstepApp(LoadOptions(engine="server", url=llama_server_url), prompt=PROMPT, look_ahead=3)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, rounds=3000)
+        assert "llama.cpp" in str(app.query_one("#status").content)
+        first = panel_ids(app)
+        await pilot.press("space", "space", "backspace")
+        await settle(pilot, rounds=3000)
+        assert len(app.snapshot.path) == 1
+        engine = app.session.engine
+        third = panel_ids(app)[2]
+        assert third in app.session.looked_ahead  # asked while the person read
+        app.look_ahead = 0  # nothing more ahead: a request now would be the pick's own
+        requests = []
+        post = engine.http.post
+        engine.http.post = lambda *args: requests.append(args) or post(*args)
+        await pilot.press("3")
+        await settle(pilot, rounds=3000)
+        assert app.snapshot.path[-1].token_id == third and requests == [] and first
