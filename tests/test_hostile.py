@@ -153,7 +153,7 @@ def assert_one_line(code: int, err: str) -> None:
     "args, message",
     [
         (["trace", "hi", "--bogus"], "unrecognized arguments: --bogus (see tokenstep trace --help)"),
-        (["trace"], "the following arguments are required: prompt"),
+        (["trace"], "A prompt is needed: give it as an argument or with --prompt-file"),
         (["compare", "hi", "--format", "xml"], "invalid choice"),
         (["trace", "hi", "--seed", "18446744073709551616"], "--seed must be a whole number from 0 to 18446744073709551615"),
         (["trace", "hi", "--strategy", "sample", "--temperature", "1e-40"], "--temperature must be a number from 0.01"),

@@ -113,6 +113,8 @@ def prompt_request(args: argparse.Namespace, default: str = "") -> PromptRequest
         raise TokenstepError("--system goes with --chat (a system message starts a conversation).")
     if args.prompt_file is not None and args.prompt is not None:
         raise TokenstepError("Give the prompt as an argument or with --prompt-file, not both.")
+    if args.prompt is None and args.prompt_file is None and not default:
+        raise TokenstepError("A prompt is needed: give it as an argument or with --prompt-file.")
     text: str = args.prompt if args.prompt is not None else default
     messages: tuple[Message, ...] = ()
     if args.prompt_file is not None:
