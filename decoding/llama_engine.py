@@ -6,8 +6,9 @@ probabilities differ slightly; transformers stays the default, the engine that a
 
 from __future__ import annotations
 
+import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,7 +51,7 @@ class LlamaCppEngine:
         self.vocab_size = self._llm.n_vocab()
         self.context_limit = min(self._llm._model.n_ctx_train(), self._llm.n_ctx())
         self.eos_token_ids = frozenset({self._llm.token_eos()})
-        vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        self._vocab = vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self.special_ids = frozenset(i for i in range(self.vocab_size) if llama_cpp.llama_vocab_is_control(vocab, i))
         self.end_of_turn_ids = frozenset(i for i in self.special_ids if llama_cpp.llama_vocab_is_eog(vocab, i))
         self.weights_digest = file_digest(gguf)
@@ -62,7 +63,15 @@ class LlamaCppEngine:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
+        """llama.cpp's own detokenizer, with room for the whole text (llama-cpp-python's wrapper gives
+        each token 32 bytes and silently drops a longer one, such as a run of 32 spaces)."""
+        import llama_cpp
+
+        tokens = (llama_cpp.llama_token * len(ids))(*ids)
+        written = _grown(
+            lambda buffer, size: llama_cpp.llama_detokenize(self._vocab, tokens, len(ids), buffer, size, False, True)
+        )
+        return written.decode("utf-8", errors="replace")
 
     def chat_template(self) -> str | None:
         template = self._llm.metadata.get("tokenizer.chat_template")
@@ -105,7 +114,9 @@ class LlamaCppEngine:
         return ids + self.encode_rendered(text[cursor:])
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self._llm._model.detokenize([token_id], special=True)
+        import llama_cpp
+
+        return _grown(lambda buffer, size: llama_cpp.llama_token_to_piece(self._vocab, token_id, buffer, size, 0, True))
 
     @property
     def cached_length(self) -> int:
@@ -125,6 +136,18 @@ class LlamaCppEngine:
     def crop(self, length: int) -> None:
         self._llm._ctx.kv_cache_seq_rm(-1, max(length, 0), -1)
         self._llm.n_tokens = max(length, 0)
+
+
+def _grown(write: Callable[[Any, int], int]) -> bytes:
+    """Call a llama.cpp function that writes text into a buffer, growing the buffer when it says it
+    needs more (a negative count: the size needed)."""
+    size = 256
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        written = write(buffer, size)
+        if written >= 0:
+            return buffer.raw[:written]
+        size = -written
 
 
 def _quantization(file_name: str) -> str:
