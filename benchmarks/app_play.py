@@ -1,5 +1,7 @@
 """5 and 8. The running app (headless): play's tokens/s against the session's own loop, and zero-wait picks.
 
+The app plays with the entropy heat view and the timeline shown: every step repaints both.
+
 Each side of the play comparison runs in a process of its own, as each does in real use: torch's
 thread pools belong to the first thread that computes, and a second thread computing in the same
 process ran ~20-50 % slower here, whichever side it was (an artefact of measuring both in one process).
@@ -76,9 +78,12 @@ async def until_idle(app) -> None:
 
 
 async def app_play_seconds(model: str | None = None) -> float:
+    """Play with the whole-text views on: the text tinted by entropy and the timeline open."""
     app = timed_app(max_new_tokens=NEW_TOKENS, look_ahead=0, model=model)
     async with app.run_test(size=SIZE) as pilot:
         await until_idle(app)
+        await pilot.press("h", "g")
+        assert app.heat == "entropy" and app.query_one("TimelinePanel").display
         start = time.perf_counter()
         await pilot.press("p")
         await until_idle(app)

@@ -26,7 +26,7 @@ class Job:
 
     cancelled: threading.Event = field(default_factory=threading.Event)  # set: stop between two model passes
     clock: Callable[[], float] = lambda: 0.0
-    frame: Callable[[Timing], object] = lambda timing: None  # show the state as it is now
+    frame: Callable[[Timing | None], object] = lambda timing: None  # show the state as it is now
     notice: Callable[[str], object] = lambda text: None  # tell the person something (a file saved)
     highlight_beam: Callable[[int], object] = lambda rank: None  # the beam a view should highlight
 
@@ -125,6 +125,43 @@ class LookAhead(Command):
     def run(self, explorer: Explorer, job: Job) -> Timing | None:
         explorer.look_ahead(self.count, job.cancelled.is_set)
         return None
+
+
+@dataclass(frozen=True)
+class CatchUp(Command):
+    """Once a view is out: the prompt's scores and the second model's, sent as a frame when new."""
+
+    name: ClassVar[str] = "catch up"
+    work_ahead: ClassVar[bool] = True
+
+    def run(self, explorer: Explorer, job: Job) -> Timing | None:
+        if explorer.catch_up(job.cancelled.is_set):
+            job.frame(None)
+        return None
+
+
+@dataclass(frozen=True)
+class Look(Command):
+    """Look at past path token `index` (None: the live end): its stored panel, no model work."""
+
+    name: ClassVar[str] = "look"
+    index: int | None
+
+    def run(self, explorer: Explorer, job: Job) -> Timing | None:
+        explorer.look(self.index)
+        return None
+
+
+@dataclass(frozen=True)
+class PickAt(Command):
+    """Branch at past path token `index`: force row `row` of the panel that was on offer there."""
+
+    name: ClassVar[str] = "pick"
+    index: int
+    row: int
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.pick_at(self.index, self.row)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ sequences side by side (beam search), the log-probability of any one token (forc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import torch
+
     from decoding.scores import Scores
 
 
@@ -123,6 +125,32 @@ class RendersChats(Protocol):
 
     def encode_rendered(self, text: str) -> list[int]:
         """Token ids of template text (its control tokens read as control tokens, no BOS added)."""
+        ...
+
+
+@runtime_checkable
+class ScoresPositions(Protocol):
+    """Can give the distribution at every position of a sequence (heat views of the prompt, a second
+    model's comparison) in chunks of log-probability rows, leaving its cache as it was."""
+
+    def score_positions(self, ids: Sequence[int]) -> Iterator[torch.Tensor]: ...
+
+
+@runtime_checkable
+class ReadsLayers(Protocol):
+    """Can apply its final norm and unembedding to the residual stream after each layer (the logit
+    lens). `keep_layers` asks each feed to keep its last position's layers, so that the lens of the
+    next token costs no second forward while it is shown."""
+
+    keep_layers: bool
+
+    def lens_unavailable(self) -> str | None:
+        """Why this model has no lens (no final norm or unembedding found); None when it has one."""
+        ...
+
+    def layer_logprobs(self, ids: Sequence[int]) -> torch.Tensor:
+        """[layers + 1, vocab] log-probabilities of the next token after `ids` (a prefix of what the
+        cache holds), one row per layer, embeddings first; the last row is the model's own."""
         ...
 
 

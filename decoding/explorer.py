@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
 from decoding.beam import BeamSearch
 from decoding.chat import conversation, next_turn
 from decoding.compare import COMPARE_NEW_TOKENS
-from decoding.engine import Engine, Forks
+from decoding.engine import Engine, Forks, ReadsLayers
 from decoding.errors import SessionError, TokenstepError
 from decoding.files import write_atomically
 from decoding.keeper import SessionKeeper
 from decoding.prompt import Prompt, chat_prompt, checked_text
+from decoding.second import SecondModel
 from decoding.session import Session
 from decoding.settings import Strategy
 from decoding.state import BeamSnapshot, Message, Snapshot
@@ -53,6 +54,15 @@ class Explorer:
         self.keeper = keeper or SessionKeeper(None, None, lambda text: None)
         self.max_new_tokens = max_new_tokens
         self.beam: BeamSearch | None = None
+        self.second: SecondModel | None = None  # a second model along the same path
+        self._cursor: int | None = None  # the past path token looked at; None: the live end
+
+    @property
+    def cursor(self) -> int | None:
+        """The past path token looked at (None: the live end); dropped when the path no longer reaches it."""
+        if self._cursor is not None and (self.beam is not None or self._cursor >= len(self.session.path)):
+            self._cursor = None
+        return self._cursor
 
     @property
     def engine(self) -> Engine:
@@ -128,6 +138,45 @@ class Explorer:
             return
         ranked = [c.token_id for c in distribution.candidates[:count]]
         self.session.look_ahead([self.session.strategy_choice(), *ranked], should_stop=should_stop)
+
+    def look(self, index: int | None) -> None:
+        """Look at path token `index` (its stored panel, no model work); None: back to the live end."""
+        if index is not None and self.beam is not None:
+            raise SessionError("Past steps are looked at on a single path: beam search shows its beams instead.")
+        if index is not None and not 0 <= index < len(self.session.path):
+            raise SessionError(f"There is no step {index + 1}: the path has {len(self.session.path)} tokens.")
+        self._cursor = index
+
+    def pick_at(self, index: int, row: int) -> None:
+        """Branch at path token `index`: force row `row` of the panel that was on offer there. The old
+        path stays in the tree; the cursor goes back to the live end."""
+        self.look(index)
+        session = self.session
+        while len(session.path) > index:
+            session.undo()  # crops the cache and restores each panel exactly; the tree keeps the nodes
+        self._cursor = None
+        self.pick(row)
+
+    # --- work after a command's view is out ---------------------------------------------------------
+
+    def catch_up(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Model work a view can wait for: the prompt's scores (heat views), the second model's
+        scores of the path so far. False when there was nothing to do."""
+        changed = False
+        session = self.session
+        if session.prompt_ids and session.scored_prompt is None and not should_stop():
+            changed = session.score_prompt() is not None
+        if self.second is not None and not should_stop():
+            changed = self.second.follow(session, should_stop) or changed
+        return changed
+
+    def add_second(self, second: SecondModel, first_name: str, second_name: str) -> None:
+        """Set a second model along the path; it must read text with the same tokenizer (the names
+        say in a refusal which model is which)."""
+        from decoding.second import check_same_tokenizer
+
+        check_same_tokenizer(self.engine, second.engine, first_name, second_name)
+        self.second = second
 
     # --- where the path starts and goes -----------------------------------------------------------
 
@@ -233,9 +282,15 @@ class Explorer:
 
     def trace_record(self) -> dict:
         """The current path (or the beam search so far) as a `tokenstep trace` record."""
-        from decoding.trace import beam_trace_record, trace_record
+        from decoding.trace import beam_trace_record, second_model_record, trace_record
 
-        return beam_trace_record(self.beam) if self.beam is not None else trace_record(self.session)
+        if self.beam is not None:
+            return beam_trace_record(self.beam)
+        record = trace_record(self.session)
+        if self.second is not None:
+            self.catch_up()
+            record["second_model"] = second_model_record(self.second.view(self.session))
+        return record
 
     def export(self, folder: Path) -> str:
         """The trace record as JSON (replayable), CSV and Markdown files; says where they went."""
@@ -267,11 +322,19 @@ class Explorer:
     def view(self, panels: Iterable[str] = ()) -> View:
         from decoding.panels import PANELS
 
+        panels = tuple(panels)
+        if isinstance(self.engine, ReadsLayers):  # the next steps keep their layers while the lens is shown
+            self.engine.keep_layers = "lens" in panels
         values = {name: PANELS[name](self) for name in panels}
-        engine = self.engine
-        model = one_line(f"{_short_model_name(engine.model_id)} · {engine.name} · {engine.device} · {engine.dtype}")
         beam = self.beam.snapshot() if self.beam is not None else None
-        return View(self.session.snapshot(), beam, MappingProxyType(values), model)
+        second = self.second.view(self.session) if self.second is not None else None
+        snapshot = replace(self.session.snapshot(), cursor=self.cursor, second=second)
+        return View(snapshot, beam, MappingProxyType(values), model_line(self.engine))
+
+
+def model_line(engine: Engine) -> str:
+    """The model, engine, device and dtype on one line."""
+    return one_line(f"{_short_model_name(engine.model_id)} · {engine.name} · {engine.device} · {engine.dtype}")
 
 
 def _row(token_ids: list[int], row: int) -> int:

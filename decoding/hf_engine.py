@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -15,6 +15,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from decoding.scores import Scores
 
 BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte-fallback tokens
+POSITION_CHUNK = 128  # positions scored at once: 128 x 49,152 floats = 25 MB, let go after each chunk
 # Control tokens that end a turn, as llama.cpp recognises them (its end-of-generation set): a chat
 # reply ends at any of them, as well as at the ids generate() stops at.
 END_OF_TURN_TEXTS = frozenset(
@@ -40,6 +41,10 @@ class TransformersEngine:
         self.end_of_turn_ids = frozenset(i for i in self.special_ids if tokenizer.convert_ids_to_tokens(i) in END_OF_TURN_TEXTS)
         self._token_bytes = token_bytes_of(tokenizer, _byte_decoder(tokenizer))
         self._cache = DynamicCache(config=model.config)
+        self._prefill: tuple[int, tuple[int, ...], torch.Tensor] = (-1, (), torch.empty(0))  # (start, ids, hidden states)
+        self.keep_layers = False  # the logit lens is shown: keep each feed's last position's layers
+        self._layers: tuple[int, int, torch.Tensor] | None = None  # (position, token id, [layers + 1, hidden])
+        self._final_norm = _final_norm(model)
         self.weights_digest = _weights_digest(model)
 
     def encode(self, text: str) -> list[int]:
@@ -74,14 +79,76 @@ class TransformersEngine:
         return self._cache.get_seq_length()
 
     def feed(self, ids: Sequence[int]) -> Scores:
+        """A prefill (several tokens) also keeps the last layer's hidden states of every position, so
+        that scoring each of them later (`score_positions`) costs the head alone, not a second pass."""
         before = self.cached_length
         try:
-            return Scores(_last_logits(self.model, self._cache, [list(ids)])[0])
+            if len(ids) == 1 and not self.keep_layers:
+                return Scores(_last_logits(self.model, self._cache, [list(ids)])[0])
+            logits, states = _last_logits_and_states(self.model, self._cache, list(ids))
         except BaseException:
             self.crop(before)  # some layers may already hold the new positions
             raise
+        self._layers = (self.cached_length - 1, ids[-1], torch.stack([layer[0, -1] for layer in states]))
+        if len(ids) > 1:
+            self._prefill = (before, tuple(ids), states[-1][0])
+        return Scores(logits)
+
+    def lens_unavailable(self) -> str | None:
+        if self._final_norm is None:
+            return f"{self.model_id}: no final norm found on its base model, so no logit lens"
+        return None
+
+    def layer_logprobs(self, ids: Sequence[int]) -> torch.Tensor:
+        """From the layers the last feed kept when they are of this position, else from one forward of
+        its last token on the cached prefix before it (the positions after are set aside, then put back)."""
+        position = len(ids) - 1
+        if not 0 <= position < self.cached_length:
+            raise ValueError(f"position {position} is not in the cache ({self.cached_length} tokens)")
+        if self._layers is None or self._layers[:2] != (position, ids[-1]):
+            tail = self.detach_last(self.cached_length - position)
+            try:
+                _, states = _last_logits_and_states(self.model, self._cache, [ids[-1]])
+                self._layers = (position, ids[-1], torch.stack([layer[0, -1] for layer in states]))
+            finally:
+                self.crop(position)
+                self.attach(tail)
+        return self._lens(self._layers[2])
+
+    def _lens(self, layers: torch.Tensor) -> torch.Tensor:
+        """Every layer's residual stream through the final norm (the last one already passed it, as
+        transformers returns it) and the head."""
+        assert self._final_norm is not None
+        with torch.inference_mode():
+            normed = torch.cat([self._final_norm(layers[:-1]), layers[-1:]])
+        return torch.log_softmax(self._head(normed), dim=-1)
+
+    def score_positions(self, ids: Sequence[int]) -> Iterator[torch.Tensor]:
+        """Log-probability rows for every position of `ids` (row i: the distribution after ids[:i+1]),
+        a chunk at a time: never a full-vocabulary tensor per position kept. From the last prefill's
+        hidden states when it read `ids`, else from one pass on a cache of its own."""
+        start, fed, hidden = self._prefill
+        if not (start == 0 and fed == tuple(ids)):
+            _, states = _last_logits_and_states(self.model, DynamicCache(config=self.model.config), list(ids))
+            hidden = states[-1][0]
+        for chunk in hidden.split(POSITION_CHUNK):
+            yield torch.log_softmax(self._head(chunk), dim=-1)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's own head on last-layer hidden states: the output embedding, then the soft cap or
+        scale some models apply (read from their config), as float32 logits."""
+        with torch.inference_mode():
+            logits = self.model.get_output_embeddings()(hidden).float()
+        config = self.model.config
+        if cap := getattr(config, "final_logit_softcapping", None):
+            logits = torch.tanh(logits / cap) * cap
+        if isinstance(scale := getattr(config, "logit_scale", None), (int, float)):
+            logits = logits * scale
+        return logits
 
     def crop(self, length: int) -> None:
+        if self._layers is not None and self._layers[0] >= length:
+            self._layers = None  # of a position no longer held
         if length <= 0:
             self._cache = DynamicCache(config=self.model.config)
         elif length < self.cached_length:
@@ -139,6 +206,30 @@ def _last_logits(model: PreTrainedModel, cache: DynamicCache, ids: list[list[int
     with torch.inference_mode():
         out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].to(dtype=torch.float32)
+
+
+def _last_logits_and_states(
+    model: PreTrainedModel, cache: DynamicCache, ids: list[int]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Run new tokens on `cache`: the last position's logits (float32), and the hidden states of every
+    layer (embeddings first, each [1, len(ids), hidden]; the last one after the final norm, as the
+    head reads it)."""
+    input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=True)
+    return out.logits[0, -1].to(dtype=torch.float32), tuple(out.hidden_states)
+
+
+def _final_norm(model: PreTrainedModel) -> torch.nn.Module | None:
+    """The norm the base model applies after its last layer, found by the attribute names the
+    transformers models give it (Llama, Qwen, Mistral, Gemma: `norm`; GPT-2: `ln_f`; Phi:
+    `final_layernorm`; ...)."""
+    base = model.base_model
+    for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm"):
+        module = getattr(base, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
 
 
 def _weights_digest(model: PreTrainedModel, samples: int = 4096) -> str:

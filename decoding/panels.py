@@ -25,10 +25,64 @@ class TreeRows:
     foreign_model: str = ""
 
 
+@dataclass(frozen=True)
+class Timeline:
+    """Along the path: the chosen token's probability and the entropy it was drawn from, per step."""
+
+    probabilities: tuple[float, ...]
+    entropies: tuple[float, ...]  # nats (lower bounds on partial scores)
+    forced: tuple[int, ...]  # the steps a person forced (0-based)
+    cursor: int | None  # the step looked at
+    second: tuple[float | None, ...] = ()  # a second model's probability of the same tokens
+
+
+@dataclass(frozen=True)
+class LensLayer:
+    top: tuple[tuple[int, str, float], ...]  # (token id, text, probability), best first
+    ranks: tuple[int, ...]  # each tracked token's 0-based rank at this layer
+    probs: tuple[float, ...]  # and its probability
+
+
+@dataclass(frozen=True)
+class Lens:
+    """Per layer (row 0: the embeddings) the top tokens, and the tracked tokens' probability and rank:
+    the chosen token first (the strategy's choice, or the token chosen at a past step), then the
+    candidates of the panel, in the panel's order."""
+
+    step: int | None  # the past step looked at (0-based), None: the next token
+    tracked: tuple[tuple[int, str], ...]  # (token id, text)
+    layers: tuple[LensLayer, ...]
+    settles_at: int | None  # the first layer from which the final top-1 stays top-1
+    note: str = ""  # why there is no lens
+
+    @property
+    def chosen(self) -> tuple[int, str] | None:
+        return self.tracked[0] if self.tracked else None
+
+
 def processors_panel(explorer: Explorer) -> ProcessorReport | None:
-    """What each processor did to the next token's candidates (None: no processors, or beam search,
-    which applies them to each beam)."""
-    return None if explorer.beam is not None else explorer.session.processor_report()
+    """What each processor did to the candidates of the step looked at, or of the next token (None: no
+    processors, or beam search, which applies them to each beam)."""
+    return None if explorer.beam is not None else explorer.session.processor_report(explorer.cursor)
+
+
+def timeline_panel(explorer: Explorer) -> Timeline:
+    session = explorer.session
+    path = session.path
+    second = explorer.second.view(session).path if explorer.second is not None else ()
+    return Timeline(
+        probabilities=tuple(token.prob for token in path),
+        entropies=tuple(panel.entropy for panel in session.panels),
+        forced=tuple(index for index, token in enumerate(path) if token.forced),
+        cursor=explorer.cursor,
+        second=tuple(pair.second.prob if pair is not None else None for pair in second),
+    )
+
+
+def lens_panel(explorer: Explorer) -> Lens:
+    from decoding.lens import explorer_lens  # torch, imported on the model's thread
+
+    return explorer_lens(explorer)
 
 
 def tree_panel(explorer: Explorer) -> TreeRows:
@@ -39,4 +93,6 @@ def tree_panel(explorer: Explorer) -> TreeRows:
 PANELS: dict[str, Callable[[Explorer], object]] = {
     "processors": processors_panel,
     "tree": tree_panel,
+    "timeline": timeline_panel,
+    "lens": lens_panel,
 }

@@ -72,12 +72,13 @@ def checked_trace(record: Any, name: str) -> dict[str, Any]:
 class StepCheck:
     step: int  # 1-based
     same_candidates: bool  # the same token ids, in the same order
-    largest_difference: float  # of the probability of a candidate both lists have
+    largest_difference: float | None  # of the probability of a candidate both lists have; None: none shared
     same_choice: bool
     note: str = ""
 
     def agrees(self, tolerance: float) -> bool:
-        return self.same_candidates and self.same_choice and self.largest_difference <= tolerance
+        shared_agree = self.largest_difference is not None and self.largest_difference <= tolerance
+        return self.same_candidates and self.same_choice and shared_agree
 
 
 def load_options(record: dict[str, Any], **overrides: Any) -> LoadOptions:
@@ -137,7 +138,7 @@ def replay_path(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
         theirs = {c["token_id"]: c["prob"] for c in step["candidates"]}
         same_ids = list(ours) == list(theirs)
         shared = set(ours) & set(theirs)
-        difference = max((abs(ours[t] - theirs[t]) for t in shared), default=0.0)
+        difference = max((abs(ours[t] - theirs[t]) for t in shared), default=None)
         chosen = step["chosen"]
         if chosen["forced"]:
             explorer.force(chosen["token_id"])
@@ -199,8 +200,9 @@ def format_checks(
     lines = [f"prompt: {prompt_note}"] if prompt_note else []
     lines.append(f"{'step':>4}  {'candidates':<10}  {'largest Δ ' + score_name:<24}  {'choice':<8}  note")
     for step in checks:
+        largest = "none shared" if step.largest_difference is None else f"{step.largest_difference:.2e}"
         lines.append(
-            f"{step.step:>4}  {'same' if step.same_candidates else 'DIFFER':<10}  {step.largest_difference:<24.2e}  "
+            f"{step.step:>4}  {'same' if step.same_candidates else 'DIFFER':<10}  {largest:<24}  "
             f"{'same' if step.same_choice else 'DIFFER':<8}  {step.note}"
         )
     failing = [step.step for step in checks if not step.agrees(tolerance)]
@@ -211,4 +213,6 @@ def format_checks(
     )
     if prompt_note:
         verdict += "; the prompt differs"
+    if any(step.largest_difference is None for step in checks):
+        verdict += "\n(to compare two models token for token, run `tokenstep diff TRACE.json --model M`)"
     return "\n".join([*lines, verdict])

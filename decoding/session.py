@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from decoding.chat import Turn
-from decoding.engine import Engine, FeedsAlternatives, ScoresAnyToken, SetsAside, decode_continuation
+from decoding.engine import Engine, FeedsAlternatives, ScoresAnyToken, ScoresPositions, SetsAside, decode_continuation
 from decoding.errors import SessionError, SettingsError
+from decoding.positions import prompt_scores
 from decoding.prompt import Prompt, checked_ids, plain_prompt
 from decoding.scores import NextToken, Scores
 from decoding.settings import Strategy
-from decoding.state import Distribution, Message, PathToken, ProcessorReport, Snapshot, TurnMark
+from decoding.state import Distribution, Message, PathToken, ProcessorReport, Snapshot, TokenScore, TurnMark
 from decoding.tokens import RunningText, TokenTexts, bytes_to_text
 from decoding.tree import Node, Tree
 
@@ -57,6 +58,8 @@ class Session:
         self.token_text = TokenTexts.of(engine)  # one token's own text, e.g. `<0xE2>` for a partial byte
         self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
         self.tree = Tree()  # every path walked from every prompt; the current path is tree.current's
+        self._prompt_pieces: tuple[str, ...] = ()
+        self._prompt_scores: tuple[TokenScore | None, ...] | None = None  # scored on first ask
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -169,7 +172,23 @@ class Session:
             prompt_segments=self.prompt.segments,
             turns=tuple(turns),
             chat=self.prompt.form == "chat",
+            panels=self.panels,
+            prompt_pieces=self._prompt_pieces,
+            prompt_scores=self._prompt_scores,
         )
+
+    @property
+    def scored_prompt(self) -> tuple[TokenScore | None, ...] | None:
+        """The prompt's scores if already computed (None: not yet, or the engine cannot)."""
+        return self._prompt_scores
+
+    def score_prompt(self) -> tuple[TokenScore | None, ...] | None:
+        """Every prompt token's log-probability, rank and entropy (the first token's: None), from the
+        pass that read the prompt when the engine kept it, else one more. Asked for after the first
+        panel is out, so a long prompt's first panel never waits for it. None: the engine cannot."""
+        if self._prompt_scores is None and isinstance(self.engine, ScoresPositions) and self.prompt.ids:
+            self._prompt_scores = prompt_scores(self.engine, self.prompt.ids)
+        return self._prompt_scores
 
     def processor_report(self, index: int | None = None) -> ProcessorReport | None:
         """What each of the strategy's processors did to the candidates before path token `index`
@@ -248,6 +267,7 @@ class Session:
             self._refeed(old_ids)
             raise
         self.prompt, self._steps = prompt, []
+        self._prompt_pieces, self._prompt_scores = self._pieces_of(prompt.ids), None
         self.token_text.end_ids = self._end_ids()  # a chat's end-of-turn tokens end it too
         self._running_text = RunningText()
         # Sample on the scores' device, as generate() does, so the same seed gives the same tokens.
@@ -429,6 +449,13 @@ class Session:
             f"The {self.engine.name} engine returned only its top {self._can_choose().scores.known} tokens here, and "
             f"{self.token_text(token_id)!r} is not among them: its probability cannot be known, so it cannot be forced."
         )
+
+    def _pieces_of(self, ids: Sequence[int]) -> tuple[str, ...]:
+        text = RunningText()
+        pieces = [text.push(self.engine.token_bytes(token_id)) for token_id in ids]
+        if pieces:
+            pieces[-1] += text.unfinished()
+        return tuple(pieces)
 
     def _pieces(self) -> tuple[str, ...]:
         pieces = [token.piece for token in self.path]

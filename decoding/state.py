@@ -5,6 +5,7 @@ A view (the terminal app) imports these without pulling in torch, so it can pain
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from decoding.settings import Strategy
@@ -64,6 +65,56 @@ class PathToken:
 
 
 @dataclass(frozen=True)
+class TokenScore:
+    """What a model thought of one token of the text, at the position before it."""
+
+    logprob: float | None  # None: beyond the top N a partial engine returned, and not told apart
+    rank: int | None  # 0-based, ties by id; None: beyond the top N a partial engine returned
+    entropy: float  # of the distribution it was drawn from, in nats (a lower bound on partial scores)
+    greedy: int  # the model's own most likely token there
+
+    @property
+    def prob(self) -> float | None:
+        return None if self.logprob is None else math.exp(self.logprob)
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """Two models at one position of the same ids: what each thought of the token there."""
+
+    first: TokenScore
+    second: TokenScore
+    kl: float | None  # KL(first || second) of their next-token distributions, nats; None on partial scores
+
+    @property
+    def difference(self) -> float | None:
+        """The second model's log-probability of the token minus the first's."""
+        if self.first.logprob is None or self.second.logprob is None:
+            return None
+        return self.second.logprob - self.first.logprob
+
+    @property
+    def agree(self) -> bool:
+        """Whether the two models' most likely tokens there are the same."""
+        return self.first.greedy == self.second.greedy
+
+
+@dataclass(frozen=True)
+class SecondView:
+    """A second model along the same ids: its scores of the prompt's and the path's tokens."""
+
+    model: str
+    prompt: tuple[PairScore | None, ...]  # aligned with the prompt's ids (the first has none)
+    path: tuple[PairScore | None, ...]  # aligned with the path's tokens
+    note: str = ""  # why it stopped following, if it did (its context is shorter, say)
+
+    @property
+    def first_divergence(self) -> int | None:
+        """The first path token where the two models' most likely choices differ (None: nowhere yet)."""
+        return next((index for index, pair in enumerate(self.path) if pair is not None and not pair.agree), None)
+
+
+@dataclass(frozen=True)
 class Message:
     """One message of a chat: its role (system, user or assistant) and what it says."""
 
@@ -102,6 +153,16 @@ class Snapshot:
     prompt_segments: tuple[Segment, ...] = ()  # the prompt, its chat scaffolding apart (empty: the prompt as it is)
     turns: tuple[TurnMark, ...] = ()  # chat turns fed between path tokens
     chat: bool = False  # the prompt is a conversation rendered by the model's chat template
+    panels: tuple[Distribution, ...] = ()  # the candidates on offer before each path token (stored)
+    prompt_pieces: tuple[str, ...] = ()  # each prompt token's share of the prompt's text
+    prompt_scores: tuple[TokenScore | None, ...] | None = None  # each prompt token's score; None: not scored (yet)
+    cursor: int | None = None  # the past path token being looked at; None: the live end of the path
+    second: SecondView | None = None  # a second model along the same path
+
+    def path_score(self, index: int) -> TokenScore:
+        """Path token `index` as a TokenScore (its stored panel gives the entropy and the greedy token)."""
+        token, panel = self.path[index], self.panels[index]
+        return TokenScore(token.logprob, token.rank, panel.entropy, panel.candidates[0].token_id)
 
     @property
     def sequence_logprob(self) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from decoding.prompt import Prompt
-from decoding.state import Beam, Candidate, Message, PathToken, ProcessorReport
+from decoding.state import Beam, Candidate, Message, PairScore, PathToken, ProcessorReport, SecondView, TokenScore
 from decoding.tokens import is_unshown, json_escaped, one_line
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -87,11 +87,44 @@ def trace_record(session: Session) -> dict[str, Any]:
         "prompt_form": session.prompt.form,
         **chat,
         "choices": session.choices,
+        **_prompt_scores_record(session),
         "steps": steps,
         "generated_ids": session.generated_ids,
         "generated_text": session.generated_text,
         "sequence_logprob": session.sequence_logprob,
         "finished": session.finished,
+    }
+
+
+def _prompt_scores_record(session: Session) -> dict[str, Any]:
+    """Each prompt token's log-probability, rank and entropy (the first token's: null), when the
+    engine can score the prompt."""
+    scores = session.score_prompt()
+    if scores is None:
+        return {}
+    return {"prompt_scores": [score_record(score) for score in scores]}
+
+
+def score_record(score: TokenScore | None) -> dict[str, Any] | None:
+    if score is None:
+        return None
+    return {"logprob": score.logprob, "rank": score.rank, "entropy": score.entropy, "greedy": score.greedy}
+
+
+def second_model_record(second: SecondView) -> dict[str, Any]:
+    """A second model's scores of the same tokens: prompt and path, aligned with the record's."""
+
+    def pair_record(pair: PairScore | None) -> dict[str, Any] | None:
+        if pair is None:
+            return None
+        return {**(score_record(pair.second) or {}), "difference": pair.difference, "kl": pair.kl, "greedy_agree": pair.agree}
+
+    return {
+        "model": second.model,
+        "prompt_scores": [pair_record(pair) for pair in second.prompt],
+        "steps": [pair_record(pair) for pair in second.path],
+        "first_divergence": second.first_divergence,
+        **({"note": second.note} if second.note else {}),
     }
 
 
@@ -194,7 +227,7 @@ def _chosen_record(token: PathToken) -> dict[str, Any]:
 def format_trace(record: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return terminal_safe_json(record)
-    header, rows, long_column = _table_cells(record)
+    header, rows, long_column = _table_cells(record, numbers=fmt == "csv")
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -205,20 +238,28 @@ def format_trace(record: dict[str, Any], fmt: str) -> str:
     return aligned_table(header, [[_tail(cell) if i == long_column else cell for i, cell in enumerate(row)] for row in rows])
 
 
-def _table_cells(record: dict[str, Any]) -> tuple[list[str], list[list[str]], int]:
-    """Header, rows, and which column holds text long enough to cut in an aligned table."""
+def _table_cells(record: dict[str, Any], numbers: bool = False) -> tuple[list[str], list[list[str]], int]:
+    """Header, rows, and which column holds text long enough to cut in an aligned table. Each step
+    says what was chosen, whether a person forced it and its probability (`numbers`: as plain
+    numbers, for a spreadsheet); the chosen candidate is marked with a * among the choices."""
     if "sequence_score" in record:
         return _beam_table_cells(record)
     width = max([len(step.get("candidates", ())) for step in record["steps"]], default=record["choices"])
-    header = ["Input"] + [f"Choice {i}" for i in range(width)]
+    header = ["Input", "Chosen", "Prob", "Forced"] + [f"Choice {i}" for i in range(width)]
     rows = []
     for step in record["steps"]:
         if "turn" in step:  # a chat's next message
             message = step["turn"]["messages"][-1]
-            rows.append([one_line(f"▸ {message['role']}: {message['content']}")] + [""] * width)
+            rows.append([one_line(f"▸ {message['role']}: {message['content']}")] + [""] * (width + 3))
             continue
-        cells = [f"{one_line(c['text'])} ({100 * c['prob']:.2f}%)" for c in step["candidates"]]
-        rows.append([one_line(step["input_text"]), *cells])
+        chosen = step["chosen"]
+        cells = [
+            f"{'*' if c['token_id'] == chosen['token_id'] else ''}{one_line(c['text'])} ({100 * c['prob']:.2f}%)"
+            for c in step["candidates"]
+        ]
+        prob = repr(chosen["prob"]) if numbers else f"{100 * chosen['prob']:.2f}%"
+        forced = str(chosen["forced"]).lower() if numbers else "forced" if chosen["forced"] else ""
+        rows.append([one_line(step["input_text"]), one_line(chosen["text"]), prob, forced, *cells, *[""] * (width - len(cells))])
     return header, rows, 0
 
 

@@ -65,10 +65,16 @@ def test_sampling_trace_carries_processed_probabilities(capsys, tiny_model_dir):
 
 def test_csv_markdown_and_table_carry_one_row_per_step(capsys, tiny_model_dir):
     rows = list(csv.reader(io.StringIO(trace(capsys, tiny_model_dir, "--format", "csv", "--steps", "3"))))
-    assert rows[0] == ["Input", "Choice 0", "Choice 1", "Choice 2", "Choice 3", "Choice 4"]
-    assert len(rows) == 4 and rows[1][0] == "The quick brown" and rows[1][1].endswith("%)")
+    assert rows[0] == ["Input", "Chosen", "Prob", "Forced"] + [f"Choice {i}" for i in range(5)]
+    assert len(rows) == 4 and rows[1][0] == "The quick brown" and rows[1][4].endswith("%)")
+    # the chosen token, its probability as a number and whether it was forced, then the candidates with it starred
+    chosen, prob, forced = rows[1][1:4]
+    assert 0 < float(prob) <= 1 and forced == "false"
+    assert rows[1][4] == f"*{chosen} ({100 * float(prob):.2f}%)"
+    picked = list(csv.reader(io.StringIO(trace(capsys, tiny_model_dir, "--format", "csv", "--steps", "1", "--picks", "2"))))
+    assert picked[1][3] == "true" and picked[1][6].startswith(f"*{picked[1][1]} (")
     markdown = trace(capsys, tiny_model_dir, "--format", "markdown", "--steps", "3").splitlines()
-    assert markdown[1] == "|---|---|---|---|---|---|" and len(markdown) == 5
+    assert markdown[1] == "|---|---|---|---|---|---|---|---|---|" and len(markdown) == 5
     table = trace(capsys, tiny_model_dir, "--steps", "3").splitlines()
     assert table[0].startswith("Input") and set(table[1]) <= {"-", " "} and len(table) == 5
 

@@ -66,8 +66,9 @@ def test_trace_table_matches_the_chapters_loop(embedded_engine):
         assert [token for token, _ in got] == [token for token, _ in want]
         assert [p for _, p in got] == pytest.approx([p for _, p in want], rel=1e-4)
     table = format_trace(record, "table").splitlines()
-    assert table[0].split() == ["Input", "Choice", "0", "Choice", "1", "Choice", "2", "Choice", "3", "Choice", "4"]
-    assert table[2].startswith("Transformers are the ") and f" most ({100 * expected[0][0][1]:.2f}%)" in table[2]
+    header = ["Input", "Chosen", "Prob", "Forced", "Choice", "0", "Choice", "1", "Choice", "2", "Choice", "3", "Choice", "4"]
+    assert table[0].split() == header
+    assert table[2].startswith("Transformers are the ") and f"* most ({100 * expected[0][0][1]:.2f}%)" in table[2]
     assert len(table) == 2 + 8
 
 

@@ -101,3 +101,30 @@ def test_chat_view_with_two_turns(snap_compare, tiny_chat_model_dir):
 
     app = make_app(tiny_chat_model_dir, prompt=PromptRequest("", chat=True))
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_heat_views_entropy_and_rank(snap_compare, tiny_model_dir):
+    """The whole text, prompt included, tinted by the entropy, then by GLTR's rank buckets."""
+
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("space", "space", "3", "space", "h")
+        await still(pilot)
+
+    assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=run_before)
+
+    async def rank_view(pilot):
+        await run_before(pilot)
+        await pilot.press("h")
+        await still(pilot)
+
+    assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=rank_view)
+
+
+def test_a_past_step_looked_at_with_the_timeline_open(snap_compare, tiny_model_dir):
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("g", "space", "space", "3", "space", "space", "comma", "comma")
+        await still(pilot)
+
+    assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=run_before)

@@ -29,7 +29,7 @@ from decoding.chat import PromptRequest
 from decoding.errors import TokenstepError
 from decoding.loading import EMBEDDED_NAME, LoadOptions
 from decoding.settings import Strategy
-from decoding.state import Timing
+from decoding.state import Snapshot, Timing
 from decoding.tokens import escape_controls, one_line
 from tui import messages
 from tui.actions import bindings
@@ -40,9 +40,10 @@ from tui.panels import PANELS
 from tui.settings_screen import Settings, SettingsScreen
 from tui.widgets.beams import BeamPanel
 from tui.widgets.candidates import CandidatePanel
+from tui.widgets.lens_view import LensPanel
 from tui.widgets.spinner import Spinner
 from tui.widgets.status import StatusLine
-from tui.widgets.text_view import TextView
+from tui.widgets.text_view import HEATS, TextView, heat_named, next_heat
 
 if TYPE_CHECKING:  # torch loads on the model thread, after the first paint
     from decoding.explorer import Explorer, View
@@ -80,8 +81,10 @@ class TokenstepApp(App[int]):
         clock: Clock = time.perf_counter,
         session_path: Path | None = None,
         saved: SavedSession | None = None,
+        second_options: LoadOptions | None = None,
     ) -> None:
         super().__init__()
+        self.second_options = second_options  # a second model along the same path
         self.load_options, self.strategy, self.choices = load_options, strategy, choices
         self.request = prompt if isinstance(prompt, PromptRequest) else PromptRequest(prompt)
         self.prefill, self.max_new_tokens = prefill, max_new_tokens
@@ -102,6 +105,7 @@ class TokenstepApp(App[int]):
         self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()  # the model thread's work
         self._prompts_shown: dict[str, str] = {}  # the prompt box's text -> the prompt it stands for
         self._unsent = ""  # the last message sent, put back in the box if it is refused
+        self.heat = HEATS[0].name  # how the text is tinted (h cycles)
 
     # --- what tests and benchmarks read, when the app is idle ---------------------------------------
 
@@ -143,6 +147,7 @@ class TokenstepApp(App[int]):
                 with VerticalScroll(id="candidates-scroll"):
                     yield CandidatePanel(id="candidates")
                 yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "side")
+        yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "bottom")
         yield StatusLine(Text("loading…"), id="status")
         yield Footer()
 
@@ -195,6 +200,8 @@ class TokenstepApp(App[int]):
         except Exception as error:  # a model that breaks transformers: say so, keep the app
             self.post_message(messages.LoadFailed(f"The model could not be loaded: {_said(error)}"))
             return
+        if self.second_options is not None:
+            self._add_second(explorer, self.second_options)
         start = self.clock()  # the first panel, computed on this thread while it is warm; keys wait
         try:
             explorer.open(self._first_prompt(explorer, request))
@@ -208,6 +215,19 @@ class TokenstepApp(App[int]):
             self.post_message(messages.LoadFailed(f"The model loaded, but its first panel failed: {_said(error)}"))
             return
         self.post_message(messages.Loaded(explorer, view, Timing(latency_ms=1000 * (self.clock() - start))))
+
+    def _add_second(self, explorer: Explorer, options: LoadOptions) -> None:
+        """Load the second model; one that fails is said, and the app goes on with the first alone."""
+        from decoding.loading import load_engine
+        from decoding.second import SecondModel
+
+        self.post_message(messages.LoadProgress(f"loading the second model, {options.model or EMBEDDED_NAME}"))
+        try:
+            engine = load_engine(options, lambda text: self.post_message(messages.LoadProgress(f"second model: {text}")))
+            name = f"{options.model or EMBEDDED_NAME} ({engine.name})"
+            explorer.add_second(SecondModel(engine, name), f"--model {explorer.engine.model_id}", f"--second-model {name}")
+        except Exception as error:  # the first model's exploration never depends on the second
+            self.post_message(messages.CommandFailed(f"The second model is left out: {_said(error)}"))
 
     def _first_prompt(self, explorer: Explorer, request: PromptRequest | None) -> Prompt | None:
         """The prompt to open at; a chat the model cannot take is said and skipped (a message follows)."""
@@ -263,6 +283,7 @@ class TokenstepApp(App[int]):
     def enqueue(self, command: commands.Command) -> None:
         if self.running is not None and self.running.work_ahead:
             self._pause()  # the person's command goes first; the pass in flight finishes
+        self.queue = deque(queued for queued in self.queue if not queued.work_ahead)
         self.queue.append(command)
         self._pump()
 
@@ -293,9 +314,12 @@ class TokenstepApp(App[int]):
             self._next_command(after_work_ahead=finished.work_ahead)
 
     def _next_command(self, after_work_ahead: bool) -> None:
-        """Run what is queued; with nothing queued, work ahead (once: not again after work ahead)."""
-        if not self.queue and not after_work_ahead and self.look_ahead:
-            self.queue.append(commands.LookAhead(self.look_ahead))
+        """Run what is queued; with nothing queued, the work a view can wait for (the prompt's scores,
+        the second model's), then work ahead (once: not again after work ahead)."""
+        if not self.queue and not after_work_ahead:
+            self.queue.append(commands.CatchUp())
+            if self.look_ahead:
+                self.queue.append(commands.LookAhead(self.look_ahead))
         self._pump()
 
     # --- news from the model thread ---------------------------------------------------------------
@@ -364,25 +388,36 @@ class TokenstepApp(App[int]):
         main_panel = next((spec.name for spec in PANELS if spec.place == "main" and spec.name in self.open_panels), None)
         for spec in PANELS:
             widget = self.query_one(f"#{spec.name}")
-            widget.display = spec.name in self.open_panels and (spec.place == "side" or spec.name == main_panel)
+            widget.display = spec.name in self.open_panels and (spec.place != "main" or spec.name == main_panel)
             if widget.display and spec.name in view.panels:
                 widget.show(view.panels[spec.name], view)  # type: ignore[attr-defined]  # every panel widget has show()
         beam = view.beam
         self.query_one(TextView).display = beam is None and main_panel is None
         self.query_one(BeamPanel).display = beam is not None and main_panel is None
         if beam is None:
-            self.query_one(TextView).show(view.snapshot, self.visible_whitespace)
-            note = ENDED_NOTES.get(view.snapshot.finished or "", "")
-            if view.snapshot.chat and view.snapshot.finished == "eos":
-                note = "the reply has ended: send the next message (ctrl+s), or ⌫ takes it back"
-            self.query_one(CandidatePanel).show(view.snapshot.distribution, note, view.snapshot.chat)
-            self.query_one(StatusLine).show(view.snapshot, self.timing, view.model)
+            snapshot = view.snapshot
+            self.query_one(TextView).show(snapshot, self.visible_whitespace, heat_named(self.heat), clickable=not self.playing)
+            self._show_candidates(snapshot)
+            self.query_one(StatusLine).show(snapshot, self.timing, view.model)
             return
         self.highlighted_beam = max(0, min(self.highlighted_beam, len(beam.beams) - 1))
         self.query_one(BeamPanel).show(beam, self.highlighted_beam)
         candidates = beam.candidates[self.highlighted_beam] if beam.candidates else None
         self.query_one(CandidatePanel).show(candidates, "the beam search has ended: ⌫ takes a step back")
         self.query_one(StatusLine).show_beam(beam, self.timing, view.model)
+
+    def _show_candidates(self, snapshot: Snapshot) -> None:
+        """The next token's candidates, or those on offer at the step looked at, its choice marked."""
+        panel = self.query_one(CandidatePanel)
+        if snapshot.cursor is not None:
+            chosen = snapshot.path[snapshot.cursor]
+            note = f"step {snapshot.cursor + 1} of {len(snapshot.path)}: a digit branches here, esc goes back"
+            panel.show(snapshot.panels[snapshot.cursor], note, snapshot.chat, chosen=chosen)
+            return
+        note = ENDED_NOTES.get(snapshot.finished or "", "")
+        if snapshot.chat and snapshot.finished == "eos":
+            note = "the reply has ended: send the next message (ctrl+s), or ⌫ takes it back"
+        panel.show(snapshot.distribution, note, snapshot.chat)
 
     visible_whitespace = False  # show spaces, tabs and newlines in the running text as ␣ ⇥ ↵
 
@@ -422,7 +457,26 @@ class TokenstepApp(App[int]):
         self.enqueue(commands.Step())
 
     def action_pick(self, row: int) -> None:
-        self._pause_then(commands.Pick(row, self.highlighted_beam))
+        cursor = self.snapshot.cursor if self.snapshot is not None and self.beam_view is None else None
+        self._pause_then(commands.Pick(row, self.highlighted_beam) if cursor is None else commands.PickAt(cursor, row))
+
+    def action_look(self, index: int | None) -> None:
+        """Look at path token `index` (a click on it): its stored candidates, no model work."""
+        self._pause_then(commands.Look(index))
+
+    def action_move_cursor(self, delta: int) -> None:
+        """Move the cursor over the path's tokens; past the last one is the live end again."""
+        snapshot = self.snapshot
+        if snapshot is None or not snapshot.path or self.beam_view is not None:
+            return
+        at = len(snapshot.path) if snapshot.cursor is None else snapshot.cursor
+        index = max(0, min(at + delta, len(snapshot.path)))
+        self.action_look(None if index == len(snapshot.path) else index)
+
+    def action_heat(self) -> None:
+        """The next heat view: probability, entropy, rank, off (and with a second model, disagreement)."""
+        self.heat = next_heat(self.heat, self.snapshot is not None and self.snapshot.second is not None)
+        self.refresh_view()
 
     def action_pick_highlighted(self) -> None:
         self.action_pick(self.query_one(CandidatePanel).cursor_row)
@@ -430,6 +484,7 @@ class TokenstepApp(App[int]):
     def action_highlight(self, delta: int) -> None:
         panel = self.query_one(CandidatePanel)
         panel.move_cursor(panel.cursor_row + delta)
+        self.query_one(LensPanel).highlight(panel.cursor_row)
 
     def action_undo(self) -> None:
         self._pause_then(commands.Undo())
@@ -456,6 +511,8 @@ class TokenstepApp(App[int]):
         self.queue.clear()
         self._pause()
         self.set_focus(None)
+        if self.snapshot is not None and self.snapshot.cursor is not None:
+            self.enqueue(commands.Look(None))  # back to the live end
 
     def action_compare(self) -> None:
         screen = CompareScreen()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from decoding.chat import PromptRequest
+from decoding.diff import DIFF_FORMATS
 from decoding.errors import TokenstepError
 from decoding.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, recorded_model
 from decoding.settings import CHAPTER_STRATEGIES, STRATEGY_KINDS, Strategy, parse_strategies, strategy_from_options
@@ -137,7 +138,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     app = Parser(
         prog="tokenstep",
         description="Step through a language model's text generation one token at a time. "
-        "Also: `tokenstep trace`, `tokenstep compare` and `tokenstep replay` (each with --help).",
+        "Also: `tokenstep trace`, `compare`, `replay` and `diff` (each with --help).",
     )
     app.add_argument("prompt", nargs="?", help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     app.add_argument("--choices", type=int, default=10, help="candidates shown (default 10)")
@@ -150,6 +151,10 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sessions.add_argument("--resume", action="store_true", help="open the last session")
     _add_prompt_options(app)
     _add_model_options(app)
+    second = app.add_argument_group("a second model along the same path (both must share a tokenizer)")
+    second.add_argument("--second-model", help="Hub id, local folder or .gguf file; `embedded` for the embedded model")
+    second.add_argument("--second-engine", choices=ENGINES, help="its engine (default: transformers)")
+    second.add_argument("--second-url", help="with --second-engine server: the server serving it")
     _add_strategy_options(app)
 
     trace = Parser(prog="tokenstep trace", description="Run N steps headless and print the trace.")
@@ -211,6 +216,30 @@ def load_options_from(args: argparse.Namespace) -> LoadOptions:
         server_top=args.server_top,
         tokenizer=args.tokenizer,
     )
+
+
+def second_options_from(args: argparse.Namespace) -> LoadOptions | None:
+    """The second model's options (None without --second-model or --second-engine)."""
+    if args.second_model is None and args.second_engine is None:
+        if args.second_url is not None:
+            raise TokenstepError("--second-url goes with --second-engine server.")
+        return None
+    model = None if args.second_model in (None, "embedded") else args.second_model
+    try:
+        return LoadOptions(
+            model=model,
+            device=args.device,
+            dtype=args.dtype,
+            engine=args.second_engine or "transformers",
+            url=args.second_url,
+            api_key=args.api_key,
+            server_top=args.server_top,
+        )
+    except TokenstepError as error:  # LoadOptions names the first model's options; these are the second's
+        said = str(error)
+        for option in ("--model", "--engine", "--url"):
+            said = said.replace(f"{option} ", f"--second-{option[2:]} ")
+        raise TokenstepError(said) from None
 
 
 def parse_picks(text: str, choices: int) -> list[int]:
@@ -306,6 +335,50 @@ def run_replay_command(argv: Sequence[str]) -> int:
     return 0 if note is None and all(check.agrees(args.tolerance) for check in checks) else 1
 
 
+def build_diff_parser() -> argparse.ArgumentParser:
+    diff = Parser(
+        prog="tokenstep diff",
+        description="Two models along one recorded path: the trace's own model and a second one read the same token ids; "
+        "per token, both log-probabilities, their difference, the KL divergence of the two next-token distributions "
+        "and whether their greedy choices agree. Both must share a tokenizer.",
+    )
+    diff.add_argument("trace", type=Path, help="a JSON trace (trace --format json, or e in the app)")
+    diff.add_argument("--format", default="table", choices=DIFF_FORMATS)
+    group = diff.add_argument_group("the second model (default: the trace's own, e.g. under another --engine)")
+    group.add_argument("--model", help="Hub id, local folder or .gguf file")
+    group.add_argument("--engine", choices=ENGINES, help="default: the trace's")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    group.add_argument("--dtype", choices=DTYPES, help="default: the trace's")
+    group.add_argument("--url", help="a server serving the second model (with --engine server)")
+    group.add_argument("--api-key", help="for a server behind a key (default: $TOKENSTEP_API_KEY)")
+    return diff
+
+
+def run_diff_command(argv: Sequence[str]) -> int:
+    from decoding.files import read_json_file
+    from decoding.replay import checked_trace, load_options
+
+    args = build_diff_parser().parse_args(argv)
+    record = checked_trace(read_json_file(args.trace, "a tokenstep JSON trace"), str(args.trace))
+    first_options = load_options(record, device=args.device)
+    second_options = load_options(
+        record, model=args.model, engine=args.engine, device=args.device, dtype=args.dtype, url=args.url, api_key=args.api_key
+    )
+    if args.model is not None and args.engine is None and args.url is None:
+        second_options = replace(second_options, engine="transformers", url=None)  # another model: not the trace's server
+
+    from decoding.diff import diff_record, format_diff
+    from decoding.explorer import Explorer
+    from decoding.loading import load_engine
+    from decoding.second import SecondModel
+
+    first = load_engine(first_options, _progress_on_terminal)
+    second = load_engine(second_options, _progress_on_terminal)
+    explorer = Explorer(first, choices=record.get("choices", 10), max_new_tokens=len(record["steps"]) + 1)
+    print(format_diff(diff_record(explorer, SecondModel(second, second.model_id), record), args.format))
+    return 0
+
+
 def run_compare_command(argv: Sequence[str]) -> int:
     args = build_compare_parser().parse_args(argv)
     request = prompt_request(args)
@@ -347,6 +420,7 @@ def run_app_command(argv: Sequence[str]) -> int:
     from decoding import session_file
     from tui.app import TokenstepApp
 
+    second = second_options_from(args)
     path = session_file.last_session() if args.resume else args.session or session_file.new_session_path()
     saved = session_file.load(path) if path.exists() else None  # a damaged file stops here, untouched
     options, strategy, choices = load_options_from(args), strategy_from(args), args.choices
@@ -369,12 +443,18 @@ def run_app_command(argv: Sequence[str]) -> int:
         look_ahead=args.look_ahead,
         session_path=path,
         saved=saved,
+        second_options=second,
     )
     app.run()
     return app.return_code or 0
 
 
-COMMANDS = {"trace": run_trace_command, "compare": run_compare_command, "replay": run_replay_command}
+COMMANDS = {
+    "trace": run_trace_command,
+    "compare": run_compare_command,
+    "replay": run_replay_command,
+    "diff": run_diff_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,9 @@ from typing import Literal
 
 from textual.widget import Widget
 
+from tui.widgets.lens_view import LensPanel
 from tui.widgets.processors import ProcessorPanel
+from tui.widgets.timeline import TimelinePanel
 from tui.widgets.tree_view import TreePanel
 
 
@@ -22,11 +24,13 @@ class PanelSpec:
     label: str  # footer and palette
     help: str
     widget: type[Widget]  # has show(value, view)
-    place: Literal["side", "main"]  # beside the candidates, or in place of the text (and focused)
+    place: Literal["side", "main", "bottom"]  # beside the candidates, in place of the text (and focused), or below
     in_footer: bool = False
 
 
 PANELS = (
     PanelSpec("processors", "w", "Processors", "What each processor did to the candidates", ProcessorPanel, "side"),
     PanelSpec("tree", "t", "Tree", "Every branch walked; enter jumps to one", TreePanel, "main", in_footer=True),
+    PanelSpec("lens", "l", "Lens", "The logit lens: the prediction after each layer", LensPanel, "main"),
+    PanelSpec("timeline", "g", "Timeline", "The chosen tokens' probability and entropy along the path", TimelinePanel, "bottom"),
 )

@@ -15,11 +15,13 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from decoding.state import Candidate, Distribution
+from decoding.state import Candidate, Distribution, PathToken
+from decoding.tokens import token_label
 
 BAR_WIDTH = 10
 REMOVED_STYLE = "dim strike"
-SPECIAL_STYLE = "magenta"  # a control token (<|im_end|>), unlike the same characters typed as text
+SPECIAL_STYLE = "magenta"
+CHOSEN_STYLE = "bold blue"  # a control token (<|im_end|>), unlike the same characters typed as text
 HEADER_LINES = 1
 TOKEN_WIDTH = 18
 PERCENT_WIDTH = len("100.00%")
@@ -48,13 +50,17 @@ class CandidatePanel(Static):
     shown: Distribution | None = None
     note = ""
     chat = False
+    chosen: PathToken | None = None  # at a past step: the token that was chosen there
     cursor_row = 0
 
-    def show(self, distribution: Distribution | None, note: str = "", chat: bool = False) -> None:
-        """Show these candidates, keeping the highlighted row number; with none, `note` says why."""
-        if distribution == self.shown and note == self.note and chat == self.chat:
+    def show(
+        self, distribution: Distribution | None, note: str = "", chat: bool = False, chosen: PathToken | None = None
+    ) -> None:
+        """Show these candidates, keeping the highlighted row number; with none, `note` says why. At
+        a past step, `chosen` is marked and `note` says which step it is."""
+        if (distribution, note, chat, chosen) == (self.shown, self.note, self.chat, self.chosen):
             return  # nothing new to paint
-        self.shown, self.note, self.chat = distribution, note, chat
+        self.shown, self.note, self.chat, self.chosen = distribution, note, chat, chosen
         self.move_cursor(self.cursor_row)
 
     def move_cursor(self, row: int) -> None:
@@ -89,11 +95,21 @@ class CandidatePanel(Static):
         ]
         lines = [_line(header, widths)]
         highlight = self.get_component_rich_style("candidate-panel--highlight")
+        chosen_id = self.chosen.token_id if self.chosen is not None else None
         for index, row in enumerate(rows):
             line = _line(row, widths)
+            if shown.candidates[index].token_id == chosen_id:
+                line.append(" ◀ chosen" + (" (forced)" if self.chosen and self.chosen.forced else ""), style=CHOSEN_STYLE)
             if index == self.cursor_row:
                 line.stylize(highlight)
             lines.append(line)
+        if self.chosen is not None:
+            lines.append(Text(self.note, style=CHOSEN_STYLE))
+            if all(candidate.token_id != chosen_id for candidate in shown.candidates):
+                rank = "beyond the known" if self.chosen.rank is None else f"rank {self.chosen.rank + 1}"
+                lines.append(
+                    Text(f"chosen: {token_label(self.chosen.text)} ({rank}, {100 * self.chosen.prob:.2f}%)", style=CHOSEN_STYLE)
+                )
         if shown.candidates and shown.candidates[0].ends:
             ends = "the reply" if self.chat else "the generation"
             lines.append(Text(f"row 1, {shown.candidates[0].label}, would end {ends}", style=SPECIAL_STYLE))

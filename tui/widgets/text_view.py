@@ -1,4 +1,6 @@
-"""The running text: the prompt, then each generated token tinted by how likely the model found it.
+"""The running text: the prompt, then each generated token, all tinted by a heat: the probability the
+model gave each token, the entropy it was drawn from, its rank (GLTR's buckets), or how far a second
+model disagrees.
 
 In a chat the template's scaffolding (role markers, control tokens) is dimmed, the messages plain,
 and control tokens the model chose (<|im_end|>) keep a style of their own, so they never read as the
@@ -7,61 +9,157 @@ same characters typed as text.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rich.style import Style
 from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from decoding.state import Segment, Snapshot
+from decoding.state import PairScore, Segment, Snapshot, TokenScore
 from decoding.tokens import escape_controls
 
-# (lowest probability, style): the first band a token's probability reaches gives its tint.
-PROBABILITY_BANDS = [(0.5, "green"), (0.2, "yellow"), (0.05, "dark_orange"), (0.0, "red")]
 FORCED_STYLE = "underline reverse"
 SCAFFOLD_STYLE = "dim italic"
 SPECIAL_STYLE = "bold magenta"
+CURSOR_STYLE = "bold on blue"
+TINTS = ("green", "yellow", "dark_orange", "red")  # confident (or agreeing) to surprised (or apart)
+
+
+@dataclass(frozen=True)
+class Heat:
+    """One way of tinting the whole text: a value per token and the bands it falls in (one per tint)."""
+
+    name: str
+    value: Callable[[TokenScore, PairScore | None], float | None]
+    bands: tuple[float, ...]  # upper bounds of the first three tints (`rising`) or lower bounds (not)
+    labels: tuple[str, ...]  # one per tint
+    rising: bool = True  # a higher value is a warmer tint
+    needs_second: bool = False
+
+    def style(self, score: TokenScore, pair: PairScore | None) -> str:
+        value = self.value(score, pair)
+        if value is None:
+            return TINTS[-1] if self.name == "rank" else ""  # an unknown rank: beyond every bucket
+        for bound, tint in zip(self.bands, TINTS):
+            if (value < bound) if self.rising else (value >= bound):
+                return tint
+        return TINTS[-1]
+
+
+HEATS = (
+    Heat("probability", lambda s, p: s.prob, (0.5, 0.2, 0.05), ("≥50%", "≥20%", "≥5%", "<5%"), rising=False),
+    Heat("entropy", lambda s, p: s.entropy, (1.0, 2.5, 4.0), ("<1 nat", "<2.5", "<4", "≥4 nats")),
+    Heat("rank", lambda s, p: s.rank, (1, 10, 100), ("top 1", "top 10", "top 100", "beyond")),
+    Heat("off", lambda s, p: None, (), ()),
+    Heat(
+        "disagreement",
+        lambda s, p: None if p is None or p.difference is None else abs(p.difference),
+        (0.05, 0.5, 2.0),
+        ("|Δ logp| <0.05", "<0.5", "<2", "≥2"),
+        needs_second=True,
+    ),
+)
+HEAT_NAMES = tuple(heat.name for heat in HEATS)
+
+
+def heat_named(name: str) -> Heat:
+    return next(heat for heat in HEATS if heat.name == name)
+
+
+def next_heat(name: str, second: bool) -> str:
+    """The heat after `name` in the cycle (disagreement only with a second model)."""
+    names = [heat.name for heat in HEATS if second or not heat.needs_second]
+    return names[(names.index(name) + 1) % len(names)] if name in names else names[0]
 
 
 def tint(prob: float) -> str:
-    return next(style for floor, style in PROBABILITY_BANDS if prob >= floor)
+    """The probability heat's tint for a token of that probability."""
+    return heat_named("probability").style(TokenScore(math.log(prob) if prob > 0 else None, None, 0.0, 0), None)
 
 
-def legend() -> Text:
-    text = Text("tint: ", style="dim")
-    for (floor, style), (ceiling, _) in zip(PROBABILITY_BANDS, [(1.0, "")] + PROBABILITY_BANDS):
-        text.append(f"≥{floor:.0%} " if floor else f"<{ceiling:.0%} ", style=style)
+def legend(heat: Heat = HEATS[0], second: str = "") -> Text:
+    text = Text(f"heat: {heat.name} ", style="dim")
+    for label, style in zip(heat.labels, TINTS):
+        text.append(f"{label} ", style=style)
     text.append("forced ", style=FORCED_STYLE).append("control token", style=SPECIAL_STYLE)
-    return text.append("  (prompt plain, chat template dim)", style="dim")
+    if heat.needs_second:
+        text.append(f"  (against {second})", style="dim")
+    return text.append("  · h: next heat", style="dim")
 
 
-def running_text(snapshot: Snapshot, visible_whitespace: bool = False) -> Text:
-    """Literal text (never markup): prompt plain, tokens tinted, forced tokens marked. Neighbours of
-    one tint share one span: the text is painted again several times a second while playing, and
-    its cost grows with the number of spans."""
+def running_text(snapshot: Snapshot, visible_whitespace: bool = False, heat: Heat = HEATS[0], clickable: bool = False) -> Text:
+    """Literal text (never markup): every token tinted by `heat`, the prompt's too once scored;
+    forced tokens and the one under the cursor marked. Neighbours of one style share one span: the
+    text is painted again several times a second while playing, and its cost grows with the number
+    of spans. `clickable`: each path token is its own span, and a click looks at it."""
     text = Text()
-    _append_segments(text, snapshot.prompt_segments or (Segment(snapshot.prompt),), visible_whitespace)
+    _append_prompt(text, snapshot, visible_whitespace, heat)
     turns = {turn.before: turn for turn in snapshot.turns}
-    run_style: str | None = None
-    run: list[str] = []
+    pairs = snapshot.second.path if snapshot.second is not None else ()
+    run = _Run(text)
     for index, (token, piece) in enumerate(zip(snapshot.path, snapshot.pieces)):
         if index in turns:
-            text.append("".join(run), style=run_style or "")
-            run, run_style = [], None
+            run.flush()
             _append_segments(text, turns[index].segments, visible_whitespace)
-        style = SPECIAL_STYLE if token.special else tint(token.prob)
+        score = snapshot.path_score(index) if index < len(snapshot.panels) else None
+        style = SPECIAL_STYLE if token.special else heat.style(score, _at(pairs, index)) if score else ""
         if token.forced:
             style = f"{style} {FORCED_STYLE}"
-        if style != run_style and run:
-            text.append("".join(run), style=run_style or "")
-            run = []
-        run_style = style
-        run.append(_shown(piece, visible_whitespace))
-    if run:
-        text.append("".join(run), style=run_style or "")
+        if index == snapshot.cursor:
+            style = f"{style} {CURSOR_STYLE}"
+        if clickable:
+            run.flush()
+            text.append(
+                _shown(piece, visible_whitespace),
+                style=Style.parse(style or "none") + Style.from_meta({"@click": f"app.look({index})"}),
+            )
+        else:
+            run.add(_shown(piece, visible_whitespace), style)
+    run.flush()
     if len(snapshot.path) in turns:  # a turn sent, its reply not begun
         _append_segments(text, turns[len(snapshot.path)].segments, visible_whitespace)
     if snapshot.finished:
         text.append(f"  [{snapshot.finished}]", style="bold dim")
     return text
+
+
+class _Run:
+    """Pieces of one style gathered into one span."""
+
+    def __init__(self, text: Text) -> None:
+        self.text, self.style, self.pieces = text, "", []  # type: ignore[var-annotated]
+
+    def add(self, piece: str, style: str) -> None:
+        if style != self.style:
+            self.flush()
+        self.style = style
+        self.pieces.append(piece)
+
+    def flush(self) -> None:
+        if self.pieces:
+            self.text.append("".join(self.pieces), style=self.style)
+        self.pieces = []
+
+
+def _append_prompt(text: Text, snapshot: Snapshot, visible_whitespace: bool, heat: Heat) -> None:
+    """The prompt token by token, tinted, once scored; before that (or with the heat off) as text,
+    its chat scaffolding dimmed."""
+    scores = snapshot.prompt_scores
+    if scores is None or heat.name == "off" or len(scores) != len(snapshot.prompt_pieces):
+        _append_segments(text, snapshot.prompt_segments or (Segment(snapshot.prompt),), visible_whitespace)
+        return
+    pairs = snapshot.second.prompt if snapshot.second is not None else ()
+    run = _Run(text)
+    for index, (piece, score) in enumerate(zip(snapshot.prompt_pieces, scores)):
+        run.add(_shown(piece, visible_whitespace), heat.style(score, _at(pairs, index)) if score else "")
+    run.flush()
+
+
+def _at(pairs: tuple[PairScore | None, ...], index: int) -> PairScore | None:
+    return pairs[index] if index < len(pairs) else None
 
 
 def _append_segments(text: Text, segments: tuple[Segment, ...], visible_whitespace: bool) -> None:
@@ -82,6 +180,8 @@ class TextView(VerticalScroll):
         yield Static(id="running-text")
         yield Static(legend(), id="legend")
 
-    def show(self, snapshot: Snapshot, visible_whitespace: bool) -> None:
-        self.query_one("#running-text", Static).update(running_text(snapshot, visible_whitespace))
-        self.scroll_end(animate=False)
+    def show(self, snapshot: Snapshot, visible_whitespace: bool, heat: Heat = HEATS[0], clickable: bool = False) -> None:
+        self.query_one("#running-text", Static).update(running_text(snapshot, visible_whitespace, heat, clickable))
+        self.query_one("#legend", Static).update(legend(heat, snapshot.second.model if snapshot.second else ""))
+        if snapshot.cursor is None:
+            self.scroll_end(animate=False)

@@ -1,0 +1,80 @@
+"""The logit lens (key `l`): for the next token, or the past step under the cursor, what the model
+would predict after each layer (embeddings first): the top tokens with their probabilities, and the
+chosen token's and the highlighted candidate's probability and rank, tinted by probability."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from decoding.panels import Lens
+from decoding.tokens import token_label
+from tui.widgets.text_view import tint
+
+if TYPE_CHECKING:
+    from decoding.explorer import View
+
+
+class LensPanel(Static):
+    value: Lens | None = None
+    highlighted = 0  # the candidate panel's highlighted row
+
+    def show(self, value: Lens, view: View | None = None) -> None:
+        if value != self.value:
+            self.value = value
+            self._paint()
+
+    def highlight(self, row: int) -> None:
+        if row != self.highlighted:
+            self.highlighted = row
+            self._paint()
+
+    def _paint(self) -> None:
+        lens = self.value
+        if lens is None:
+            return
+        where = "the next token" if lens.step is None else f"step {lens.step + 1}"
+        self.border_title = f"logit lens · {where}"
+        if lens.note:
+            self.update(Text(lens.note, style="dim"))
+            return
+        self.update(_table(lens, self.highlighted))
+
+
+def _table(lens: Lens, highlighted: int) -> Table:
+    chosen = lens.tracked[0]
+    row = min(highlighted + 1, len(lens.tracked) - 1)  # tracked: the chosen token, then the candidates
+    other = lens.tracked[row] if row > 0 else None
+    chosen_name = "chosen" if lens.step is not None else "top"
+    caption = _caption(lens)
+    table = Table(box=None, padding=(0, 1), caption=caption, caption_justify="left", expand=False)
+    table.add_column("layer", justify="right", style="dim")
+    table.add_column(f"{chosen_name} {token_label(chosen[1])}", justify="right")
+    if other is not None:
+        table.add_column(f"highlighted {token_label(other[1])}", justify="right")
+    table.add_column("top tokens at this layer")
+    for index, layer in enumerate(lens.layers):
+        cells = [Text("emb" if index == 0 else str(index)), _cell(layer.probs[0], layer.ranks[0])]
+        if other is not None:
+            cells.append(_cell(layer.probs[row], layer.ranks[row]))
+        tops = Text()
+        for token_id, text, prob in layer.top:
+            tops.append(f"{token_label(text)} ", style="bold" if token_id == chosen[0] else "")
+            tops.append(f"{100 * prob:.0f}%  ", style="dim")
+        table.add_row(*cells, tops)
+    return table
+
+
+def _cell(prob: float, rank: int) -> Text:
+    return Text(f"{100 * prob:6.2f}% #{rank + 1}", style=tint(prob))
+
+
+def _caption(lens: Lens) -> str:
+    if lens.settles_at is None:
+        return ""
+    final = lens.layers[-1].top[0][1]
+    at = "the embeddings" if lens.settles_at == 0 else f"layer {lens.settles_at}"
+    return f"the final top token {token_label(final)} is top from {at} on"
