@@ -105,15 +105,15 @@ class TransformersEngine:
         position = len(ids) - 1
         if not 0 <= position < self.cached_length:
             raise ValueError(f"position {position} is not in the cache ({self.cached_length} tokens)")
-        if self._layers is None or self._layers[:2] != (position, ids[-1]):
-            tail = self.detach_last(self.cached_length - position)
-            try:
-                _, states = _last_logits_and_states(self.model, self._cache, [ids[-1]])
-                self._layers = (position, ids[-1], torch.stack([layer[0, -1] for layer in states]))
-            finally:
-                self.crop(position)
-                self.attach(tail)
-        return self._lens(self._layers[2])
+        if self._layers is not None and self._layers[:2] == (position, ids[-1]):
+            return self._lens(self._layers[2])
+        tail = self.detach_last(self.cached_length - position)
+        try:
+            _, states = _last_logits_and_states(self.model, self._cache, [ids[-1]])
+        finally:
+            self.crop(position)
+            self.attach(tail)
+        return self._lens(torch.stack([layer[0, -1] for layer in states]))
 
     def _lens(self, layers: torch.Tensor) -> torch.Tensor:
         """Every layer's residual stream through the final norm (the last one already passed it, as

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from decoding.engine import ReadsLayers
+from decoding.errors import SessionError
 from decoding.panels import Lens, LensLayer
-from decoding.positions import score_rows
 
 if TYPE_CHECKING:
     from decoding.explorer import Explorer
@@ -29,15 +29,18 @@ def no_lens(note: str, step: int | None = None) -> Lens:
 
 
 def reduce_layers(logprobs: torch.Tensor, tracked: Sequence[int], text_of, step: int | None = None) -> Lens:
-    """Rows of log-probabilities, one per layer, reduced to the panel's value."""
-    probs = logprobs.exp()
-    top_probs, top_ids = probs.topk(LENS_TOP, dim=-1)
-    per_token = [score_rows(logprobs, torch.full((logprobs.shape[0],), token_id)) for token_id in tracked]
+    """Rows of log-probabilities, one per layer, reduced to the panel's value. A tracked token's rank
+    counts the tokens strictly more likely."""
+    top_logprobs, top_ids = logprobs.topk(LENS_TOP, dim=-1)
+    values = logprobs[:, list(tracked)]  # [layers, tracked]
+    # one comparison per tracked token: a single [layers, tracked, vocab] one was 2.7x slower here
+    ranks = torch.stack([(logprobs > values[:, j : j + 1]).sum(dim=-1, dtype=torch.int32) for j in range(len(tracked))], 1)
+    top_probs, probs = top_logprobs.exp().tolist(), values.exp().tolist()
     layers = tuple(
         LensLayer(
-            top=tuple((int(i), text_of(int(i)), float(p)) for i, p in zip(top_ids[layer], top_probs[layer])),
-            ranks=tuple(int(scores[layer].rank or 0) for scores in per_token),
-            probs=tuple(scores[layer].prob or 0.0 for scores in per_token),
+            top=tuple((token_id, text_of(token_id), prob) for token_id, prob in zip(top_ids[layer].tolist(), top_probs[layer])),
+            ranks=tuple(ranks[layer].tolist()),
+            probs=tuple(probs[layer]),
         )
         for layer in range(logprobs.shape[0])
     )
@@ -60,7 +63,7 @@ def session_lens(session: Session, step: int | None) -> Lens:
         return no_lens(f"the {engine.name} engine gives no hidden states: the logit lens needs the transformers engine", step)
     if why := engine.lens_unavailable():
         return no_lens(why, step)
-    prefix = session.ids[: len(session.prompt_ids) + step] if step is not None else session.ids
+    prefix = session.ids_before(step) if step is not None else session.ids
     panel = session.panels[step] if step is not None else session.distribution
     candidates = [c.token_id for c in panel.candidates] if panel is not None else []
     chosen = session.path[step].token_id if step is not None else (candidates[0] if candidates else None)
@@ -72,3 +75,28 @@ def explorer_lens(explorer: Explorer) -> Lens:
     if explorer.beam is not None:
         return no_lens("beam search runs several sequences: the lens follows one path (switch to greedy or sampling)")
     return session_lens(explorer.session, explorer.cursor)
+
+
+def lens_record(lens: Lens) -> list[dict[str, object]]:
+    """A trace's `lens` of one step: per layer (0: the embeddings) the top tokens, and the chosen
+    token's rank (0-based) and probability."""
+    return [
+        {
+            "layer": index,
+            "top": [{"token_id": token_id, "text": text, "prob": prob} for token_id, text, prob in layer.top],
+            "chosen_rank": layer.ranks[0],
+            "chosen_prob": layer.probs[0],
+        }
+        for index, layer in enumerate(lens.layers)
+    ]
+
+
+def add_lens(session: Session, record: dict[str, object]) -> None:
+    """Each token step of a trace record gains its lens (one forward per step, at its position on the
+    cached prefix); an engine without one makes this a one-line error."""
+    token_steps = [step for step in record["steps"] if "turn" not in step]  # type: ignore[attr-defined]
+    for index, step in enumerate(token_steps):
+        lens = session_lens(session, index)
+        if lens.note:
+            raise SessionError(f"--lens: {lens.note}.")
+        step["lens"] = lens_record(lens)

@@ -99,6 +99,18 @@ class Session:
         """Everything the model reads: the prompt, then every step's tokens (turns included)."""
         return self.prompt_ids + [token_id for step in self._steps for token_id in step.ids]
 
+    def ids_before(self, index: int) -> list[int]:
+        """What the model had read when it offered path token `index`: the prompt, the tokens before
+        it and any chat turns between them."""
+        ids, seen = list(self.prompt_ids), 0
+        for step in self.steps:
+            if step.token is not None:
+                if seen == index:
+                    return ids
+                seen += 1
+            ids += step.ids
+        raise IndexError(f"there is no path token {index}")
+
     @property
     def reply_ids(self) -> list[int]:
         """The tokens chosen since the prompt or the last turn: the reply under way."""

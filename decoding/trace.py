@@ -31,6 +31,7 @@ class TracePlan:
     steps: int
     picks: Sequence[int] = ()  # per step, the rank of the candidate to force; then the strategy goes on
     prefill: str = ""  # text forced first, token by token (a reply's start)
+    lens: bool = False  # each step's logit lens in the record
 
 
 def run_trace(explorer: Explorer, plan: TracePlan) -> dict[str, Any]:
@@ -47,7 +48,12 @@ def run_trace(explorer: Explorer, plan: TracePlan) -> dict[str, Any]:
             explorer.pick(plan.picks[index])
         else:
             explorer.step()
-    return explorer.trace_record()
+    record = explorer.trace_record()
+    if plan.lens:
+        from decoding.lens import add_lens
+
+        add_lens(explorer.session, record)
+    return record
 
 
 def trace_record(session: Session) -> dict[str, Any]:

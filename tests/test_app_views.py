@@ -136,3 +136,29 @@ async def test_a_second_model_with_another_tokenizer_is_said_and_the_first_goes_
         await three_steps(pilot)
         assert len(app.snapshot.path) == 3 and app.snapshot.second is None
         assert len(notes) == 1 and "second model is left out" in notes[0] and "tokenizer" in notes[0]
+
+
+async def test_l_shows_the_logit_lens_of_the_next_token_and_of_a_past_step(tiny_model_dir):
+    from tui.widgets.lens_view import LensPanel
+
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await three_steps(pilot)
+        await pilot.press("l")
+        await settle(pilot)
+        panel = app.query_one(LensPanel)
+        assert panel.display and not app.query_one(TextView).display
+        lens = panel.value
+        assert lens.step is None and len(lens.layers) == 3  # embeddings and two layers
+        assert lens.tracked[0][0] == panel_ids(app)[0]  # the top candidate first, then the panel's
+        assert [token for token, _ in lens.tracked[1:]] == panel_ids(app)
+        assert lens.layers[-1].probs[0] == pytest.approx(app.snapshot.distribution.candidates[0].prob, abs=1e-5)
+        await pilot.press("comma")
+        await settle(pilot)
+        assert panel.value.step == 2 and panel.value.tracked[0][0] == app.snapshot.path[2].token_id
+        await pilot.press("down")
+        await pilot.pause()
+        assert panel.highlighted == 1 and "highlighted" in str(panel.content.renderables[1].columns[2].header)
+        await pilot.press("l")
+        await pilot.pause()
+        assert not panel.display and app.query_one(TextView).display

@@ -128,3 +128,12 @@ def test_a_past_step_looked_at_with_the_timeline_open(snap_compare, tiny_model_d
         await still(pilot)
 
     assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=run_before)
+
+
+def test_logit_lens_panel(snap_compare, tiny_model_dir):
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("space", "space", "l", "down")
+        await still(pilot)
+
+    assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=run_before)

@@ -163,6 +163,11 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     trace.add_argument("--choices", type=int, default=5, help="candidates per step (default 5)")
     trace.add_argument("--format", default="table", choices=["table", "json", "csv", "markdown"])
     trace.add_argument("--picks", default="", help="ranks to force, one per step, e.g. 0,2,1 (0 = the top one)")
+    trace.add_argument(
+        "--lens",
+        action="store_true",
+        help="with --format json: each step's logit lens (top tokens and the chosen one's rank per layer)",
+    )
     _add_prompt_options(trace)
     _add_model_options(trace)
     _add_strategy_options(trace)
@@ -270,13 +275,15 @@ def run_trace_command(argv: Sequence[str]) -> int:
         raise TokenstepError(
             "--picks and --prefill force tokens on one path; beam search keeps several. Drop them or the beam strategy."
         )
+    if args.lens and (strategy.is_beam or args.format != "json"):
+        raise TokenstepError("--lens follows one path into the JSON trace: use it with --format json and without beam search.")
 
     from decoding.explorer import Explorer
     from decoding.loading import load_engine
     from decoding.trace import format_trace, run_trace
 
     engine = load_engine(options, _progress_on_terminal)
-    plan = TracePlan(request.build(engine), args.steps, picks, args.prefill or "")
+    plan = TracePlan(request.build(engine), args.steps, picks, args.prefill or "", lens=args.lens)
     # Beam search runs for at most --steps new tokens, as generate(max_new_tokens=steps) would.
     explorer = Explorer(engine, strategy, args.choices, max_new_tokens=plan.steps + len(engine.encode_piece(plan.prefill)))
     print(format_trace(run_trace(explorer, plan), args.format))

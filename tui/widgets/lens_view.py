@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
@@ -16,6 +17,9 @@ from tui.widgets.text_view import tint
 
 if TYPE_CHECKING:
     from decoding.explorer import View
+
+
+CELL_WIDTH = 14  # "100.00% #12345"
 
 
 class LensPanel(Static):
@@ -41,7 +45,7 @@ class LensPanel(Static):
         if lens.note:
             self.update(Text(lens.note, style="dim"))
             return
-        self.update(_table(lens, self.highlighted))
+        self.update(Group(Text(_summary(lens), style="dim"), _table(lens, self.highlighted)))
 
 
 def _table(lens: Lens, highlighted: int) -> Table:
@@ -49,13 +53,12 @@ def _table(lens: Lens, highlighted: int) -> Table:
     row = min(highlighted + 1, len(lens.tracked) - 1)  # tracked: the chosen token, then the candidates
     other = lens.tracked[row] if row > 0 else None
     chosen_name = "chosen" if lens.step is not None else "top"
-    caption = _caption(lens)
-    table = Table(box=None, padding=(0, 1), caption=caption, caption_justify="left", expand=False)
-    table.add_column("layer", justify="right", style="dim")
-    table.add_column(f"{chosen_name} {token_label(chosen[1])}", justify="right")
+    table = Table(box=None, padding=(0, 1), expand=True)
+    table.add_column("layer", justify="right", style="dim", no_wrap=True, min_width=5)
+    table.add_column(f"{chosen_name}\n{token_label(chosen[1])}", justify="right", no_wrap=True, min_width=CELL_WIDTH)
     if other is not None:
-        table.add_column(f"highlighted {token_label(other[1])}", justify="right")
-    table.add_column("top tokens at this layer")
+        table.add_column(f"highlighted\n{token_label(other[1])}", justify="right", no_wrap=True, min_width=CELL_WIDTH)
+    table.add_column("top tokens\nat this layer", no_wrap=True, overflow="ellipsis", ratio=1)
     for index, layer in enumerate(lens.layers):
         cells = [Text("emb" if index == 0 else str(index)), _cell(layer.probs[0], layer.ranks[0])]
         if other is not None:
@@ -64,17 +67,19 @@ def _table(lens: Lens, highlighted: int) -> Table:
         for token_id, text, prob in layer.top:
             tops.append(f"{token_label(text)} ", style="bold" if token_id == chosen[0] else "")
             tops.append(f"{100 * prob:.0f}%  ", style="dim")
+        tops.rstrip()
         table.add_row(*cells, tops)
     return table
 
 
 def _cell(prob: float, rank: int) -> Text:
-    return Text(f"{100 * prob:6.2f}% #{rank + 1}", style=tint(prob))
+    return Text(f"{100 * prob:.2f}% #{rank + 1}", style=tint(prob))
 
 
-def _caption(lens: Lens) -> str:
+def _summary(lens: Lens) -> str:
+    """Where the final prediction settles; the table's rows are layers, embeddings first."""
     if lens.settles_at is None:
         return ""
     final = lens.layers[-1].top[0][1]
     at = "the embeddings" if lens.settles_at == 0 else f"layer {lens.settles_at}"
-    return f"the final top token {token_label(final)} is top from {at} on"
+    return f"the final top token {token_label(final)} is top from {at} on (of {len(lens.layers) - 1} layers)"
