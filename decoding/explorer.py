@@ -22,6 +22,7 @@ from decoding.engine import Engine, Forks, ReadsLayers
 from decoding.errors import SessionError, TokenstepError
 from decoding.files import write_atomically
 from decoding.keeper import SessionKeeper
+from decoding.panels import Lens
 from decoding.prompt import Prompt, chat_prompt, checked_text
 from decoding.second import SecondModel
 from decoding.session import Session
@@ -56,6 +57,8 @@ class Explorer:
         self.beam: BeamSearch | None = None
         self.second: SecondModel | None = None  # a second model along the same path
         self._cursor: int | None = None  # the past path token looked at; None: the live end
+        self._lens_shown = False  # a view shows the logit lens: catch_up computes it
+        self._lens: tuple[tuple[object, ...], Lens] | None = None  # (where it was computed, the lens)
 
     @property
     def cursor(self) -> int | None:
@@ -168,7 +171,22 @@ class Explorer:
             changed = session.score_prompt() is not None
         if self.second is not None and not should_stop():
             changed = self.second.follow(session, should_stop) or changed
+        if self._lens_shown and self.lens is None and not should_stop():
+            from decoding.lens import explorer_lens
+
+            self._lens = (self._lens_key(), explorer_lens(self))
+            changed = True
         return changed
+
+    @property
+    def lens(self) -> Lens | None:
+        """The logit lens computed for where the explorer stands now; None: not (yet) computed."""
+        return self._lens[1] if self._lens is not None and self._lens[0] == self._lens_key() else None
+
+    def _lens_key(self) -> tuple[object, ...]:
+        session = self.session
+        candidates = tuple(c.token_id for c in session.distribution.candidates) if session.distribution else ()
+        return (tuple(session.ids), self.cursor, self.beam is not None, candidates)
 
     def add_second(self, second: SecondModel, first_name: str, second_name: str) -> None:
         """Set a second model along the path; it must read text with the same tokenizer (the names
@@ -323,8 +341,9 @@ class Explorer:
         from decoding.panels import PANELS
 
         panels = tuple(panels)
+        self._lens_shown = "lens" in panels
         if isinstance(self.engine, ReadsLayers):  # the next steps keep their layers while the lens is shown
-            self.engine.keep_layers = "lens" in panels
+            self.engine.keep_layers = self._lens_shown
         values = {name: PANELS[name](self) for name in panels}
         beam = self.beam.snapshot() if self.beam is not None else None
         second = self.second.view(self.session) if self.second is not None else None

@@ -72,6 +72,7 @@ def session_lens(session: Session, step: int | None) -> Lens:
 
 
 def explorer_lens(explorer: Explorer) -> Lens:
+    """The lens where the explorer stands: the step under its cursor, or the next token."""
     if explorer.beam is not None:
         return no_lens("beam search runs several sequences: the lens follows one path (switch to greedy or sampling)")
     return session_lens(explorer.session, explorer.cursor)

@@ -54,6 +54,7 @@ class Lens:
     layers: tuple[LensLayer, ...]
     settles_at: int | None  # the first layer from which the final top-1 stays top-1
     note: str = ""  # why there is no lens
+    pending: bool = False  # to be computed once the step's panel is out (a view keeps the last one)
 
     @property
     def chosen(self) -> tuple[int, str] | None:
@@ -80,9 +81,10 @@ def timeline_panel(explorer: Explorer) -> Timeline:
 
 
 def lens_panel(explorer: Explorer) -> Lens:
-    from decoding.lens import explorer_lens  # torch, imported on the model's thread
-
-    return explorer_lens(explorer)
+    """The lens computed for where the explorer stands, or a pending one: the lens runs the head over
+    every layer (as long as a third of a step here), so it is computed after the step's panel is out
+    (`Explorer.catch_up`), never before."""
+    return explorer.lens or Lens(explorer.cursor, (), (), None, pending=True)
 
 
 def tree_panel(explorer: Explorer) -> TreeRows:

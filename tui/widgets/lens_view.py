@@ -27,9 +27,11 @@ class LensPanel(Static):
     highlighted = 0  # the candidate panel's highlighted row
 
     def show(self, value: Lens, view: View | None = None) -> None:
-        if value != self.value:
-            self.value = value
-            self._paint()
+        if value.pending:  # computed once the step's panel is out: the last lens stays meanwhile
+            self.border_title = "logit lens · updating…"
+            return
+        self.value = value
+        self._paint()
 
     def highlight(self, row: int) -> None:
         if row != self.highlighted:
