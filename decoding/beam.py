@@ -68,6 +68,10 @@ class BeamSearch:
         room = engine.context_limit - len(prefix_ids)
         if room < 1:
             raise SessionError(f"The prompt fills the model's context ({engine.context_limit} tokens): no room to search.")
+        if strategy.constraint is not None:
+            raise SessionError(
+                "A grammar constraint runs with greedy search or sampling here; beam search with one is not built yet."
+            )
         self.engine, self.strategy, self.choices = engine, strategy, choices
         self.prefix_ids = list(prefix_ids)
         self.prefix_text = engine.decode(self.prefix_ids)

@@ -95,7 +95,7 @@ def strategy_of(record: dict[str, Any]) -> Strategy:
     known = {f.name for f in fields(Strategy)} - {"kind", "seed"}
     settings = {name: value for name, value in kwargs.items() if name in known}
     try:
-        return Strategy(kind=kind, seed=record.get("seed", 0), **settings)
+        return Strategy(kind=kind, seed=record.get("seed", 0), constraint=record.get("constraint"), **settings)
     except SettingsError as error:
         raise SessionError(f"The trace's strategy is not valid here: {error}") from None
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, cast
 
 import torch
+from transformers import LogitsProcessor
 
 from decoding.distribution import rank_of, summarize
-from decoding.processors import build_processors, explain
+from decoding.processors import apply_processors, explain
 from decoding.settings import Strategy
 from decoding.state import Distribution, ProcessorReport
 from decoding.tokens import TokenTexts
+
+if TYPE_CHECKING:
+    from decoding.grammar import GrammarState
 
 
 @dataclass(frozen=True)
@@ -59,18 +63,29 @@ class Scores:
 class NextToken:
     """The next token at one position under one strategy, each part computed once on first use."""
 
-    def __init__(self, scores: Scores, strategy: Strategy, choices: int, texts: TokenTexts, context: Sequence[int]) -> None:
+    def __init__(
+        self,
+        scores: Scores,
+        strategy: Strategy,
+        choices: int,
+        texts: TokenTexts,
+        context: Sequence[int],
+        grammar: GrammarState | None = None,
+    ) -> None:
         self.scores, self.strategy, self.choices = scores, strategy, choices
         self._texts = texts
+        self.grammar = grammar  # the session's grammar matcher, when its strategy has a constraint
+        self._grammar_allows = grammar.allowed(context) if grammar is not None else None
         # The processors read the sequence (n-gram blocking, repetition penalty): run them now, on a
         # copy (some write in place), rather than keep the sequence for later.
-        self.processed: torch.Tensor | None = _processed(strategy, scores.values, context) if strategy.reshapes else None
+        reshapes = strategy.reshapes
+        self.processed: torch.Tensor | None = _processed(strategy, grammar, scores.values, context) if reshapes else None
         self._logprobs: torch.Tensor | None = None
         self._distribution: Distribution | None = None
 
     def under(self, strategy: Strategy, choices: int, context: Sequence[int]) -> NextToken:
         """The same scores under another strategy or number of candidates."""
-        return NextToken(self.scores, strategy, choices, self._texts, context)
+        return NextToken(self.scores, strategy, choices, self._texts, context, self.grammar)
 
     @property
     def logprobs(self) -> torch.Tensor:
@@ -117,13 +132,21 @@ class NextToken:
         """What each processor did to the candidates (None when the strategy has none)."""
         if not self.strategy.reshapes:
             return None
-        return explain(self.strategy, list(context), self.scores.values, [c.token_id for c in self.distribution.candidates])
+        candidates = [c.token_id for c in self.distribution.candidates]
+        return explain(self.strategy, list(context), self.scores.values, candidates, self.grammar)
 
     def _summarize(self) -> Distribution:
         known = None if self.scores.complete else self.scores.known
-        return summarize(self.scores.values, self.logprobs, self.processed, self.choices, self._texts, known)
+        summary = summarize(self.scores.values, self.logprobs, self.processed, self.choices, self._texts, known)
+        if self._grammar_allows is None:
+            return summary
+        marked = tuple(
+            c if bool(self._grammar_allows[c.token_id]) else replace(c, removed=True, removed_by="grammar")
+            for c in summary.candidates
+        )
+        return replace(summary, candidates=marked)
 
 
-def _processed(strategy: Strategy, values: torch.Tensor, context: Sequence[int]) -> torch.Tensor:
+def _processed(strategy: Strategy, grammar: LogitsProcessor | None, values: torch.Tensor, context: Sequence[int]) -> torch.Tensor:
     input_ids = cast(torch.LongTensor, torch.tensor([list(context)], dtype=torch.long, device=values.device))
-    return build_processors(strategy)(input_ids, cast(torch.FloatTensor, values.clone()[None]))[0]
+    return apply_processors(strategy, grammar, input_ids, cast(torch.FloatTensor, values.clone()[None]))[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,8 +22,11 @@ from decoding.prompt import Prompt, checked_ids, plain_prompt
 from decoding.scores import NextToken, Scores
 from decoding.settings import Strategy
 from decoding.state import Distribution, Message, PathToken, ProcessorReport, Snapshot, TokenScore, TurnMark
-from decoding.tokens import RunningText, TokenTexts, bytes_to_text
+from decoding.tokens import RunningText, TokenTexts, bytes_to_text, one_line
 from decoding.tree import Node, Tree
+
+if TYPE_CHECKING:
+    from decoding.grammar import GrammarState
 
 DEFAULT_CHOICES = 10
 NO_PROMPT = Prompt("", ())
@@ -60,6 +64,7 @@ class Session:
         self.tree = Tree()  # every path walked from every prompt; the current path is tree.current's
         self._prompt_pieces: tuple[str, ...] = ()
         self._prompt_scores: tuple[TokenScore | None, ...] | None = None  # scored on first ask
+        self._grammar: GrammarState | None = None  # the strategy's constraint, following the path
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -180,6 +185,7 @@ class Session:
             distribution=self.distribution,
             finished=self.finished,
             strategy=self._strategy,
+            constraint=self._grammar.state(self.ids) if self._grammar is not None else None,
             choices=self._choices,
             prompt_segments=self.prompt.segments,
             turns=tuple(turns),
@@ -225,6 +231,10 @@ class Session:
 
         A new seed restarts the sampler from here, as if generation had been seeded at this point.
         """
+        if strategy.constraint != self._strategy.constraint:
+            self._grammar = self._grammar_for(strategy, len(self.prompt.ids))  # may raise: nothing changed yet
+            if self._grammar is not None and self._steps:
+                self._grammar.follow(self.ids)
         if strategy.seed != self._strategy.seed:
             self._rng.manual_seed(strategy.seed)
         self._strategy = strategy
@@ -252,6 +262,8 @@ class Session:
         never fed) on the same cache: nothing before it is computed again."""
         if self.prompt.form != "chat":
             raise SessionError("The next message follows a chat: start one first (its prompt is a conversation).")
+        if self._grammar is not None:
+            raise SessionError("A grammar constrains one reply: start a new conversation for the next message.")
         if self.finished == "context limit":
             self._can_choose()  # which says so
         if len(self.ids) + len(turn.ids) >= self.engine.context_limit:
@@ -270,7 +282,16 @@ class Session:
         else:
             self.tree.add_turn(turn.text, list(turn.ids), (turn.message,))
 
+    def _grammar_for(self, strategy: Strategy, start: int) -> GrammarState | None:
+        """A matcher for the strategy's constraint over what follows `start` prompt tokens."""
+        if strategy.constraint is None:
+            return None
+        from decoding.grammar import grammar_for
+
+        return grammar_for(self.engine, strategy.constraint, start, sorted(self._end_ids()))
+
     def _start(self, prompt: Prompt) -> None:
+        grammar = self._grammar_for(self._strategy, len(prompt.ids))  # may raise: nothing has changed yet
         old_ids = self.ids
         self.engine.crop(0)
         try:
@@ -278,7 +299,7 @@ class Session:
         except BaseException:
             self._refeed(old_ids)
             raise
-        self.prompt, self._steps = prompt, []
+        self.prompt, self._steps, self._grammar = prompt, [], grammar
         self._prompt_pieces, self._prompt_scores = self._pieces_of(prompt.ids), None
         self.token_text.end_ids = self._end_ids()  # a chat's end-of-turn tokens end it too
         self._running_text = RunningText()
@@ -312,6 +333,9 @@ class Session:
         self._can_choose()
         if not isinstance(token_id, int) or not 0 <= token_id < self.engine.vocab_size:
             raise SessionError(f"token id {token_id!r} is not in the vocabulary (0 to {self.engine.vocab_size - 1}).")
+        if self._grammar is not None and not self._grammar.allowed(self.ids)[token_id]:
+            text = one_line(self.token_text(token_id))
+            raise SessionError(f"The grammar cannot continue with {text!r} here ({self._grammar.state(self.ids)}).")
         return self._append(token_id, True, self._rng.get_state())
 
     def undo(self) -> Step:
@@ -397,7 +421,7 @@ class Session:
     # --- internals -------------------------------------------------------------------------------
 
     def _offer(self, scores: Scores) -> NextToken:
-        return NextToken(scores, self._strategy, self._choices, self.token_text, self.ids)
+        return NextToken(scores, self._strategy, self._choices, self.token_text, self.ids, self._grammar)
 
     def _can_choose(self) -> NextToken:
         """What is on offer now; refused before a prompt, after end-of-sequence, or at the context limit."""

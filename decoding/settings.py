@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from decoding.errors import SettingsError
+from decoding.tokens import one_line
 
 STRATEGY_KINDS = ("greedy", "sample", "beam")
 EARLY_STOPPING = (False, True, "never")  # GenerationConfig.early_stopping
@@ -24,6 +25,42 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+CONSTRAINT_KINDS = ("json_schema", "json", "regex", "grammar")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the output must follow: a JSON schema (its text), any JSON value, a regular expression, or
+    an EBNF/GBNF grammar (its text). Compiled against the model's tokenizer by decoding.grammar."""
+
+    kind: str
+    source: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "json":
+            return "JSON"
+        name = {"json_schema": "JSON schema", "regex": "regex", "grammar": "grammar"}.get(self.kind, self.kind)
+        return f"{name} {one_line(self.source)[:24]}"
+
+
+def check_schema(source: str) -> None:
+    """A JSON schema's text: valid JSON, and a valid schema by the JSON Schema meta-schema (one line if not)."""
+    import json
+
+    import jsonschema  # type: ignore[import-untyped]
+
+    try:
+        schema = json.loads(source)
+    except ValueError as error:
+        raise SettingsError(f"The JSON schema is not valid JSON ({error}).") from None
+    if not isinstance(schema, (dict, bool)):
+        raise SettingsError("The JSON schema must be a JSON object.")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise SettingsError(f"The JSON schema is not a valid schema: {error.message}.") from None
 
 
 @dataclass(frozen=True)
@@ -47,10 +84,15 @@ class Strategy:
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     suppress_tokens: tuple[int, ...] = ()
+    constraint: Constraint | None = None  # a grammar the output must follow (a processor of its own)
 
     def __post_init__(self) -> None:
         if isinstance(self.suppress_tokens, list):  # as JSON and generate() write it
             object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens))
+        if isinstance(self.constraint, dict):  # as a session file writes it
+            known = {"kind", "source"}
+            if set(self.constraint) <= known and all(isinstance(v, str) for v in self.constraint.values()):
+                object.__setattr__(self, "constraint", Constraint(**self.constraint))
         problems = field_problems(self)
         if problems:
             raise SettingsError(problems_text(self, problems))
@@ -66,7 +108,7 @@ class Strategy:
     @property
     def reshapes(self) -> bool:
         """True when some processor changes the model's distribution before the choice."""
-        return bool(self.active_processors())
+        return bool(self.active_processors()) or self.constraint is not None
 
     def active_processors(self) -> list[str]:
         """Names of the processors this strategy applies, in the order `generate()` applies them."""
@@ -130,6 +172,8 @@ class Strategy:
             parts.append(f"no-repeat-{self.no_repeat_ngram_size}gram")
         if self.do_sample:
             parts.append(f"seed={self.seed}")
+        if self.constraint is not None:
+            parts.append(f"· {self.constraint.describe()}")
         return " ".join(parts)
 
 
@@ -184,6 +228,15 @@ def field_problems(s: Strategy | Any) -> dict[str, str]:
         "suppress_tokens": (
             isinstance(s.suppress_tokens, tuple) and all(_is_int(t) and 0 <= t <= MAX_COUNT for t in s.suppress_tokens),
             "must be token ids",
+        ),
+        "constraint": (
+            s.constraint is None
+            or (
+                isinstance(s.constraint, Constraint)
+                and s.constraint.kind in CONSTRAINT_KINDS
+                and isinstance(s.constraint.source, str)
+            ),
+            f"must be one of {', '.join(CONSTRAINT_KINDS)} with its text",
         ),
     }
     return {name: requirement for name, (ok, requirement) in checks.items() if not ok}

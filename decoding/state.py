@@ -26,6 +26,7 @@ class Candidate:
     removed: bool = False  # a processor (top-k, top-p, n-gram blocking...) ruled it out
     special: bool = False  # a control token (<|im_end|>): shown by its name, in its own style
     ends: bool = False  # choosing it ends the generation (or a chat's turn)
+    removed_by: str = ""  # "grammar" when the constraint forbids it
 
     @property
     def label(self) -> str:
@@ -158,6 +159,7 @@ class Snapshot:
     prompt_scores: tuple[TokenScore | None, ...] | None = None  # each prompt token's score; None: not scored (yet)
     cursor: int | None = None  # the past path token being looked at; None: the live end of the path
     second: SecondView | None = None  # a second model along the same path
+    constraint: str | None = None  # a grammar's state: "in progress", "may end here", "complete"
 
     def path_score(self, index: int) -> TokenScore:
         """Path token `index` as a TokenScore (its stored panel gives the entropy and the greedy token)."""
@@ -218,6 +220,7 @@ class ProcessorEffect:
     removed: tuple[int, ...]  # candidates it ruled out (score set to -inf)
     changed: tuple[int, ...]  # candidates whose score it changed otherwise (a penalty, a rescaling)
     removed_in_all: int  # tokens of the whole vocabulary it ruled out
+    mass_removed: float = 0.0  # the probability (going in) of the tokens it ruled out
 
 
 @dataclass(frozen=True)

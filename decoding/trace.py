@@ -88,6 +88,11 @@ def trace_record(session: Session) -> dict[str, Any]:
         **_server(engine),
         "strategy": strategy.generation_kwargs(),
         "seed": strategy.seed,
+        **(
+            {"constraint": {"kind": strategy.constraint.kind, "source": strategy.constraint.source}}
+            if strategy.constraint
+            else {}
+        ),
         "prompt": session.prompt.text,
         "prompt_ids": session.prompt_ids,
         "prompt_form": session.prompt.form,
@@ -181,6 +186,7 @@ def _processors_record(report: ProcessorReport | None) -> dict[str, Any]:
                 "removed": list(effect.removed),
                 "changed": list(effect.changed),
                 "removed_in_all": effect.removed_in_all,
+                "mass_removed": effect.mass_removed,
             }
             for effect in report.effects
         ]

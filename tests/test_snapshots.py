@@ -137,3 +137,15 @@ def test_logit_lens_panel(snap_compare, tiny_model_dir):
         await still(pilot)
 
     assert snap_compare(make_app(tiny_model_dir), terminal_size=SIZE, run_before=run_before)
+
+
+def test_candidates_under_a_grammar(snap_compare, tiny_model_dir):
+    from decoding.settings import Constraint, Strategy
+
+    async def run_before(pilot):
+        await still(pilot)
+        await pilot.press("space", "w")
+        await still(pilot)
+
+    app = make_app(tiny_model_dir, strategy=Strategy(constraint=Constraint("regex", "[a-z]+( [a-z]+)*")))
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

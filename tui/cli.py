@@ -16,8 +16,17 @@ from typing import NoReturn
 from decoding.chat import PromptRequest
 from decoding.diff import DIFF_FORMATS
 from decoding.errors import TokenstepError
+from decoding.files import read_text_file
 from decoding.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, recorded_model
-from decoding.settings import CHAPTER_STRATEGIES, STRATEGY_KINDS, Strategy, parse_strategies, strategy_from_options
+from decoding.settings import (
+    CHAPTER_STRATEGIES,
+    STRATEGY_KINDS,
+    Constraint,
+    Strategy,
+    check_schema,
+    parse_strategies,
+    strategy_from_options,
+)
 from decoding.state import Message
 from decoding.tokens import escape_controls, one_line
 
@@ -92,6 +101,32 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_constraint_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("a constraint the output must follow (xgrammar)").add_mutually_exclusive_group()
+    group.add_argument("--json-schema", type=Path, metavar="FILE", help="a JSON schema (a file)")
+    group.add_argument("--json", action="store_true", help="any JSON value")
+    group.add_argument("--regex", metavar="PATTERN", help="a regular expression")
+    group.add_argument("--grammar", type=Path, metavar="FILE", help="an EBNF / GBNF grammar (a file; its rule `root` first)")
+
+
+def constraint_from(args: argparse.Namespace) -> Constraint | None:
+    """The constraint the options ask for; a file that cannot be read or a schema that is not one is one line."""
+    if args.json:
+        return Constraint("json")
+    if args.regex is not None:
+        if not args.regex:
+            raise TokenstepError("--regex is empty: give the pattern the output must match.")
+        return Constraint("regex", args.regex)
+    for option, kind in (("json_schema", "json_schema"), ("grammar", "grammar")):
+        path = getattr(args, option)
+        if path is not None:
+            text = read_text_file(path, f"--{option.replace('_', '-')}")
+            if kind == "json_schema":
+                check_schema(text)
+            return Constraint(kind, text)
+    return None
+
+
 def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("prompt")
     group.add_argument(
@@ -156,6 +191,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     second.add_argument("--second-engine", choices=ENGINES, help="its engine (default: transformers)")
     second.add_argument("--second-url", help="with --second-engine server: the server serving it")
     _add_strategy_options(app)
+    _add_constraint_options(app)
 
     trace = Parser(prog="tokenstep trace", description="Run N steps headless and print the trace.")
     trace.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
@@ -171,6 +207,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _add_prompt_options(trace)
     _add_model_options(trace)
     _add_strategy_options(trace)
+    _add_constraint_options(trace)
     return app, trace
 
 
@@ -195,7 +232,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
 
 
 def strategy_from(args: argparse.Namespace) -> Strategy:
-    return strategy_from_options(
+    strategy = strategy_from_options(
         kind=args.strategy,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -207,6 +244,12 @@ def strategy_from(args: argparse.Namespace) -> Strategy:
         length_penalty=args.length_penalty,
         early_stopping=args.early_stopping,
     )
+    constraint = constraint_from(args)
+    if constraint is not None and strategy.is_beam:
+        raise TokenstepError(
+            "A grammar constraint runs with greedy search or sampling here; beam search with one is not built yet."
+        )
+    return replace(strategy, constraint=constraint)
 
 
 def load_options_from(args: argparse.Namespace) -> LoadOptions:

@@ -159,7 +159,9 @@ def _cells(candidate: Candidate, reshaped: bool) -> list[Text]:
         Text(bar(candidate.prob), style=style or "cyan"),
     ]
     if reshaped:
-        after = "removed" if candidate.removed else f"{100 * (candidate.processed_prob or 0.0):.2f}%"
+        after = f"{100 * (candidate.processed_prob or 0.0):.2f}%"
+        if candidate.removed:
+            after = f"✗ {candidate.removed_by}" if candidate.removed_by else "removed"
         cells += [Text(after, style=style), Text(bar(candidate.processed_prob or 0), style=style or "magenta")]
     cells.append(Text(f"{candidate.logprob:.3f}", style=style or "dim"))
     return cells

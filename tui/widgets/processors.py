@@ -55,7 +55,13 @@ def processor_table(report: ProcessorReport, distribution: Distribution) -> Text
                 line.append_text(_cell(f"{mark}{100 * effect.after[row]:.2f}%", "magenta" if mark else ""))
         lines.append(line)
     footer = Text("ruled out in the whole vocabulary: ", style="dim")
-    footer.append(", ".join(f"{SHORT_NAMES.get(e.name, e.name)} {e.removed_in_all}" for e in report.effects), style="dim")
+    footer.append(
+        ", ".join(
+            f"{SHORT_NAMES.get(e.name, e.name)} {e.removed_in_all} ({100 * e.mass_removed:.1f}% of the probability)"
+            for e in report.effects
+        ),
+        style="dim",
+    )
     return Text("\n").join([*lines, footer])
 
 

@@ -24,6 +24,8 @@ class StatusLine(Static):
             bound = "=" if distribution.complete else "≥"  # partial scores: a lower bound
             parts.append(f"H{bound}{distribution.entropy:.2f} nats")
         parts.append(f"logp={snapshot.sequence_logprob:.2f}")
+        if snapshot.constraint is not None:
+            parts.append(f"grammar: {snapshot.constraint}")
         if timing.latency_ms is not None:
             parts.append(f"{timing.latency_ms:.0f} ms")
         if timing.tokens_per_s is not None:

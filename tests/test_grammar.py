@@ -1,0 +1,194 @@
+"""Grammar constraints (xgrammar): greedy under a constraint equals generate() with xgrammar's own
+transformers processor, the output validates, undo and reopened sessions keep the matcher exact, and
+bad constraints are one clear line."""
+
+import json
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import torch
+
+from decoding import session_file
+from decoding.errors import SessionError
+from decoding.grammar import compile_constraint
+from decoding.session import Session
+from decoding.settings import Constraint, Strategy
+
+FLAT = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+NESTED = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 30},
+        "genre": {"enum": ["fiction", "science", "history"]},
+        "author": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 20}, "born": {"type": "integer"}},
+            "required": ["name", "born"],
+        },
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+    },
+    "required": ["title", "genre", "author", "tags"],
+}
+MAX_STEPS = 120
+
+
+def run_greedy(session: Session, limit: int = MAX_STEPS) -> list[int]:
+    while not session.finished and len(session.path) < limit:
+        session.step()
+    return [token.token_id for token in session.path]
+
+
+def generate_with_xgrammar(engine, prompt_ids, constraint):
+    """The reference: transformers' generate() with xgrammar's own LogitsProcessor."""
+    from xgrammar.contrib.hf import LogitsProcessor
+
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = engine.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=MAX_STEPS,
+            do_sample=False,
+            logits_processor=[LogitsProcessor(compile_constraint(engine, constraint))],
+            eos_token_id=sorted(engine.eos_token_ids),
+            pad_token_id=sorted(engine.eos_token_ids)[0],
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize(
+    ("prompt", "constraint", "schema"),
+    [
+        ("A person as JSON:", Constraint("json_schema", json.dumps(FLAT)), FLAT),
+        ("A book as JSON:", Constraint("json_schema", json.dumps(NESTED)), NESTED),
+        ("Today's date:", Constraint("regex", r"\d{4}-\d{2}-\d{2}"), None),
+    ],
+    ids=["flat object", "nested object with an array and an enum", "ISO date regex"],
+)
+def test_greedy_under_a_constraint_equals_generate_with_xgrammars_processor(embedded_engine, prompt, constraint, schema):
+    session = Session(embedded_engine, Strategy(constraint=constraint))
+    session.reset(prompt)
+    ours = run_greedy(session)
+    assert session.finished == "eos" and session.snapshot().constraint == "complete"
+    assert ours == generate_with_xgrammar(embedded_engine, session.prompt_ids, constraint)
+    text = embedded_engine.decode(ours[:-1])  # without the end-of-sequence token
+    if schema is not None:
+        jsonschema.validate(json.loads(text), schema)
+    else:
+        assert len(text) == 10 and text[4] == text[7] == "-" and text.replace("-", "").isdigit()
+
+
+@pytest.mark.embedded
+def test_step_undo_step_and_a_reopened_session_keep_the_constraint_exact(embedded_engine, tmp_path):
+    strategy = Strategy(constraint=Constraint("json_schema", json.dumps(FLAT)))
+    session = Session(embedded_engine, strategy)
+    session.reset("A person as JSON:")
+    whole = run_greedy(session)
+    for back in (1, 4, len(whole)):  # the end-of-sequence token, mid-object, the whole reply
+        for _ in range(back):
+            session.undo()
+        assert session.snapshot().constraint != "complete"
+        assert run_greedy(session) == whole
+    for _ in range(len(whole) // 2):  # mid-object: saved, reopened on a fresh session, continued
+        session.undo()
+    path = tmp_path / "session.json"
+    session_file.save(path, session.tree, embedded_engine, strategy, session.choices)
+    saved = session_file.load(path)
+    assert saved.strategy == strategy
+    reopened = Session(embedded_engine, saved.strategy, saved.choices)
+    reopened.adopt(saved.tree)
+    assert reopened.snapshot().constraint == "in progress"
+    assert run_greedy(reopened) == whole
+
+
+@pytest.mark.embedded
+def test_forcing_a_token_the_grammar_forbids_is_refused_and_the_path_stays(embedded_engine):
+    session = Session(embedded_engine, Strategy(constraint=Constraint("json_schema", json.dumps(FLAT))))
+    session.reset("A person as JSON:")
+    session.step()  # `{`
+    forbidden = [c for c in session.distribution.candidates if c.removed_by == "grammar"]
+    assert forbidden, "the panel marks what the grammar forbids"
+    path = session.path
+    with pytest.raises(SessionError, match="grammar cannot continue"):
+        session.force(forbidden[0].token_id)
+    assert session.path == path
+    report = session.processor_report()
+    grammar = report.effects[0]
+    assert grammar.name == "grammar" and 0 < grammar.mass_removed <= 1
+    assert grammar.removed_in_all > embedded_engine.vocab_size // 2
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("content", "option", "message"),
+    [
+        ("{not json", "--json-schema", "is not valid JSON"),
+        ('{"type": 5}', "--json-schema", "is not a valid schema"),
+        ('root ::= "a" |', "--grammar", "grammar cannot be used: EBNF parser error"),
+        ("root ::= foo", "--grammar", 'Rule "foo" is not defined'),
+    ],
+)
+def test_a_bad_schema_or_grammar_is_one_line_and_exit_status_2(tiny_model_dir, tmp_path, content, option, message):
+    path = tmp_path / "constraint.txt"
+    path.write_text(content)
+    result = cli("trace", "hi", "--model", str(tiny_model_dir), option, str(path))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_regex_that_does_not_compile_is_one_line(tiny_model_dir):
+    result = cli("trace", "hi", "--model", str(tiny_model_dir), "--regex", "(a")
+    assert result.returncode == 2 and "regex cannot be used: Regex parsing error" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_trace_records_the_constraint_and_replay_restores_it(tiny_model_dir, tmp_path):
+    result = cli(
+        "trace", "The quick", "--model", str(tiny_model_dir), "--regex", "[a-z]{3,5}", "--format", "json", "--steps", "8"
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["constraint"] == {"kind": "regex", "source": "[a-z]{3,5}"}
+    assert record["steps"][0]["processors"][0]["name"] == "grammar"
+    text = record["generated_text"].removesuffix("<|endoftext|>")
+    assert 3 <= len(text) <= 5 and text.isalpha()
+    path = tmp_path / "trace.json"
+    path.write_text(result.stdout)
+    replayed = cli("replay", str(path))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+
+
+async def test_the_panel_strikes_out_what_the_grammar_forbids_and_the_status_says_its_state(tiny_model_dir):
+    from tests.test_app import SIZE, make_app, panel_text, settle
+    from tui.widgets.status import StatusLine
+
+    app = make_app(tiny_model_dir, strategy=Strategy(constraint=Constraint("regex", "[a-z]+")))
+    notes = []
+    app.notify = lambda message, **kwargs: notes.append(message)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        candidates = app.snapshot.distribution.candidates
+        forbidden = [row for row, c in enumerate(candidates) if c.removed_by == "grammar"]
+        allowed = [row for row, c in enumerate(candidates) if not c.removed]
+        assert forbidden and allowed
+        lines = panel_text(app).splitlines()
+        assert all("✗ grammar" in lines[row + 1] for row in forbidden)
+        assert "grammar: in progress" in str(app.query_one(StatusLine).content)
+        await pilot.press(str(forbidden[0] + 1))  # forcing a forbidden row is refused
+        await settle(pilot)
+        assert not app.snapshot.path and any("grammar cannot continue" in note for note in notes)
+        await pilot.press(str(allowed[0] + 1))
+        await settle(pilot)
+        assert app.snapshot.path[0].token_id == candidates[allowed[0]].token_id
+        assert "grammar: may end here" in str(app.query_one(StatusLine).content)
