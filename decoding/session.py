@@ -232,9 +232,10 @@ class Session:
         A new seed restarts the sampler from here, as if generation had been seeded at this point.
         """
         if strategy.constraint != self._strategy.constraint:
-            self._grammar = self._grammar_for(strategy, len(self.prompt.ids))  # may raise: nothing changed yet
-            if self._grammar is not None and self._steps:
-                self._grammar.follow(self.ids)
+            grammar = self._grammar_for(strategy, len(self.prompt.ids))  # may raise: nothing changed yet
+            if grammar is not None:
+                grammar.follow(self.ids)  # refused if the path so far breaks it
+            self._grammar = grammar
         if strategy.seed != self._strategy.seed:
             self._rng.manual_seed(strategy.seed)
         self._strategy = strategy

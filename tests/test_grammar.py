@@ -192,3 +192,39 @@ async def test_the_panel_strikes_out_what_the_grammar_forbids_and_the_status_say
         await settle(pilot)
         assert app.snapshot.path[0].token_id == candidates[allowed[0]].token_id
         assert "grammar: may end here" in str(app.query_one(StatusLine).content)
+
+
+async def test_the_settings_screen_sets_a_constraint_and_refuses_a_bad_one_beside_it(tiny_model_dir):
+    from tests.test_app import SIZE, make_app, settle
+
+    app = make_app(tiny_model_dir)
+    notes = []
+    app.notify = lambda message, **kwargs: notes.append(message)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        await pilot.press("s")
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#constraint_kind").value = "json_schema"
+        screen.query_one("#constraint_source").value = '{"type": 5}'
+        screen.query_one("#constraint_source").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is screen and "not a valid schema" in str(screen.query_one("#constraint-error").content)
+        screen.query_one("#constraint_kind").value = "regex"
+        screen.query_one("#constraint_source").value = "(a"  # compiles on the model's thread: refused there
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.snapshot.strategy.constraint is None and any("Regex parsing error" in note for note in notes)
+        assert len(app.snapshot.path) == 1
+        await pilot.press("s")
+        await pilot.pause()
+        app.screen.query_one("#constraint_kind").value = "regex"
+        app.screen.query_one("#constraint_source").value = "[a-z ]+"
+        app.screen.query_one("#constraint_source").focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.snapshot.strategy.constraint == Constraint("regex", "[a-z ]+")
+        assert app.snapshot.constraint in ("in progress", "may end here")

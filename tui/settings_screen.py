@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 from textual.app import ComposeResult
@@ -11,7 +12,9 @@ from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
-from decoding.settings import STRATEGY_KINDS, Strategy, field_problems
+from decoding.errors import TokenstepError
+from decoding.files import read_text_file
+from decoding.settings import CONSTRAINT_KINDS, STRATEGY_KINDS, Constraint, Strategy, check_schema, field_problems
 
 # (field, label, parser): each text field of the form and how its text becomes a value.
 FIELDS = [
@@ -27,6 +30,7 @@ FIELDS = [
 ]
 
 
+CONSTRAINT_CHOICES = [("none", "none"), *((kind, kind) for kind in CONSTRAINT_KINDS)]
 EARLY_STOPPING_VALUES = {"false": False, "true": True, "never": "never"}
 EARLY_STOPPING_CHOICES = [(text, text) for text in EARLY_STOPPING_VALUES]
 
@@ -69,6 +73,19 @@ class SettingsScreen(ModalScreen[Settings | None]):
                             compact=True,
                         )
                         yield Label("", classes="error", id="early_stopping-error")
+                constraint = self.current.strategy.constraint
+                yield Label("constraint (xgrammar)")
+                yield Select(
+                    CONSTRAINT_CHOICES,
+                    value=constraint.kind if constraint else "none",
+                    allow_blank=False,
+                    id="constraint_kind",
+                    compact=True,
+                )
+                yield Label("", classes="error")
+                yield Label("  its pattern, file or text")
+                yield Input(constraint.source if constraint else "", id="constraint_source", select_on_focus=False, compact=True)
+                yield Label("", classes="error", id="constraint-error")
             yield Button("Apply", variant="primary", id="apply")
 
     def on_input_submitted(self) -> None:
@@ -95,11 +112,38 @@ class SettingsScreen(ModalScreen[Settings | None]):
             except ValueError:
                 values[name] = current[name]  # so the other fields can still be checked
                 problems[name] = f"not a {'whole number' if parse is int else 'number'}"
+        values["constraint"], constraint_problem = self._constraint()
+        if constraint_problem:
+            problems["constraint"] = constraint_problem
+        elif values["constraint"] is not None and values["kind"] == "beam":
+            problems["constraint"] = "runs with greedy or sampling: beam search with a grammar is not built yet"
         problems = {**field_problems(SimpleNamespace(**values)), **problems}
         if values["choices"] < 1 and "choices" not in problems:
             problems["choices"] = "must be at least 1"
         for name, _, _ in FIELDS:
             self.query_one(f"#{name}-error", Label).update(problems.get(name, ""))
+        self.query_one("#constraint-error", Label).update(problems.get("constraint", ""))
         if not problems:
             choices = values.pop("choices")
             self.dismiss(Settings(Strategy(**values), choices))
+
+    def _constraint(self) -> tuple[Constraint | None, str]:
+        """The constraint the two fields give (a schema or grammar from a file, or typed), or what is wrong.
+        A regex or grammar that does not compile is refused when the model compiles it (the old
+        settings then stay)."""
+        kind = str(self.query_one("#constraint_kind", Select).value)
+        if kind == "none":
+            return None, ""
+        if kind == "json":
+            return Constraint("json"), ""
+        source = self.query_one("#constraint_source", Input).value.strip()
+        if not source:
+            return None, "needs its pattern, a file or the text"
+        try:
+            if kind != "regex" and Path(source).expanduser().is_file():
+                source = read_text_file(Path(source).expanduser(), "the constraint file")
+            if kind == "json_schema":
+                check_schema(source)
+        except TokenstepError as error:
+            return None, str(error)
+        return Constraint(kind, source), ""
