@@ -12,18 +12,22 @@ next live beams. The search ends when no live beam can still beat the finished o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
+from transformers import LogitsProcessorList
 
 from decoding.distribution import summarize, top_ids
 from decoding.engine import Engine, RunsSideBySide, decode_continuation
 from decoding.errors import SessionError, SettingsError
-from decoding.processors import build_processors
+from decoding.processors import processors_with
 from decoding.scores import Scores
 from decoding.settings import Strategy
 from decoding.state import Beam, BeamSnapshot, Distribution
 from decoding.tokens import TokenTexts
+
+if TYPE_CHECKING:
+    from decoding.grammar import GrammarRows
 
 IMPOSSIBLE = -1.0e9  # generate()'s score for "cannot be chosen"
 
@@ -54,8 +58,17 @@ class BeamSearch:
     """A beam search from `prefix_ids` that a person steps, undoes and steers (`force`)."""
 
     def __init__(
-        self, engine: Engine, strategy: Strategy, prefix_ids: list[int], *, max_new_tokens: int, choices: int = 10
+        self,
+        engine: Engine,
+        strategy: Strategy,
+        prefix_ids: list[int],
+        *,
+        max_new_tokens: int,
+        choices: int = 10,
+        constraint_start: int | None = None,
     ) -> None:
+        """`constraint_start`: where the strategy's constraint starts in `prefix_ids` (the prompt's
+        end; default: the whole prefix is prompt)."""
         if not strategy.is_beam:
             raise SettingsError(f"beam search needs the beam strategy (got {strategy.kind!r}).")
         if not isinstance(engine, RunsSideBySide):
@@ -68,17 +81,14 @@ class BeamSearch:
         room = engine.context_limit - len(prefix_ids)
         if room < 1:
             raise SessionError(f"The prompt fills the model's context ({engine.context_limit} tokens): no room to search.")
-        if strategy.constraint is not None:
-            raise SessionError(
-                "A grammar constraint runs with greedy search or sampling here; beam search with one is not built yet."
-            )
         self.engine, self.strategy, self.choices = engine, strategy, choices
         self.prefix_ids = list(prefix_ids)
         self.prefix_text = engine.decode(self.prefix_ids)
         self._token_text = TokenTexts.of(engine)
         self.max_new_tokens = min(max_new_tokens, room)
-        self._processors = build_processors(strategy)
         self._beams = strategy.num_beams
+        self._grammar = self._grammar_rows(constraint_start if constraint_start is not None else len(prefix_ids))
+        self._processors = LogitsProcessorList(processor for _, processor in processors_with(strategy, self._grammar))
         self._runner = engine.side_by_side()
         first = self._runner.start([self.prefix_ids] * self._beams)  # generate() runs B copies too
         self._check_enough_known(first)
@@ -115,6 +125,8 @@ class BeamSearch:
         if not isinstance(token_id, int) or not 0 <= token_id < self.engine.vocab_size:
             raise SessionError(f"token id {token_id!r} is not in the vocabulary (0 to {self.engine.vocab_size - 1}).")
         forced = self._state.running[live[beam]].ids + (token_id,)
+        if self._grammar is not None and not self._grammar.allows(live[beam], self.prefix_ids + list(forced[:-1]), token_id):
+            raise SessionError(f"The grammar cannot continue beam {beam + 1} with {self._token_text(token_id)!r}.")
         self._advance((live[beam], token_id))
         ranks = [rank for rank, row in enumerate(self._live()) if self._state.running[row].ids == forced]
         return ranks[0] if ranks else None
@@ -301,6 +313,15 @@ class BeamSearch:
         return None
 
     # --- helpers ------------------------------------------------------------------------------------
+
+    def _grammar_rows(self, start: int) -> GrammarRows | None:
+        """One grammar matcher per beam row, each following its own beam, when the strategy has a constraint."""
+        if self.strategy.constraint is None:
+            return None
+        from decoding.grammar import GrammarRows, grammar_for
+
+        stop = sorted(self.engine.eos_token_ids)
+        return GrammarRows([grammar_for(self.engine, self.strategy.constraint, start, stop) for _ in range(self._beams)])
 
     def _check_enough_known(self, scores: Scores) -> None:
         """On partial scores the search is exact only if each beam's top 2B tokens are known: generate()

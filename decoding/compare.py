@@ -1,7 +1,8 @@
 """Strategies side by side: each writes exactly N tokens from the same prefix and seed, scored alike.
 
 End-of-sequence is suppressed (generate()'s `suppress_tokens`) so every continuation has the same length,
-which makes the log-probabilities comparable, as in the chapter's comparison of decoding methods.
+which makes the log-probabilities comparable, as in the chapter's comparison of decoding methods; under
+a grammar constraint it is not (it completes the grammar), and a continuation may end early.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Continuation:
     text: str
     logprob: float  # the sequence's log-probability under the raw model
     repeated_ngrams: int  # token 3-grams that repeat an earlier one
-    cut_short: str | None = None  # why it has fewer tokens than asked for (the context limit), if it has
+    cut_short: str | None = None  # why it has fewer tokens than asked for: "the context limit", "the grammar's end"
 
     @property
     def label(self) -> str:
@@ -62,10 +63,14 @@ def compare(
     results = []
     for done, strategy in enumerate(strategies):
         progress(done, len(strategies))
-        exact = replace(strategy, suppress_tokens=tuple(sorted(engine.eos_token_ids)))
+        # Under a grammar, end-of-sequence is what completes it: not suppressed, it may end a continuation early.
+        exact = strategy if strategy.constraint else replace(strategy, suppress_tokens=tuple(sorted(engine.eos_token_ids)))
         run = _beam if strategy.is_beam else _path
         ids, logprob = run(engine, exact, prefix_ids, new_tokens, should_stop)
-        cut_short = "the context limit" if len(ids) < new_tokens else None  # EOS is suppressed: nothing else ends one
+        cut_short = None
+        if len(ids) < new_tokens:
+            ended = ids and ids[-1] in engine.eos_token_ids
+            cut_short = "the grammar's end" if ended else "the context limit"
         results.append(
             Continuation(strategy, ids, decode_continuation(engine, prefix_ids, ids), logprob, repeated_ngrams(ids), cut_short)
         )

@@ -277,7 +277,12 @@ class Explorer:
         self.beam = None
         if session.strategy.is_beam and session.prompt_ids:
             self.beam = BeamSearch(
-                session.engine, session.strategy, session.ids, max_new_tokens=self.max_new_tokens, choices=session.choices
+                session.engine,
+                session.strategy,
+                session.ids,
+                max_new_tokens=self.max_new_tokens,
+                choices=session.choices,
+                constraint_start=len(session.prompt_ids),
             )
 
     # --- records ---------------------------------------------------------------------------------

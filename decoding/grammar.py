@@ -124,6 +124,22 @@ class GrammarState(LogitsProcessor):
         return "may end here" if self._matcher.is_completed() else "in progress"
 
 
+class GrammarRows(LogitsProcessor):
+    """One matcher per row of a batch (beam search's beams), each following its own row's context:
+    beams that swap places between steps only roll their matchers back and forth."""
+
+    def __init__(self, states: list[GrammarState]) -> None:
+        self.states = states
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, state in enumerate(self.states):
+            state(input_ids[row : row + 1], scores[row : row + 1])  # type: ignore[arg-type]  # in place
+        return scores
+
+    def allows(self, row: int, context: Sequence[int], token_id: int) -> bool:
+        return bool(self.states[row].allowed(context)[token_id])
+
+
 def grammar_for(engine: Engine, constraint: Constraint, start: int, stop_ids: Sequence[int]) -> GrammarState:
     """A matcher for a generation after `start` prompt tokens; refused on an engine whose scores do not
     cover the whole vocabulary (the mask needs every token's score)."""

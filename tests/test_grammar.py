@@ -228,3 +228,29 @@ async def test_the_settings_screen_sets_a_constraint_and_refuses_a_bad_one_besid
         await settle(pilot)
         assert app.snapshot.strategy.constraint == Constraint("regex", "[a-z ]+")
         assert app.snapshot.constraint in ("in progress", "may end here")
+
+
+@pytest.mark.embedded
+def test_beam_search_under_a_schema_finishes_only_valid_json(embedded_engine):
+    from decoding.explorer import Explorer
+
+    strategy = Strategy(kind="beam", num_beams=3, constraint=Constraint("json_schema", json.dumps(FLAT)))
+    explorer = Explorer(embedded_engine, strategy, max_new_tokens=40)
+    explorer.new_prompt("A person as JSON:")
+    while explorer.can_play_on():
+        explorer.step()
+    finished = explorer.beam.snapshot().finished
+    assert len(finished) == 3
+    for beam in finished:
+        assert beam.text.endswith("<|im_end|>")
+        jsonschema.validate(json.loads(beam.text.removesuffix("<|im_end|>")), FLAT)
+
+
+def test_compare_under_a_regex_ends_each_strategy_where_the_grammar_ends(tiny_model_dir):
+    args = ("compare", "The quick", "--model", str(tiny_model_dir), "--regex", "[a-z]{2,4}", "--format", "json")
+    result = cli(*args, "--new-tokens", "12", "--strategies", "greedy,beam:num_beams=2,sample:temperature=0.7")
+    assert result.returncode == 0, result.stderr
+    for continuation in json.loads(result.stdout)["results"]:
+        text = continuation["generated_text"].removesuffix("<|endoftext|>")
+        assert 2 <= len(text) <= 4 and text.isalpha()
+        assert continuation["cut_short"] == "the grammar's end"

@@ -228,6 +228,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every strategy (default 0)")
     _add_prompt_options(compare)
     _add_model_options(compare)
+    _add_constraint_options(compare)
     return compare
 
 
@@ -434,7 +435,8 @@ def run_compare_command(argv: Sequence[str]) -> int:
     request = prompt_request(args)
     if args.new_tokens < 1:
         raise TokenstepError(f"--new-tokens must be at least 1 (got {args.new_tokens}).")
-    strategies = parse_strategies(args.strategies, seed=args.seed)
+    constraint = constraint_from(args)
+    strategies = [replace(s, constraint=constraint) for s in parse_strategies(args.strategies, seed=args.seed)]
     options = load_options_from(args)
 
     from decoding.compare import compare, comparison_record, format_comparison

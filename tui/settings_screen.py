@@ -115,8 +115,6 @@ class SettingsScreen(ModalScreen[Settings | None]):
         values["constraint"], constraint_problem = self._constraint()
         if constraint_problem:
             problems["constraint"] = constraint_problem
-        elif values["constraint"] is not None and values["kind"] == "beam":
-            problems["constraint"] = "runs with greedy or sampling: beam search with a grammar is not built yet"
         problems = {**field_problems(SimpleNamespace(**values)), **problems}
         if values["choices"] < 1 and "choices" not in problems:
             problems["choices"] = "must be at least 1"
