@@ -108,3 +108,45 @@ def test_the_garbage_collector_runs_again_after_a_load_whether_it_worked_or_not(
     with pytest.raises(LoadError):
         load_engine(LoadOptions(model=str(tmp_path / "nothing"), device="cpu"))
     assert gc.isenabled()
+
+
+def header_only_model(tiny_model_dir, folder: Path, rows: int, columns: int) -> Path:
+    """The tiny model's config and tokenizer with a safetensors file whose header declares one
+    [rows, columns] float32 tensor and holds no data: only the header is ever read."""
+    import json
+    import shutil
+    import struct
+
+    shutil.copytree(tiny_model_dir, folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    header = json.dumps({"huge.weight": {"dtype": "F32", "shape": [rows, columns], "data_offsets": [0, rows * columns * 4]}})
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode())
+    return folder
+
+
+def test_a_model_bigger_than_the_memory_is_refused_before_loading(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    big = header_only_model(tiny_model_dir, tmp_path / "big", 200_000, 131_072)  # 26 billion weights
+    result = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "trace", "hi", "--model", str(big), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "26.21 billion parameters need about 125.8 GB as float32 on cpu" in result.stderr
+    assert "--engine llama" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_estimate_counts_the_weights_the_model_loads(tiny_model_dir):
+    engine = load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
+    assert loading.parameter_count(str(tiny_model_dir)) == sum(p.numel() for p in engine.model.parameters())
+
+
+@pytest.mark.embedded
+def test_the_estimate_of_a_gguf_counts_the_weights_it_de_quantizes_to(embedded_engine):
+    loaded = sum(p.numel() for p in embedded_engine.model.parameters())  # tied embeddings counted once
+    assert loading.parameter_count(None) == loaded

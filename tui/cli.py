@@ -17,7 +17,7 @@ from decoding.chat import PromptRequest
 from decoding.diff import DIFF_FORMATS
 from decoding.errors import TokenstepError
 from decoding.files import read_text_file
-from decoding.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, recorded_model
+from decoding.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, check_fits_early, recorded_model
 from decoding.settings import (
     CHAPTER_STRATEGIES,
     STRATEGY_KINDS,
@@ -254,6 +254,12 @@ def strategy_from(args: argparse.Namespace) -> Strategy:
 
 
 def load_options_from(args: argparse.Namespace) -> LoadOptions:
+    options = _load_options(args)
+    check_fits_early(options)  # a model far too big is refused before torch is imported
+    return options
+
+
+def _load_options(args: argparse.Namespace) -> LoadOptions:
     return LoadOptions(
         model=args.model,
         device=args.device,
