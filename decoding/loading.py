@@ -447,15 +447,15 @@ def check_fits(model: str | None, device: str, dtype: str) -> None:
 def parameter_count(model: str | None) -> int | None:
     """The number of weights a model holds, read from file headers only (a .gguf's tensor infos, the
     safetensors headers of a folder); None when it cannot be told without loading."""
-    path = embedded_gguf() if model is None else Path(model).expanduser()
     try:
+        path = embedded_gguf() if model is None else Path(model).expanduser()
         if path.suffix.lower() == ".gguf" and path.is_file():
             return _gguf_elements(path)
         if path.is_dir():
             files = sorted(path.glob("*.safetensors"))
             return sum(_safetensors_elements(file) for file in files) if files else None
-    except (OSError, ValueError, KeyError, TypeError, struct_error):
-        return None  # a damaged file: the load itself will say what is wrong with it
+    except (LoadError, OSError, ValueError, KeyError, TypeError, struct_error):
+        return None  # no file, or a damaged one: the load itself will say what is wrong
     return None
 
 
