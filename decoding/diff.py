@@ -48,7 +48,8 @@ def diff_record(explorer: Explorer, second: SecondModel, record: dict[str, Any])
         else:
             explorer.force(step["chosen"]["token_id"])
     explorer.catch_up()
-    view = explorer.view().snapshot
+    shown = explorer.view()
+    view = shown.snapshot
     assert view.second is not None
     tokens = [
         _token_row("prompt", index, token_id, explorer, pair)
@@ -59,10 +60,10 @@ def diff_record(explorer: Explorer, second: SecondModel, record: dict[str, Any])
         _token_row("path", index, token.token_id, explorer, pair)
         for index, (token, pair) in enumerate(zip(view.path, view.second.path))
     ]
-    from decoding.explorer import model_line
+    from decoding.explorer import model_line  # not at the top: the CLI imports this module before torch
 
     return {
-        "first_model": model_line(explorer.engine),
+        "first_model": shown.model,
         "second_model": model_line(second.engine),
         "note": view.second.note,
         "tokens": tokens,

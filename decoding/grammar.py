@@ -71,8 +71,6 @@ class GrammarState(LogitsProcessor):
     """The matcher of one generation: it masks the scores after `context[:start]` plus the tokens the
     grammar has accepted, following the context it is given."""
 
-    name = "grammar"
-
     def __init__(self, compiled: xgr.CompiledGrammar, start: int, stop_ids: Sequence[int]) -> None:
         self.start = start
         self._matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=list(stop_ids))

@@ -47,12 +47,12 @@ def reduce_layers(logprobs: torch.Tensor, tracked: Sequence[int], text_of, step:
     return Lens(step, tuple((t, text_of(t)) for t in tracked), layers, settles_at(top_ids[:, 0].tolist()))
 
 
-def settles_at(top1: Sequence[int]) -> int | None:
+def settles_at(top1: Sequence[int]) -> int:
     """The first layer from which every later layer's top token is the final one."""
-    final, layer = top1[-1], len(top1) - 1
-    while layer > 0 and top1[layer - 1] == final:
+    layer = len(top1) - 1
+    while layer > 0 and top1[layer - 1] == top1[-1]:
         layer -= 1
-    return layer if top1 else None
+    return layer
 
 
 def session_lens(session: Session, step: int | None) -> Lens:
@@ -63,11 +63,13 @@ def session_lens(session: Session, step: int | None) -> Lens:
         return no_lens(f"the {engine.name} engine gives no hidden states: the logit lens needs the transformers engine", step)
     if why := engine.lens_unavailable():
         return no_lens(why, step)
+    if step is None and session.distribution is None:
+        return no_lens("the generation has ended: look at a past step (,) for its lens")
     prefix = session.ids_before(step) if step is not None else session.ids
     panel = session.panels[step] if step is not None else session.distribution
     candidates = [c.token_id for c in panel.candidates] if panel is not None else []
-    chosen = session.path[step].token_id if step is not None else (candidates[0] if candidates else None)
-    tracked = [chosen, *candidates] if chosen is not None else candidates
+    chosen = session.path[step].token_id if step is not None else candidates[0]
+    tracked = [chosen, *candidates]
     return reduce_layers(engine.layer_logprobs(prefix), tracked, session.token_text, step)
 
 

@@ -56,10 +56,6 @@ class Lens:
     note: str = ""  # why there is no lens
     pending: bool = False  # to be computed once the step's panel is out (a view keeps the last one)
 
-    @property
-    def chosen(self) -> tuple[int, str] | None:
-        return self.tracked[0] if self.tracked else None
-
 
 def processors_panel(explorer: Explorer) -> ProcessorReport | None:
     """What each processor did to the candidates of the step looked at, or of the next token (None: no

@@ -127,3 +127,14 @@ def test_the_llama_cpp_engine_says_it_has_no_lens():
     session.reset("Transformers are the")
     lens = session_lens(session, None)
     assert not lens.layers and "no hidden states" in lens.note
+
+
+def test_after_the_end_of_sequence_the_lens_says_to_look_at_a_past_step(tiny_engine):
+    session = Session(tiny_engine)
+    session.reset("The quick brown")
+    session.step()
+    session.force(sorted(tiny_engine.eos_token_ids)[0])
+    assert session.finished == "eos"
+    lens = session_lens(session, None)
+    assert not lens.layers and "has ended" in lens.note
+    assert len(session_lens(session, 1).layers) == tiny_engine.model.config.num_hidden_layers + 1

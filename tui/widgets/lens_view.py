@@ -29,9 +29,11 @@ class LensPanel(Static):
     def show(self, value: Lens, view: View | None = None) -> None:
         if value.pending:  # computed once the step's panel is out: the last lens stays meanwhile
             self.border_title = "logit lens · updating…"
+            self.value = None  # so the lens that follows is painted even if it is the same
             return
-        self.value = value
-        self._paint()
+        if value != self.value:
+            self.value = value
+            self._paint()
 
     def highlight(self, row: int) -> None:
         if row != self.highlighted:
