@@ -44,7 +44,10 @@ def _compiler(engine: Engine) -> xgr.GrammarCompiler:
 
 def compile_constraint(engine: Engine, constraint: Constraint) -> xgr.CompiledGrammar:
     """The constraint compiled for the engine's tokenizer; a bad one is one clear line."""
-    compiler = _compiler(engine)
+    return _compile(_compiler(engine), constraint)
+
+
+def _compile(compiler: xgr.GrammarCompiler, constraint: Constraint) -> xgr.CompiledGrammar:
     try:
         if constraint.kind == "json_schema":
             check_schema(constraint.source)

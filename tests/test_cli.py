@@ -97,3 +97,29 @@ def test_beam_trace_lists_the_live_beams_per_step_then_the_finished_ones(capsys,
     assert rows[0][:3] == ["Step", "Beam", "Continuation"] and rows[-3][0] == "finished"
     markdown = trace(capsys, tiny_model_dir, *beam, "--format", "markdown").splitlines()
     assert markdown[0].startswith("| Step | Beam |") and len(markdown) == len(rows) + 1
+
+
+def test_while_the_app_runs_native_writes_to_stderr_never_reach_the_screen():
+    """Textual draws on stderr; xgrammar's C++ warnings are written to descriptor 2 directly."""
+    import os
+    import pty
+    import sys
+
+    from tui.cli import screen_apart_from_native_stderr
+
+    master, terminal = pty.openpty()
+    saved = os.dup(2)
+    os.dup2(terminal, 2)
+    try:
+        with screen_apart_from_native_stderr():
+            os.write(2, b"native warning\n")  # as C++ code writes
+            sys.__stderr__.write("the screen\n")  # as Textual's driver draws
+            sys.__stderr__.flush()
+        os.write(2, b"after\n")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    written = os.read(master, 1024).decode()
+    os.close(master)
+    os.close(terminal)
+    assert "the screen" in written and "after" in written and "native warning" not in written

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
@@ -491,20 +492,45 @@ def run_app_command(argv: Sequence[str]) -> int:
             if args.dtype != "auto":
                 recorded["dtype"] = args.dtype
             options = replace(options, **recorded)
-    app = TokenstepApp(
-        options,
-        strategy,
-        prompt=request,
-        prefill=args.prefill,
-        choices=choices,
-        max_new_tokens=args.max_new_tokens,
-        look_ahead=args.look_ahead,
-        session_path=path,
-        saved=saved,
-        second_options=second,
-    )
-    app.run()
+    with screen_apart_from_native_stderr():
+        app = TokenstepApp(
+            options,
+            strategy,
+            prompt=request,
+            prefill=args.prefill,
+            choices=choices,
+            max_new_tokens=args.max_new_tokens,
+            look_ahead=args.look_ahead,
+            session_path=path,
+            saved=saved,
+            second_options=second,
+        )
+        app.run()
     return app.return_code or 0
+
+
+@contextmanager
+def screen_apart_from_native_stderr() -> Iterator[None]:
+    """Textual draws the screen on stderr (file descriptor 2), where native libraries also write:
+    xgrammar's C++ warnings, for one, would land in the middle of the screen. While the app runs, the
+    screen gets a descriptor of its own and descriptor 2 goes nowhere; both are put back after."""
+    if not os.isatty(2):
+        yield
+        return
+    sys.stderr.flush()
+    screen_fd = os.dup(2)
+    original = sys.__stderr__
+    sys.__stderr__ = os.fdopen(screen_fd, "w", encoding="utf-8", errors="replace", closefd=False)  # type: ignore[misc]  # Final in the stubs
+    nowhere = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(nowhere, 2)
+    os.close(nowhere)
+    try:
+        yield
+    finally:
+        sys.__stderr__.flush()
+        os.dup2(screen_fd, 2)
+        os.close(screen_fd)
+        sys.__stderr__ = original  # type: ignore[misc]
 
 
 COMMANDS = {
