@@ -14,7 +14,7 @@ first panel is on screen and the model is idle, so the first panel does not wait
 from __future__ import annotations
 
 import torch
-from common import Result, best_of, load, long_text, table
+from common import Result, best_of_each, load, long_text, table
 
 PROMPT_TOKENS = 1000
 
@@ -41,8 +41,7 @@ def run() -> list[Result]:
     prefill()
     largest_chunk = max(chunk.nbytes for chunk in engine.score_positions(ids))  # what prompt_scores reduces
     full_logits = full_forward()  # and a warm-up
-    ours = best_of(prefill_and_score)
-    full, last_only = best_of(full_forward), best_of(prefill)
+    ours, full, last_only = best_of_each(prefill_and_score, full_forward, prefill, repeats=7)
     table(
         f"Prompt scores: a {len(ids)}-token prompt, seconds",
         ["prefill + scores", "full-logits forward", "ratio", "last-position prefill", "ratio"],

@@ -131,7 +131,8 @@ class RendersChats(Protocol):
 @runtime_checkable
 class ScoresPositions(Protocol):
     """Can give the distribution at every position of a sequence (heat views of the prompt, a second
-    model's comparison) in chunks of log-probability rows, leaving its cache as it was."""
+    model's comparison) in chunks of rows of logits (float32, the whole vocabulary), leaving its cache
+    as it was."""
 
     def score_positions(self, ids: Sequence[int]) -> Iterator[torch.Tensor]: ...
 

@@ -124,7 +124,7 @@ class TransformersEngine:
         return torch.log_softmax(self._head(normed), dim=-1)
 
     def score_positions(self, ids: Sequence[int]) -> Iterator[torch.Tensor]:
-        """Log-probability rows for every position of `ids` (row i: the distribution after ids[:i+1]),
+        """Rows of logits for every position of `ids` (row i: the scores after ids[:i+1]),
         a chunk at a time: never a full-vocabulary tensor per position kept. From the last prefill's
         hidden states when it read `ids`, else from one pass on a cache of its own."""
         start, fed, hidden = self._prefill
@@ -132,7 +132,7 @@ class TransformersEngine:
             _, states = _last_logits_and_states(self.model, DynamicCache(config=self.model.config), list(ids))
             hidden = states[-1][0]
         for chunk in hidden.split(POSITION_CHUNK):
-            yield torch.log_softmax(self._head(chunk), dim=-1)
+            yield self._head(chunk)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The model's own head on last-layer hidden states: the output embedding, then the soft cap or

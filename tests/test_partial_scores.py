@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from decoding.errors import SessionError, SettingsError
@@ -109,3 +111,36 @@ def test_the_processor_view_follows_the_n(partial):
     top_k = report.effects[1]
     assert top_k.removed_in_all == N - 3  # of the N known tokens; the rest were never candidates
     assert sum(p > 0 for p in top_k.after) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    vocab=st.integers(2, 300),
+    seed=st.integers(0, 2**32 - 1),
+    coarse=st.booleans(),
+    unknown=st.floats(0, 0.9),
+    from_logits=st.booleans(),
+)
+def test_the_fast_reduction_of_many_rows_equals_a_plain_one(rows, vocab, seed, coarse, unknown, from_logits):
+    """The prompt's rows are reduced a few at a time with tricks (a sign pass, in-place entropy);
+    the result is what a plain per-row computation gives: ties (coarse values) rank the lower ids
+    first, -inf counts nothing, the greedy token is the first of equal maxima."""
+    from decoding.positions import score_rows
+
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(rows, vocab, generator=generator) * 4
+    values = values.round() if coarse else values
+    values[torch.rand(rows, vocab, generator=generator) < unknown] = float("-inf")
+    values[:, 0] = values[:, 0].clamp(min=-50)  # every row keeps a known token
+    token_ids = torch.randint(0, vocab, (rows,), generator=generator)
+    logprobs = torch.log_softmax(values, dim=-1)
+    for got, row, token in zip(
+        score_rows(values if from_logits else logprobs, token_ids, from_logits), logprobs, token_ids.tolist()
+    ):
+        chosen = row[token]
+        assert got.logprob == float(chosen)
+        if chosen != float("-inf"):
+            assert got.rank == int((row > chosen).sum()) + int((row[:token] == chosen).sum())
+        assert got.entropy == pytest.approx(-float(torch.where(row == float("-inf"), 0.0, row.exp() * row).sum()), abs=1e-5)
+        assert got.greedy == int(row.argmax())
