@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 
 from decoding.errors import SessionError, SettingsError
 from decoding.explorer import Explorer
