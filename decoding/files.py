@@ -71,3 +71,19 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def append_line(path: Path, line: str) -> int:
+    """Append `line` to the existing regular file at `path` (the target, if a symlink) in one write;
+    FileNotFoundError if it is gone. Returns the bytes written."""
+    data = line.encode("utf-8")
+    descriptor = _open_without_blocking(os.path.realpath(path), os.O_WRONLY | os.O_APPEND)
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise FileError(f"{path} is not a regular file: nothing was written to it.")
+        written = 0
+        while written < len(data):  # a regular file takes it all at once; a short write goes on
+            written += os.write(descriptor, data[written:])
+    finally:
+        os.close(descriptor)
+    return len(data)

@@ -1,8 +1,12 @@
 """Session files: the whole tree, the model it was made with and the strategy settings, as JSON.
 
-Written atomically (a temporary file in the same folder, then renamed over the old one), so a killed
-process leaves either the old file or the new one, never a damaged one. A file
-that is not a session, or is damaged, is refused with a clear message and left as it is.
+The first line is the whole session, one JSON object; each later line says what one save changed
+(the nodes made or replaced, the nodes deleted, where the path is, the settings). A save after a
+step appends one short line, whatever the tree's size; once the appended lines outweigh the first,
+the next save writes the file afresh as one line again (atomically: a temporary file renamed over
+the old one). A process killed in the middle of a save leaves at most a last line cut short, which
+reading ignores: the file still opens, less that one save. A file that is not a session, or is
+damaged, is refused with a clear message and left as it is.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from decoding.errors import SessionError, SettingsError
-from decoding.files import FileError, read_json_file, read_text_file, write_atomically
+from decoding.files import FileError, append_line, read_text_file, write_atomically
 from decoding.schema import Number, ShapeError, Whole, check
 from decoding.settings import Strategy
 from decoding.state import Candidate, Distribution, Message, PathToken
 from decoding.tree import Node, Tree
 
 FORMAT = "tokenstep-session"
-VERSION = 1
+VERSION = 2  # 1: the first line alone, as version 1 files are read still
+COMPACT_AFTER_BYTES = 1 << 20  # appended lines are folded into one once they outweigh the first line and this
 SAMPLER_STATE_SIZES = (5056, 16)  # a CPU torch.Generator's state (mt19937), a CUDA one's (seed, offset)
 
 
@@ -73,25 +78,55 @@ def save(path: Path, tree: Tree, engine, strategy: Strategy, choices: int) -> No
 
 
 class SessionWriter:
-    """Saves one session file again and again, cheaply: a node never changes once made, so each is
-    turned into JSON once and the file is the joined pieces (a save after every step stays ~1 ms
-    for hundreds of nodes, where dumping the whole tree each time took 50 ms at 276 nodes)."""
+    """Saves one session file again and again at a cost that does not grow with the tree: each node
+    is turned into JSON once, when it is made or replaced (the tree's change log says which), and a
+    save appends a line with those alone."""
 
     def __init__(self, path: Path, engine) -> None:
         self.path = path
         self._model = json.dumps(model_identity(engine), ensure_ascii=False)
-        self._nodes: dict[int, tuple[int, str]] = {}  # node id -> (its revision, its JSON)
+        self._nodes: dict[int, str] = {}  # node id -> its JSON, for writing the whole file afresh
+        self._tree: Tree | None = None  # the tree the file holds; another one is written afresh
+        self._seen = 0  # how many of the tree's changes the file holds
+        self._first_line = self._appended = 0  # bytes
 
     def save(self, tree: Tree, strategy: Strategy, choices: int) -> None:
-        for node_id, node in tree.nodes.items():
-            if self._nodes.get(node_id, (None,))[0] != node.revision:
-                self._nodes[node_id] = (node.revision, json.dumps(_node_record(node), ensure_ascii=False))
-        for gone in self._nodes.keys() - tree.nodes.keys():  # deleted branches
-            del self._nodes[gone]
-        head = f'{{"format": "{FORMAT}", "version": {VERSION}, "model": {self._model}, '
-        settings = f'"strategy": {json.dumps(strategy.as_dict())}, "choices": {int(choices)}, '
-        tree_json = f'"tree": {{"roots": {json.dumps(tree.roots)}, "current": {json.dumps(tree.current)}, "nodes": [{", ".join(text for _, text in self._nodes.values())}]}}}}'
-        write_atomically(self.path, head + settings + tree_json)
+        changed, gone = self._take_changes(tree)
+        where = f'"roots": {json.dumps(tree.roots)}, "current": {json.dumps(tree.current)}, '
+        settings = f'"strategy": {json.dumps(strategy.as_dict())}, "choices": {int(choices)}'
+        if changed is None or self._appended > max(self._first_line, COMPACT_AFTER_BYTES):
+            return self._write_afresh(where, settings)
+        line = f'{{"nodes": [{", ".join(self._nodes[node_id] for node_id in changed)}], "gone": {json.dumps(gone)}, {where}{settings}}}\n'
+        try:
+            self._appended += append_line(self.path, line)
+        except FileNotFoundError:  # moved away or deleted since: the session is written whole again
+            self._write_afresh(where, settings)
+
+    def _take_changes(self, tree: Tree) -> tuple[list[int] | None, list[int]]:
+        """The nodes made or replaced and the nodes deleted since the last save (None: a tree this
+        file does not hold yet, to be written whole)."""
+        if tree is not self._tree:
+            self._tree, self._seen = tree, len(tree.changes)
+            self._nodes = {node_id: _node_json(node) for node_id, node in tree.nodes.items()}
+            return None, []
+        latest = dict(tree.changes[self._seen :])  # node id -> there at the end
+        self._seen = len(tree.changes)
+        for node_id, there in latest.items():
+            if there:
+                self._nodes[node_id] = _node_json(tree.nodes[node_id])
+            else:
+                self._nodes.pop(node_id, None)
+        return [i for i, there in latest.items() if there], [i for i, there in latest.items() if not there]
+
+    def _write_afresh(self, where: str, settings: str) -> None:
+        head = f'{{"format": "{FORMAT}", "version": {VERSION}, "model": {self._model}, {settings}, '
+        text = f'{head}"tree": {{{where}"nodes": [{", ".join(self._nodes.values())}]}}}}\n'
+        write_atomically(self.path, text)
+        self._first_line, self._appended = len(text), 0
+
+
+def _node_json(node: Node) -> str:
+    return json.dumps(_node_record(node), ensure_ascii=False)
 
 
 def tree_record(tree: Tree) -> dict[str, Any]:
@@ -185,17 +220,23 @@ SESSION_SHAPE = {
 }
 
 
+CHANGE_SHAPE = {
+    "nodes": [NODE_SHAPE],
+    "gone": [Whole(0)],
+    "roots": [Whole(0)],
+    "current": (Whole(0), None),
+    "strategy": dict,
+    "choices": Whole(1),
+}
+
+
 def load(path: Path) -> SavedSession:
     """Read a session file, checked in full; SessionError (saying what is wrong) if it is missing,
     foreign or damaged. The file is only read."""
     try:
-        record = read_json_file(path, "a tokenstep session")
+        record = read_record(path)
     except FileError as error:
         raise SessionError(f"{error} It was left as it is.") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise SessionError(f'{path} is not a tokenstep session file (no "format": "{FORMAT}"). It was left as it is.')
-    if record.get("version") != VERSION:
-        raise SessionError(f"{path} is a version {record.get('version')!r} session; this tokenstep reads version {VERSION}.")
     try:
         check(record, SESSION_SHAPE, "session")
         model = dict(record["model"])
@@ -206,6 +247,67 @@ def load(path: Path) -> SavedSession:
     except (ShapeError, ValueError, TypeError, SettingsError) as error:
         raise SessionError(f"{path} is damaged ({error}). It was left as it is.") from None
     return SavedSession(tree, model, strategy, record["choices"])
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The session as one JSON object: the first line with every later line's changes applied (a
+    last line cut short by a killed save is left out). FileError if it is not a session's file;
+    SessionError if a line is damaged. Shapes are checked by `load`."""
+    what = "a tokenstep session"
+    text = read_text_file(path, what)
+    first, _, rest = text.partition("\n")
+    try:
+        record = _json(first)
+        lines = rest.split("\n")[:-1]  # whole lines only: the piece after the last newline is a save cut short
+    except ValueError:
+        try:  # one object over several lines: a version 1 file, or one a person formatted
+            record, lines = _json(text), []
+        except ValueError as error:
+            raise FileError(f"{path} is not {what}: not valid JSON ({error}).") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise SessionError(f'{path} is not a tokenstep session file (no "format": "{FORMAT}"). It was left as it is.')
+    if record.get("version") not in (1, VERSION):
+        raise SessionError(
+            f"{path} is a version {record.get('version')!r} session; this tokenstep reads versions 1 and {VERSION}."
+        )
+    try:
+        _apply_changes(record, lines)
+    except (ShapeError, ValueError) as error:
+        raise SessionError(f"{path} is damaged ({error}). It was left as it is.") from None
+    return record
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("its JSON is nested too deeply") from None
+
+
+def _apply_changes(record: dict[str, Any], lines: list[str]) -> None:
+    """The saved changes, in order, onto the whole record (whose own shape `load` checks afterwards)."""
+    if not lines:
+        return
+    tree = record.get("tree")
+    if not isinstance(tree, dict) or not isinstance(tree.get("nodes"), list):
+        raise ValueError("line 2 changes a tree that the first line does not hold")
+    if not all(isinstance(node, dict) and type(node.get("id")) is int for node in tree["nodes"]):
+        raise ValueError("a node of the first line has no whole-number id")
+    nodes = {node["id"]: node for node in tree["nodes"]}
+    if len(nodes) != len(tree["nodes"]):
+        raise ValueError("two nodes of the first line have one id")
+    for number, line in enumerate(lines, start=2):
+        try:
+            change = _json(line)
+        except ValueError as error:
+            raise ValueError(f"line {number} is not valid JSON: {error}") from None
+        check(change, CHANGE_SHAPE, f"line {number}")
+        nodes.update((node["id"], node) for node in change["nodes"])
+        for node_id in change["gone"]:
+            nodes.pop(node_id, None)
+        tree.update(roots=change["roots"], current=change["current"])
+        record.update(strategy=change["strategy"], choices=change["choices"])
+    tree["nodes"] = list(nodes.values())
 
 
 def _tree(record: dict[str, Any], vocab_size: int) -> Tree:
@@ -223,6 +325,7 @@ def _tree(record: dict[str, Any], vocab_size: int) -> Tree:
             tree.nodes[parent].children.append(node_id)
     tree.roots = list(record["roots"])
     tree.current = record["current"]
+    tree.next_id = max(tree.nodes, default=-1) + 1
     _check_links(tree)
     return tree
 

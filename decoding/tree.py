@@ -27,7 +27,6 @@ class Node:
     prompt_ids: tuple[int, ...] = ()  # roots and turns: the ids fed
     form: str = "plain"  # roots only: the prompt's form
     messages: tuple[Message, ...] = ()  # a chat root's conversation; a turn's user message
-    revision: int = 0  # counts the times it was walked again and its data replaced (savers cache by it)
 
     @property
     def token_id(self) -> int:
@@ -70,6 +69,10 @@ class Tree:
         self.nodes: dict[int, Node] = {}
         self.roots: list[int] = []
         self.current: int | None = None
+        self.next_id = 0  # ids are never used twice, even after deletes
+        # (node id, still there) for every node made, replaced or deleted, in order: what a saver that
+        # writes only changes reads on from where it stopped.
+        self.changes: list[tuple[int, bool]] = []
 
     def add_root(self, prompt: str, prompt_ids: list[int], form: str = "plain", messages: tuple[Message, ...] = ()) -> Node:
         """Start at this prompt: its existing root if it was used before, else a new one."""
@@ -95,7 +98,7 @@ class Tree:
             return self._new(self.here, token=token, panel=panel, made_by=made_by, rng=rng)
         child = self.nodes[child_id]
         child.token, child.panel, child.made_by, child.rng = token, panel, made_by, rng
-        child.revision += 1
+        self.changes.append((child_id, True))
         self.current = child_id
         return child
 
@@ -164,6 +167,7 @@ class Tree:
             self.nodes[node.parent].children.remove(node_id)
         for doomed_id in doomed:
             del self.nodes[doomed_id]
+            self.changes.append((doomed_id, False))
 
     def _subtree(self, node_id: int) -> set[int]:
         found, stack = set(), [node_id]
@@ -210,8 +214,10 @@ class Tree:
             self._walk(child, level + 1, logprob, on_path, rows)
 
     def _new(self, parent: int | None, **fields) -> Node:
-        node = Node(id=max(self.nodes, default=-1) + 1, parent=parent, **fields)  # ids stay unique after deletes
+        node = Node(id=self.next_id, parent=parent, **fields)
+        self.next_id += 1
         self.nodes[node.id] = node
+        self.changes.append((node.id, True))
         if parent is not None:
             self.nodes[parent].children.append(node.id)
         self.current = node.id

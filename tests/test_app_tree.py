@@ -106,7 +106,7 @@ async def test_a_session_from_another_model_is_shown_read_only(tiny_model_dir, t
     app = make_app(tiny_model_dir, session_path=path)
     async with app.run_test(size=SIZE) as pilot:
         await branch_twice(pilot)
-    record = json.loads(path.read_text())
+    record = session_file.read_record(path)
     record["model"]["fingerprint"] = "0" * 16
     path.write_text(json.dumps(record))
     before = path.read_bytes()

@@ -91,7 +91,7 @@ async def test_escape_sequences_in_prompt_model_and_files_are_shown_escaped_in_t
         notes.append(screen_bytes(app))
     assert_terminal_safe(notes[0])
 
-    record = json.loads((tmp_path / "s.json").read_text())
+    record = session_file.read_record(tmp_path / "s.json")
     record["model"]["model_id"] = HOSTILE  # a file from "another model" whose name drives the terminal
     record["model"]["weights"] = "0" * 16
     for node in record["tree"]["nodes"]:
@@ -314,7 +314,7 @@ def session_record(tiny_engine, tmp_path_factory):
     session.force(session.distribution.candidates[2].token_id)
     path = tmp_path_factory.mktemp("saved") / "s.json"
     session_file.save(path, session.tree, tiny_engine, session.strategy, 4)
-    return json.loads(path.read_text())
+    return session_file.read_record(path)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -365,6 +365,46 @@ def test_session_paths_that_are_not_regular_files_are_refused_without_blocking(t
     code, _, err = run_cli()
     assert_one_line(code, err)
     assert "Cannot make the sessions folder" in err
+
+
+@pytest.fixture
+def session_with_changes(tiny_engine, tmp_path_factory):
+    """A session file as the app leaves it: its first line, then a line for each save since."""
+    from decoding import session_file
+    from decoding.session import Session
+
+    session = Session(tiny_engine, choices=4)
+    session.reset("hello world")
+    path = tmp_path_factory.mktemp("saved") / "s.json"
+    writer = session_file.SessionWriter(path, tiny_engine)
+    writer.save(session.tree, session.strategy, 4)
+    session.step()
+    writer.save(session.tree, session.strategy, 4)
+    session.undo()
+    session.force(session.distribution.candidates[1].token_id)
+    writer.save(session.tree, session.strategy, 4)
+    first, *changes = path.read_text().splitlines()
+    return first, [json.loads(line) for line in changes]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_a_mutated_change_line_opens_or_is_refused_in_one_line_and_left_alone(session_with_changes, tmp_path, data):
+    from decoding import session_file
+    from decoding.errors import SessionError
+
+    first, changes = session_with_changes
+    which = data.draw(st.integers(0, len(changes) - 1))
+    changes = [mutated(change, data) if index == which else change for index, change in enumerate(changes)]
+    path = tmp_path / "s.json"
+    text = "\n".join([first, *(json.dumps(change, allow_nan=True) for change in changes)]) + "\n"
+    written = text.encode("utf-8", "surrogatepass")
+    path.write_bytes(written)
+    try:
+        session_file.load(path)
+    except SessionError as error:
+        assert "\n" not in str(error)
+    assert path.read_bytes() == written
 
 
 def test_a_deeply_nested_session_file_is_refused_in_one_line(tmp_path):

@@ -168,3 +168,145 @@ def test_branch_text_shows_whole_characters_and_bytes_still_waiting():
     tree.advance(token(3, b"\xa9", "é"), None, "greedy", None)
     tree.advance(token(4, b"\xe2", ""), None, "greedy", None)  # waits for the rest of its character
     assert tree.branches()[1].text == "é<0xE2>"
+
+
+# --- session files that grow by a line a save -------------------------------------------------------
+
+
+def lines_of(path):
+    return path.read_text().splitlines()
+
+
+def assert_same_saved(first, second):
+    """Two saved sessions hold the same tree, place on it and settings."""
+    a, b = session_file.load(first), session_file.load(second)
+    assert a.tree.roots == b.tree.roots and a.tree.current == b.tree.current
+    assert a.tree.nodes == b.tree.nodes and (a.strategy, a.choices) == (b.strategy, b.choices)
+
+
+def test_a_save_after_a_step_appends_one_line_and_reopens_as_a_whole_save_would(tiny_session, tmp_path):
+    path, whole = tmp_path / "s.json", tmp_path / "whole.json"
+    writer = session_file.SessionWriter(path, tiny_session.engine)
+    writer.save(tiny_session.tree, Strategy(), 10)
+    for change in ("step", "step", "undo", "force", "delete", "settings"):
+        if change == "step":
+            tiny_session.step()
+        elif change == "undo":
+            tiny_session.undo()
+        elif change == "force":
+            tiny_session.force(tiny_session.distribution.candidates[2].token_id)
+        elif change == "delete":
+            tree = tiny_session.tree
+            tree.delete(tree.nodes[tree.nodes[tree.current].parent].children[0])  # the first branch
+        strategy = Strategy(kind="sample", seed=7) if change == "settings" else Strategy()
+        before = path.read_bytes()
+        writer.save(tiny_session.tree, strategy, 10)
+        after = path.read_bytes()
+        assert after.startswith(before) and after[len(before) :].count(b"\n") == 1  # appended: one line
+        session_file.save(whole, tiny_session.tree, tiny_session.engine, strategy, 10)
+        assert_same_saved(path, whole)
+    assert len(lines_of(path)) == 7
+
+
+def test_appended_lines_are_folded_into_one_once_they_outweigh_it(tiny_session, tmp_path, monkeypatch):
+    monkeypatch.setattr(session_file, "COMPACT_AFTER_BYTES", 0)
+    path, whole = tmp_path / "s.json", tmp_path / "whole.json"
+    writer = session_file.SessionWriter(path, tiny_session.engine)
+    counts = []
+    for _ in range(16):
+        writer.save(tiny_session.tree, Strategy(), 10)
+        session_file.save(whole, tiny_session.tree, tiny_session.engine, Strategy(), 10)
+        counts.append(len(lines_of(path)))
+        last_line = len(path.read_bytes().splitlines()[-1])
+        assert path.stat().st_size <= 2 * whole.stat().st_size + last_line  # never much more than a whole save
+        tiny_session.step()
+    assert counts[0] == 1 and counts[1:].count(1) >= 2  # folded into one line again and again
+    writer.save(tiny_session.tree, Strategy(), 10)
+    session_file.save(whole, tiny_session.tree, tiny_session.engine, Strategy(), 10)
+    assert_same_saved(path, whole)
+
+
+def test_a_save_cut_short_is_left_out_and_a_damaged_line_refused(tiny_session, tmp_path):
+    path = tmp_path / "s.json"
+    writer = session_file.SessionWriter(path, tiny_session.engine)
+    writer.save(tiny_session.tree, Strategy(), 10)
+    tiny_session.step()
+    writer.save(tiny_session.tree, Strategy(), 10)
+    saved_once = session_file.load(path).tree
+    tiny_session.step()
+    writer.save(tiny_session.tree, Strategy(), 10)
+    whole = path.read_bytes()
+    first, second, third = whole.splitlines(keepends=True)
+    for cut in (1, len(third) // 2, len(third) - 1):  # killed while writing the third line
+        path.write_bytes(first + second + third[:cut])
+        assert session_file.load(path).tree.nodes == saved_once.nodes
+    path.write_bytes(first + b'{"nodes": [\n' + third)
+    with pytest.raises(SessionError, match="line 2 is not valid JSON"):
+        session_file.load(path)
+    path.write_bytes(first + b'{"nodes": [], "gone": [], "roots": [0], "current": 99, "strategy": {}, "choices": 10}\n')
+    with pytest.raises(SessionError, match="the current node 99 is missing"):
+        session_file.load(path)
+    assert path.read_bytes().endswith(b'"choices": 10}\n')  # only read
+
+
+KILLED_WRITER = """
+import sys
+from decoding import session_file
+from decoding.loading import LoadOptions, load_engine
+from decoding.session import Session
+from decoding.settings import Strategy
+
+session = Session(load_engine(LoadOptions(model=sys.argv[1], device="cpu")))
+session.reset("hello world")
+session.step()
+tree = session.tree
+token, panel = tree.nodes[tree.current].token, tree.nodes[tree.current].panel
+
+def grow():  # a new node: branches 40 deep, each one forking from the root's first child
+    if len(tree.path(tree.current)) > 40:
+        tree.current = tree.roots[0]
+    token_id = len(tree.nodes) % session.engine.vocab_size  # a new node, or now and then an old one again
+    tree.advance(token.__class__(**{**vars(token), "token_id": token_id}), panel, "forced", None)
+
+while len(tree.nodes) < int(sys.argv[3]):
+    grow()
+writer = session_file.SessionWriter(sys.argv[2], session.engine)
+saves = 0
+while True:
+    writer.save(tree, Strategy(), 10)
+    print(len(tree.nodes), flush=True)  # saved: this many nodes
+    saves += 1
+    if saves % 25 == 0:  # a writer of its own writes the file whole: kills land there too
+        writer = session_file.SessionWriter(sys.argv[2], session.engine)
+    grow()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes", [10_000])
+def test_a_kill_at_any_moment_loses_at_most_the_save_in_flight(tiny_model_dir, tmp_path, nodes):
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.json"
+    chance = random.Random(nodes)
+    for _ in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLED_WRITER, str(tiny_model_dir), str(path), str(nodes)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        said, stop_after = [], chance.randint(1, 120)  # the node counts it said it saved
+        for line in child.stdout:
+            said.append(line)
+            if len(said) == stop_after:
+                break
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        saved = int([*said, *child.stdout.read().split()][-1])  # the last save it said it made
+        child.stdout.close()
+        held = len(session_file.load(path).tree.nodes)
+        assert saved <= held <= saved + 1  # every save made is there; one more if it was killed before saying so
