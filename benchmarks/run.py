@@ -17,6 +17,7 @@ BENCHMARKS = [
     "context",
     "undo",
     "saves",
+    "memory",
     "startup",
     "app_play",
     "prompt_scores",

@@ -82,6 +82,19 @@ class NextToken:
         self.processed: torch.Tensor | None = _processed(strategy, grammar, scores.values, context) if reshapes else None
         self._logprobs: torch.Tensor | None = None
         self._distribution: Distribution | None = None
+        self.held = True  # the full-vocabulary tensors are here (see `release`)
+
+    def release(self) -> None:
+        """Keep the panel (its candidates and entropy) and let the full-vocabulary tensors go: a past
+        step holds a few KB instead of several vocabulary-sized vectors. `rescored` brings them back."""
+        self._distribution = self.distribution  # computed now, from the scores, and kept
+        self.scores = Scores(self.scores.values.new_empty(0))
+        self.processed = self._logprobs = self._grammar_allows = None
+        self.held = False
+
+    def rescored(self, scores: Scores, context: Sequence[int]) -> NextToken:
+        """The same position from its scores computed again (`context`: the ids before it)."""
+        return NextToken(scores, self.strategy, self.choices, self._texts, context, self.grammar)
 
     def under(self, strategy: Strategy, choices: int, context: Sequence[int]) -> NextToken:
         """The same scores under another strategy or number of candidates."""

@@ -14,7 +14,7 @@ from itertools import zip_longest
 from decoding.engine import Engine, ScoresAnyToken, ScoresPositions
 from decoding.errors import SessionError, TokenstepError
 from decoding.positions import pair_score, position_rows, score_row
-from decoding.scores import Scores
+from decoding.scores import NextToken, Scores
 from decoding.session import Session, Step
 from decoding.state import PairScore, SecondView, TokenScore
 
@@ -82,9 +82,10 @@ class SecondModel:
                 break
             self._catch_up_to(before)  # an ending token the session never fed, before a chat's next turn
             ended = index == len(steps) - 1 and session.finished is not None
-            self._steps.append((steps[index].ids, self._score_step(steps[index], ended)))
+            self._steps.append((steps[index].ids, self._score_step(steps[index], session.offered_at(index), ended)))
             before += steps[index].ids
             changed = True
+        session.keep_scores_from = len(self._steps)  # what it has yet to read stays whole in the session
         return changed
 
     def _catch_up_to(self, ids: list[int]) -> None:
@@ -125,12 +126,11 @@ class SecondModel:
             self._next = row
             yield row
 
-    def _score_step(self, step: Step, ended: bool) -> PairScore | None:
+    def _score_step(self, step: Step, offered: NextToken, ended: bool) -> PairScore | None:
         assert self._next is not None, "the prompt was read"
         pair = None
         if step.token is not None:
             token = step.token
-            offered = step.offered
             first = TokenScore(
                 token.logprob, token.rank, offered.distribution.entropy, offered.distribution.candidates[0].token_id
             )

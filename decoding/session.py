@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from decoding.grammar import GrammarState
 
 DEFAULT_CHOICES = 10
+# The last few steps keep their full scores (undo there is instant); older ones keep their panels only,
+# so memory grows with the KV cache alone, and undoing to them feeds their token once more.
+FULL_STEPS_KEPT = 4
 NO_PROMPT = Prompt("", ())
 
 
@@ -42,6 +45,9 @@ class Step:
     sampler_state: torch.Tensor  # before it
     turn: Turn | None = None
     finished_before: str | None = None  # a turn may follow an ended reply: undo ends it again
+    # `offered` came from feeding the token before it alone on the cached prefix, so feeding it again
+    # gives the same scores (not so after a prompt's or a turn's prefill, which read many at once)
+    rescorable: bool = False
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -65,6 +71,9 @@ class Session:
         self._prompt_pieces: tuple[str, ...] = ()
         self._prompt_scores: tuple[TokenScore | None, ...] | None = None  # scored on first ask
         self._grammar: GrammarState | None = None  # the strategy's constraint, following the path
+        self._next_rescorable = False  # as Step.rescorable, for what is on offer now
+        self._released = 0  # the steps before this one were released if they could be
+        self.keep_scores_from: int | None = None  # steps from here keep their full scores (a second model reads them)
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -218,7 +227,7 @@ class Session:
             offered, position = self.next, len(self._steps)
         elif 0 <= index < len(tokens):
             position = tokens[index]
-            offered = self._steps[position].offered
+            offered = self.offered_at(position)
         else:
             return None
         context = self.prompt_ids + [token_id for step in self._steps[:position] for token_id in step.ids]
@@ -273,11 +282,13 @@ class Session:
         offered = self._next
         assert offered is not None, "a chat has a prompt"
         scores = self.engine.feed([*unfed, *turn.ids])  # may raise: nothing has changed yet
-        self._steps.append(Step(None, offered, self._rng.get_state(), turn, self.finished))
+        rescorable = self._next_rescorable and self.finished is None
+        self._steps.append(Step(None, offered, self._rng.get_state(), turn, self.finished, rescorable))
         self._running_text.push(turn.text.encode("utf-8"))
         self.finished = None
         self._ahead.clear()
-        self._next = self._offer(scores)
+        self._next, self._next_rescorable = self._offer(scores), False
+        self._release_old()
         if replaying:
             self.tree.enter_turn(turn.ids)
         else:
@@ -309,7 +320,7 @@ class Session:
         self._rng.manual_seed(self._strategy.seed)
         self.finished = None
         self._ahead.clear()
-        self._next = self._offer(scores)
+        self._next, self._next_rescorable, self._released = self._offer(scores), False, 0
 
     def step(self) -> PathToken:
         """Choose the next token by the strategy and append it."""
@@ -347,10 +358,17 @@ class Session:
         step = self._steps.pop()
         self._running_text.pop()
         self._rng.set_state(step.sampler_state)
-        self._next, self.finished = step.offered, step.finished_before
-        if (step.offered.strategy, step.offered.choices) != (self._strategy, self._choices):
+        self.finished, self._released = step.finished_before, min(self._released, len(self._steps))
+        if step.offered.held:
+            self._next = step.offered
+            self.engine.crop(len(self.ids) - (1 if self.finished else 0))  # an ending token is never fed
+        else:  # its scores again: the token before it fed once more on the cached prefix, as it first was
+            ids = self.ids
+            self.engine.crop(len(ids) - 1)
+            self._next = step.offered.rescored(self.engine.feed([ids[-1]]), ids)
+        self._next_rescorable = step.rescorable
+        if (self._next.strategy, self._next.choices) != (self._strategy, self._choices):
             self._review()  # the settings changed since: what is on offer now is seen under the new ones
-        self.engine.crop(len(self.ids) - (1 if self.finished else 0))  # an ending token is never fed
         self._ahead.clear()
         self.tree.up()
         return step
@@ -421,6 +439,36 @@ class Session:
 
     # --- internals -------------------------------------------------------------------------------
 
+    def offered_at(self, position: int) -> NextToken:
+        """What was on offer before step `position`, its full scores computed again if released."""
+        offered = self._steps[position].offered
+        if offered.held:
+            return offered
+        ids = self.prompt_ids + [token_id for step in self._steps[:position] for token_id in step.ids]
+        engine = self.engine
+        assert isinstance(engine, SetsAside), "only such engines release scores"
+        tail = engine.detach_last(engine.cached_length - (len(ids) - 1))  # the positions after it, set aside
+        try:
+            scores = engine.feed([ids[-1]])
+        finally:
+            engine.crop(len(ids) - 1)
+            engine.attach(tail)
+        return offered.rescored(scores, ids)
+
+    def _release_old(self) -> None:
+        """Steps older than the last few keep their panels only, where their scores can be computed
+        again exactly (see Step.rescorable) and nobody waits to read them (`keep_scores_from`)."""
+        if not isinstance(self.engine, SetsAside):
+            return
+        end = len(self._steps) - FULL_STEPS_KEPT
+        if self.keep_scores_from is not None:
+            end = min(end, self.keep_scores_from)
+        while self._released < end:
+            step = self._steps[self._released]
+            if step.rescorable and step.offered.held and step.offered.scores.complete and step.offered is not self._next:
+                step.offered.release()
+            self._released += 1
+
     def _offer(self, scores: Scores) -> NextToken:
         return NextToken(scores, self._strategy, self._choices, self.token_text, self.ids, self._grammar)
 
@@ -466,10 +514,12 @@ class Session:
             piece=self._running_text.push(raw),
             special=special,
         )
-        self._steps.append(Step(token, offered, rng_state))
+        self._steps.append(Step(token, offered, rng_state, rescorable=self._next_rescorable))
         self.finished = ending
         self._ahead.clear()
-        self._next = self._offer(scores) if scores is not None else offered
+        if scores is not None:
+            self._next, self._next_rescorable = self._offer(scores), True
+        self._release_old()
         if replaying:
             self.tree.enter(token_id)
         else:

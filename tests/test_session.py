@@ -230,3 +230,32 @@ def test_look_ahead_stops_when_asked_and_leaves_the_cache_as_it_was(tiny_session
     tiny_session.undo() if tiny_session.path else None
     tiny_session.step()
     assert tiny_session.looked_ahead == frozenset()
+
+
+@pytest.mark.parametrize("strategy", [Strategy(), Strategy(kind="sample", seed=5, top_k=20, no_repeat_ngram_size=2)])
+def test_old_steps_keep_their_panels_only_and_undo_to_them_is_exact(tiny_engine, strategy):
+    """Past the last few steps, each keeps its panel but not its full-vocabulary scores; undoing to
+    it feeds the token before it again, which gives the very same scores (the same pass, on the same
+    cached prefix), so panels, processed scores and the next choices are as they were."""
+    from decoding.session import FULL_STEPS_KEPT
+
+    session = Session(tiny_engine, strategy)
+    session.reset("hello world")
+    offered, reports = [], []
+    for _ in range(12):
+        offered.append((session.next.scores.values.clone(), session.next.strategy_scores.clone(), session.distribution))
+        reports.append(session.processor_report())
+        session.step()
+    held = [step.offered.held for step in session.steps]
+    assert held == [True] + [False] * (12 - FULL_STEPS_KEPT - 1) + [True] * FULL_STEPS_KEPT  # after the prompt: a prefill's
+    assert [session.processor_report(index) for index in range(12)] == reports  # released ones computed again
+    later = [session.step().token_id for _ in range(3)]
+    for _ in range(3):
+        session.undo()
+    for values, strategy_scores, distribution in reversed(offered):
+        session.undo()
+        assert torch.equal(session.next.scores.values, values) and torch.equal(session.next.strategy_scores, strategy_scores)
+        assert session.distribution == distribution
+    for _ in range(12):
+        session.step()
+    assert [session.step().token_id for _ in range(3)] == later  # the sampler's state came back too
