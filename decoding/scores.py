@@ -84,6 +84,19 @@ class NextToken:
         self._distribution: Distribution | None = None
         self.held = True  # the full-vocabulary tensors are here (see `release`)
 
+    @classmethod
+    def shown(
+        cls, distribution: Distribution, strategy: Strategy, choices: int, texts: TokenTexts, grammar: GrammarState | None
+    ) -> NextToken:
+        """A past position known by its saved panel alone (a path read in one pass): released from
+        the start, `rescored` once its scores are needed."""
+        offered = cls.__new__(cls)
+        offered.scores, offered.strategy, offered.choices = Scores(torch.empty(0)), strategy, choices
+        offered._texts, offered.grammar, offered._grammar_allows = texts, grammar, None
+        offered.processed = offered._logprobs = None
+        offered._distribution, offered.held = distribution, False
+        return offered
+
     def release(self) -> None:
         """Keep the panel (its candidates and entropy) and let the full-vocabulary tensors go: a past
         step holds a few KB instead of several vocabulary-sized vectors. `rescored` brings them back."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,9 +45,10 @@ class Step:
     sampler_state: torch.Tensor  # before it
     turn: Turn | None = None
     finished_before: str | None = None  # a turn may follow an ended reply: undo ends it again
-    # `offered` came from feeding the token before it alone on the cached prefix, so feeding it again
-    # gives the same scores (not so after a prompt's or a turn's prefill, which read many at once)
-    rescorable: bool = False
+    # `offered` came from feeding the ids from this cache length up to the step (the token before it
+    # alone, or a prompt's or a turn's prefill): feeding them again there gives the same scores.
+    # None: not so (a turn after an ended reply is offered what the ending token was).
+    fed_from: int | None = None
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -71,7 +72,8 @@ class Session:
         self._prompt_pieces: tuple[str, ...] = ()
         self._prompt_scores: tuple[TokenScore | None, ...] | None = None  # scored on first ask
         self._grammar: GrammarState | None = None  # the strategy's constraint, following the path
-        self._next_rescorable = False  # as Step.rescorable, for what is on offer now
+        self._next_fed_from: int | None = 0  # as Step.fed_from, for what is on offer now
+        self.exact_replay = False  # walk recorded paths token by token, not in one pass (see `jump`)
         self._released = 0  # the steps before this one were released if they could be
         self.keep_scores_from: int | None = None  # steps from here keep their full scores (a second model reads them)
 
@@ -282,12 +284,13 @@ class Session:
         offered = self._next
         assert offered is not None, "a chat has a prompt"
         scores = self.engine.feed([*unfed, *turn.ids])  # may raise: nothing has changed yet
-        rescorable = self._next_rescorable and self.finished is None
-        self._steps.append(Step(None, offered, self._rng.get_state(), turn, self.finished, rescorable))
+        fed_from = self._next_fed_from if self.finished is None else None
+        before = self.engine.cached_length
+        self._steps.append(Step(None, offered, self._rng.get_state(), turn, self.finished, fed_from))
         self._running_text.push(turn.text.encode("utf-8"))
         self.finished = None
         self._ahead.clear()
-        self._next, self._next_rescorable = self._offer(scores), False
+        self._next, self._next_fed_from = self._offer(scores), before
         self._release_old()
         if replaying:
             self.tree.enter_turn(turn.ids)
@@ -320,7 +323,7 @@ class Session:
         self._rng.manual_seed(self._strategy.seed)
         self.finished = None
         self._ahead.clear()
-        self._next, self._next_rescorable, self._released = self._offer(scores), False, 0
+        self._next, self._next_fed_from, self._released = self._offer(scores), 0, 0
 
     def step(self) -> PathToken:
         """Choose the next token by the strategy and append it."""
@@ -362,11 +365,12 @@ class Session:
         if step.offered.held:
             self._next = step.offered
             self.engine.crop(len(self.ids) - (1 if self.finished else 0))  # an ending token is never fed
-        else:  # its scores again: the token before it fed once more on the cached prefix, as it first was
-            ids = self.ids
-            self.engine.crop(len(ids) - 1)
-            self._next = step.offered.rescored(self.engine.feed([ids[-1]]), ids)
-        self._next_rescorable = step.rescorable
+        else:  # its scores again: what was fed to make them fed once more on the cached prefix
+            ids, fed_from = self.ids, step.fed_from
+            assert fed_from is not None, "only steps whose scores can be made again are released"
+            self.engine.crop(fed_from)
+            self._next = step.offered.rescored(self.engine.feed(ids[fed_from:]), ids)
+        self._next_fed_from = step.fed_from
         if (self._next.strategy, self._next.choices) != (self._strategy, self._choices):
             self._review()  # the settings changed since: what is on offer now is seen under the new ones
         self._ahead.clear()
@@ -402,8 +406,11 @@ class Session:
         return frozenset(self._ahead)
 
     def jump(self, node_id: int) -> None:
-        """Go to any node of the tree: the shared start of the two paths stays cached, the rest is run
-        again one token at a time, as it was first run, so every distribution is exactly as it was."""
+        """Go to any node of the tree: the shared start of the two paths stays cached, the rest is read
+        in one pass per run of tokens (a turn of a chat is a pass of its own). Past steps show their
+        saved panels; the scores after the pass may differ from a token-by-token run's by rounding
+        (README gives the tolerance). `exact_replay`: token by token, as the path was first made, so
+        every distribution is the same to the bit."""
         target = self.tree.path(node_id)
         root, nodes = target[0], target[1:]
         if root.prompt_ids != self.prompt.ids:
@@ -414,14 +421,58 @@ class Session:
             shared += 1
         while len(self._steps) > shared:
             self.undo()
-        for node in nodes[shared:]:
-            if node.token is None:  # a chat's turn
-                self.add_turn(Turn(node.messages[-1], node.prompt, node.prompt_ids), replaying=True)
-                continue
-            self._can_choose()
-            self._append(node.token_id, node.forced, self._rng.get_state(), replaying=True)
-            if node.rng is not None:
-                self._restore_sampler(node)
+        for run in _runs(nodes[shared:]):
+            if run[0].token is None:  # a chat's turn
+                self.add_turn(Turn(run[0].messages[-1], run[0].prompt, run[0].prompt_ids), replaying=True)
+            elif self.exact_replay or any(node.panel is None for node in run):
+                for node in run:
+                    self._replay(node)
+            else:
+                self._read_run(run)
+
+    def _replay(self, node: Node) -> None:
+        """Walk one recorded token again, as it was first run."""
+        self._can_choose()
+        self._append(node.token_id, node.forced, self._rng.get_state(), replaying=True)
+        if node.rng is not None:
+            self._restore_sampler(node)
+
+    def _read_run(self, run: list[Node]) -> None:
+        """Walk recorded tokens in one forward pass over them: each step keeps its saved panel and
+        token record, the sampler its saved states; nothing changes if the pass fails."""
+        offered = self._can_choose()
+        start, fed_from = len(self.ids), self._next_fed_from
+        steps: list[Step] = []
+        states, ending = [self._rng.get_state()], None
+        for index, node in enumerate(run):
+            assert node.token is not None and node.panel is not None, "a run of tokens with their panels"
+            if ending is not None:
+                raise SessionError(f"Node {node.id} of the tree follows the end of its path.")
+            if index:
+                offered = NextToken.shown(node.panel, self._strategy, self._choices, self.token_text, self._grammar)
+                fed_from = start + index - 1
+            steps.append(Step(node.token, offered, states[-1], fed_from=fed_from))
+            states.append(self._sampler_state(node) if node.rng is not None else states[-1])
+            ending = self._ending_after_length(node.token_id, start + index)
+        fed = [node.token_id for node in run][: len(run) - (ending is not None)]  # an ending token is never fed
+        scores = self.engine.feed(fed) if fed else None  # may raise: nothing has changed yet
+        for step in steps:
+            assert step.token is not None
+            self._steps.append(step)
+            self._running_text.push(step.token.raw)
+            self.tree.enter(step.token.token_id)
+        self._rng.set_state(states[-1])
+        self.finished = ending
+        self._ahead.clear()
+        if scores is None:
+            return
+        context = self.ids[: start + len(fed)]
+        if ending:  # the ending step's offer, from the pass, is what stays on offer
+            self._steps[-1] = replace(self._steps[-1], offered=self._steps[-1].offered.rescored(scores, context), fed_from=start)
+            self._next = self._steps[-1].offered
+        else:
+            self._next, self._next_fed_from = self._offer(scores), start
+        self._release_old()
 
     def adopt(self, tree: Tree) -> None:
         """Take over a saved tree (same model) and go to its current node; on any failure the tree
@@ -445,19 +496,19 @@ class Session:
         if offered.held:
             return offered
         ids = self.prompt_ids + [token_id for step in self._steps[:position] for token_id in step.ids]
-        engine = self.engine
-        assert isinstance(engine, SetsAside), "only such engines release scores"
-        tail = engine.detach_last(engine.cached_length - (len(ids) - 1))  # the positions after it, set aside
+        engine, fed_from = self.engine, self._steps[position].fed_from
+        assert isinstance(engine, SetsAside) and fed_from is not None, "only such steps are released"
+        tail = engine.detach_last(engine.cached_length - fed_from)  # the positions after it, set aside
         try:
-            scores = engine.feed([ids[-1]])
+            scores = engine.feed(ids[fed_from:])
         finally:
-            engine.crop(len(ids) - 1)
+            engine.crop(fed_from)
             engine.attach(tail)
         return offered.rescored(scores, ids)
 
     def _release_old(self) -> None:
         """Steps older than the last few keep their panels only, where their scores can be computed
-        again exactly (see Step.rescorable) and nobody waits to read them (`keep_scores_from`)."""
+        again exactly (see Step.fed_from) and nobody waits to read them (`keep_scores_from`)."""
         if not isinstance(self.engine, SetsAside):
             return
         end = len(self._steps) - FULL_STEPS_KEPT
@@ -465,7 +516,12 @@ class Session:
             end = min(end, self.keep_scores_from)
         while self._released < end:
             step = self._steps[self._released]
-            if step.rescorable and step.offered.held and step.offered.scores.complete and step.offered is not self._next:
+            if (
+                step.fed_from is not None
+                and step.offered.held
+                and step.offered.scores.complete
+                and step.offered is not self._next
+            ):
                 step.offered.release()
             self._released += 1
 
@@ -514,11 +570,11 @@ class Session:
             piece=self._running_text.push(raw),
             special=special,
         )
-        self._steps.append(Step(token, offered, rng_state, rescorable=self._next_rescorable))
+        self._steps.append(Step(token, offered, rng_state, fed_from=self._next_fed_from))
         self.finished = ending
         self._ahead.clear()
         if scores is not None:
-            self._next, self._next_rescorable = self._offer(scores), True
+            self._next, self._next_fed_from = self._offer(scores), len(self.ids) - 1
         self._release_old()
         if replaying:
             self.tree.enter(token_id)
@@ -565,9 +621,13 @@ class Session:
         return engine.eos_token_ids | engine.end_of_turn_ids if self.prompt.form == "chat" else engine.eos_token_ids
 
     def _ending_after(self, token_id: int) -> str | None:
+        return self._ending_after_length(token_id, len(self.ids))
+
+    def _ending_after_length(self, token_id: int, length: int) -> str | None:
+        """Whether `token_id` after `length` ids ends the path, and why."""
         if token_id in self._end_ids():
             return "eos"
-        if len(self.ids) + 1 >= self.engine.context_limit:
+        if length + 1 >= self.engine.context_limit:
             return "context limit"
         return None
 
@@ -578,11 +638,17 @@ class Session:
             self.engine.feed(ids)
 
     def _restore_sampler(self, node: Node) -> None:
+        self._rng.set_state(self._sampler_state(node))
+
+    def _sampler_state(self, node: Node) -> torch.Tensor:
+        """The node's saved sampler state, checked against this session's generator."""
         assert node.rng is not None
+        state = torch.frombuffer(bytearray(node.rng), dtype=torch.uint8)
         try:
-            self._rng.set_state(torch.frombuffer(bytearray(node.rng), dtype=torch.uint8))
+            torch.Generator(device=self._rng.device).set_state(state)
         except (RuntimeError, ValueError):
             raise SessionError(f"Node {node.id} of the tree holds a sampler state this device's generator cannot take.") from None
+        return state
 
     def _check_saved(self, tree: Tree) -> None:
         """What a file can hold that only this model can judge: token ids in its vocabulary, prompts
@@ -593,6 +659,17 @@ class Session:
                 raise SessionError(f"Node {node.id} of the saved tree holds a token id outside this model's vocabulary.")
             if len(node.prompt_ids) >= self.engine.context_limit:
                 raise SessionError(f"The saved prompt of node {node.id} is longer than this model's context.")
+
+
+def _runs(nodes: list[Node]) -> list[list[Node]]:
+    """The nodes as runs of tokens, each turn a run of its own."""
+    runs: list[list[Node]] = []
+    for node in nodes:
+        if node.token is None or not runs or runs[-1][0].token is None:
+            runs.append([node])
+        else:
+            runs[-1].append(node)
+    return runs
 
 
 def _checked_choices(choices: int, vocab_size: int) -> int:

@@ -310,3 +310,38 @@ def test_a_kill_at_any_moment_loses_at_most_the_save_in_flight(tiny_model_dir, t
         child.stdout.close()
         held = len(session_file.load(path).tree.nodes)
         assert saved <= held <= saved + 1  # every save made is there; one more if it was killed before saying so
+
+
+def test_a_reopened_path_is_read_in_one_pass_and_agrees_with_a_token_by_token_walk(tiny_engine, tmp_path):
+    """Reopening feeds the prompt and then the whole path at once; past steps show their saved
+    panels, the next scores equal a token-by-token walk's within the README's tolerance, and the
+    sampler goes on as it would have; so do the scores of steps undone into (from the cache the pass
+    filled)."""
+    from decoding.session import FULL_STEPS_KEPT
+
+    strategy = Strategy(kind="sample", seed=11, top_k=30)
+    made = Session(tiny_engine, strategy)
+    made.reset("hello world")
+    for index in range(20):
+        made.force(made.distribution.candidates[2].token_id) if index % 7 == 3 else made.step()
+    path = tmp_path / "s.json"
+    session_file.save(path, made.tree, tiny_engine, strategy, 10)
+    saved = session_file.load(path)
+
+    fast, exact = Session(tiny_engine.fork(), strategy), Session(tiny_engine.fork(), strategy)
+    exact.exact_replay = True
+    feeds = []
+    feed = fast.engine.feed
+    fast.engine.feed = lambda ids: feeds.append(len(ids)) or feed(ids)
+    fast.adopt(saved.tree)
+    exact.adopt(session_file.load(path).tree)
+    assert len(feeds) == 2 and feeds[1] == 20  # the prompt, then the whole path in one pass
+    assert fast.path == exact.path == made.path and fast.panels == made.panels
+    difference = (fast.next.logprobs - exact.next.logprobs).abs().max()
+    assert difference < 1e-4  # README: "within 1e-4"
+    assert [c.token_id for c in fast.distribution.candidates] == [c.token_id for c in exact.distribution.candidates]
+    assert [fast.step().token_id for _ in range(5)] == [exact.step().token_id for _ in range(5)]
+    for _ in range(5 + FULL_STEPS_KEPT + 3):  # into the steps read in one pass: their scores made again
+        fast.undo(), exact.undo()
+        assert (fast.next.logprobs - exact.next.logprobs).abs().max() < 1e-4  # on a cache the pass filled
+        assert [c.token_id for c in fast.distribution.candidates] == [c.token_id for c in exact.distribution.candidates]

@@ -77,6 +77,7 @@ class TokenstepApp(App[int]):
         choices: int = 10,
         max_new_tokens: int = 256,
         look_ahead: int = 5,
+        exact_replay: bool = False,
         export_dir: Path | None = None,
         clock: Clock = time.perf_counter,
         session_path: Path | None = None,
@@ -90,6 +91,7 @@ class TokenstepApp(App[int]):
         self.prefill, self.max_new_tokens = prefill, max_new_tokens
         self.chat_mode, self.system = self.request.chat, self.request.system  # the box takes chat messages
         self.look_ahead = look_ahead  # candidates whose next panel is computed while the person reads
+        self.exact_replay = exact_replay  # reopen and jump token by token
         self.export_dir = export_dir or Path.cwd()
         self.clock = clock
         self.session_path, self.saved = session_path, saved
@@ -249,7 +251,9 @@ class TokenstepApp(App[int]):
             engine = load_engine(options, lambda text: self.post_message(messages.LoadProgress(text)))
         keeper = SessionKeeper(self.session_path, self.saved, lambda text: self.post_message(messages.CommandFailed(text)))
         self.saved = None  # reopened once
-        return Explorer(engine, settings.strategy, settings.choices, max_new_tokens=self.max_new_tokens, keeper=keeper)
+        explorer = Explorer(engine, settings.strategy, settings.choices, max_new_tokens=self.max_new_tokens, keeper=keeper)
+        explorer.session.exact_replay = self.exact_replay
+        return explorer
 
     def _run(self, explorer: Explorer, command: commands.Command, job: commands.Job) -> None:
         """On the model thread: one command, then the news for the screen."""
