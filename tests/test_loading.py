@@ -150,3 +150,59 @@ def test_the_estimate_counts_the_weights_the_model_loads(tiny_model_dir):
 def test_the_estimate_of_a_gguf_counts_the_weights_it_de_quantizes_to(embedded_engine):
     loaded = sum(p.numel() for p in embedded_engine.model.parameters())  # tied embeddings counted once
     assert loading.parameter_count(None) == loaded
+
+
+# --- quantized loading and layers offloaded ----------------------------------------------------------
+
+CHAPTER_PROMPT = "Transformers are the"
+
+
+def greedy_tokens(engine, count: int = 8) -> list[int]:
+    from decoding.session import Session
+
+    session = Session(engine)
+    session.reset(CHAPTER_PROMPT)
+    return [session.step().token_id for _ in range(count)]
+
+
+@pytest.mark.embedded
+def test_8bit_on_the_cpu_chooses_float32s_first_8_greedy_tokens_in_a_third_of_the_memory(embedded_engine):
+    from decoding import session_file
+    from decoding.explorer import model_line
+
+    int8 = load_engine(LoadOptions(device="cpu", load_in="8bit"))
+    assert greedy_tokens(int8) == greedy_tokens(embedded_engine)
+    assert "int8" in model_line(int8)
+    layers = [m for name, m in int8.model.named_modules() if name.endswith("mlp.down_proj")]
+    assert "Int8" in type(layers[0].weight).__name__  # stored as int8, not de-quantized
+    # a session of the float32 model is not this model's: its numbers differ (it opens read-only)
+    assert not session_file.same_model(session_file.model_identity(embedded_engine), int8)
+
+
+@pytest.mark.embedded
+def test_4bit_loads_as_nf4_and_steps(embedded_engine):
+    nf4 = load_engine(LoadOptions(device="cpu", load_in="4bit"))
+    assert nf4.dtype == "nf4" and len(greedy_tokens(nf4, 3)) == 3
+
+
+@pytest.mark.embedded
+def test_layers_beyond_the_memory_cap_go_to_disk_and_the_status_line_says_where(embedded_engine):
+    from decoding.explorer import model_line
+
+    offloaded = load_engine(LoadOptions(device="cpu", device_map="auto", max_memory={"cpu": "250MB"}))
+    line = model_line(offloaded)
+    assert " cpu, " in line and line.endswith(" disk") and "layers 0-" in line
+    assert greedy_tokens(offloaded) == greedy_tokens(embedded_engine)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"engine": "llama", "load_in": "8bit"}, "--load-in is for --engine transformers"),
+        ({"load_in": "3bit"}, "--load-in must be one of 8bit, 4bit"),
+        ({"load_in": "8bit", "device_map": "auto"}, "cannot go together"),
+    ],
+)
+def test_quantized_loading_options_that_cannot_work_are_refused(options, message):
+    with pytest.raises(LoadError, match=message):
+        LoadOptions(**options)

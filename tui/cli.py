@@ -65,7 +65,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", help="Hub id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
     group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     group.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on a GPU that supports it, else float32")
-    group.add_argument("--device-map", choices=["auto"], help="auto: let accelerate place a model too large for one device")
+    group.add_argument(
+        "--device-map",
+        choices=["auto"],
+        help="auto: accelerate places the layers that do not fit on the GPU on the CPU, then on disk",
+    )
+    group.add_argument(
+        "--load-in",
+        choices=["8bit", "4bit"],
+        help="quantize the weights as they load (transformers engine): 8bit = torchao int8 on the CPU, "
+        "bitsandbytes on CUDA; 4bit = bitsandbytes NF4",
+    )
     group.add_argument(
         "--engine",
         default="transformers",
@@ -185,6 +195,12 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sessions = app.add_mutually_exclusive_group()
     sessions.add_argument("--session", type=Path, help="open or create this session file (default: a new one in the data folder)")
     sessions.add_argument("--resume", action="store_true", help="open the last session")
+    app.add_argument(
+        "--exact-replay",
+        action="store_true",
+        help="reopen sessions and jump in the tree token by token, as the path was made (bit-identical "
+        "scores, ~a forward pass a token) instead of in one pass",
+    )
     _add_prompt_options(app)
     _add_model_options(app)
     second = app.add_argument_group("a second model along the same path (both must share a tokenizer)")
@@ -266,6 +282,7 @@ def _load_options(args: argparse.Namespace) -> LoadOptions:
         device=args.device,
         dtype=args.dtype,
         device_map=args.device_map,
+        load_in=args.load_in,
         engine=args.engine,
         url=args.url,
         api_key=args.api_key,
@@ -501,6 +518,7 @@ def run_app_command(argv: Sequence[str]) -> int:
             choices=choices,
             max_new_tokens=args.max_new_tokens,
             look_ahead=args.look_ahead,
+            exact_replay=args.exact_replay,
             session_path=path,
             saved=saved,
             second_options=second,
