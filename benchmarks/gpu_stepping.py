@@ -1,4 +1,5 @@
-"""The stepping benchmark on CUDA, float32 and bfloat16, against generate() there (run by gpu.sh).
+"""The stepping benchmark on CUDA, float32 and bfloat16, against generate() there; then memory per
+step (GPU memory against the KV cache's) and reopening a 2,000-token session, on CUDA (run by gpu.sh).
 
 Uses the embedded model when it is installed; otherwise a model of SmolLM2-135M's exact shape with
 random weights (speed depends on the shape, not the values), so the script needs no download.
@@ -10,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import memory
+import reopen
 import stepping
 import torch
 from common import load, table
@@ -55,6 +58,8 @@ def main() -> int:
     for dtype in ("float32", "bfloat16"):
         engine = load_engine(LoadOptions(device="cuda", dtype=dtype, **model))
         results += stepping.run(engine, label=f"_cuda_{dtype}")
+        results += memory.run(engine, label=f"_cuda_{dtype}")
+        results += reopen.run(engine, label=f"_cuda_{dtype}")
     table("Summary", ["benchmark", "ratio", "target"], [[r.name, r.ratio, f"{r.op}{r.target:g}"] for r in results])
     print()
     for result in results:

@@ -28,26 +28,66 @@ def resident_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def run() -> list[Result]:
+def used_mb(engine) -> float:
+    """GPU memory in use on CUDA (nothing per step may stay there beyond the cache), else the process's."""
+    import torch
+
+    if engine.device.startswith("cuda"):
+        return torch.cuda.memory_allocated() / 2**20
+    return resident_mb()
+
+
+def run(engine=None, label: str = "") -> list[Result]:
     from decoding.session import Session
 
-    session = Session(load())  # greedy
+    session = Session(engine or load())  # greedy
     session.reset(PROMPT)
     for _ in range(WARM_UP):
         session.step()
-    before, cache_before = resident_mb(), cache_mb(session.engine)
+    before, cache_before = used_mb(session.engine), cache_mb(session.engine)
     for _ in range(STEPS):
         session.step()
-    grown, cache_grown = resident_mb() - before, cache_mb(session.engine) - cache_before
+    grown, cache_grown = used_mb(session.engine) - before, cache_mb(session.engine) - cache_before
     per_token, cache_per_token = grown / STEPS, cache_grown / STEPS
     table(
-        f"Memory over {STEPS} greedy steps, MB a token",
+        f"Memory over {STEPS} greedy steps, MB a token{label}",
         ["process", "KV cache", "ratio", "full scores a step (not kept)"],
         [[per_token, cache_per_token, per_token / cache_per_token, session.next.scores.values.nbytes / 2**20]],
     )
-    return [Result("memory_per_token_vs_kv_cache", per_token / cache_per_token, "<", 1.5)]
+    return [
+        Result(f"memory_per_token_vs_kv_cache{label}", per_token / cache_per_token, "<", 1.5),
+        beam_memory(session.engine, label),
+    ]
 
 
-def cache_mb(engine) -> float:
-    layers = engine._cache.layers
+BEAMS, BEAM_STEPS = 5, 256
+
+
+def beam_memory(engine, label: str) -> Result:
+    """The same for a beam search: memory a step against its B beams' KV cache growth a step."""
+    from decoding.beam import BeamSearch
+    from decoding.settings import Strategy
+
+    strategy = Strategy(kind="beam", num_beams=BEAMS, early_stopping="never")  # runs to its limit
+    search = BeamSearch(engine, strategy, engine.encode(PROMPT), max_new_tokens=BEAM_STEPS + WARM_UP + 1)
+    for _ in range(WARM_UP):
+        search.step()
+    runner = search._runner
+    before, cache_before = used_mb(engine), cache_mb(runner)
+    steps = 0
+    while steps < BEAM_STEPS and not search.ended:
+        search.step()
+        steps += 1
+    grown, cache_grown = used_mb(engine) - before, cache_mb(runner) - cache_before
+    table(
+        f"Memory over {steps} beam search steps ({BEAMS} beams), MB a step{label}",
+        ["process", "beams' KV cache", "ratio"],
+        [[grown / steps, cache_grown / steps, grown / cache_grown]],
+    )
+    return Result(f"beam_memory_per_step_vs_kv_cache{label}", grown / cache_grown, "<", 1.5)
+
+
+def cache_mb(holder) -> float:
+    """The KV cache's tensors, of an engine or of a beam search's runner."""
+    layers = holder._cache.layers
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in layers if layer.keys is not None) / 2**20

@@ -18,6 +18,7 @@ BENCHMARKS = [
     "undo",
     "saves",
     "memory",
+    "reopen",
     "startup",
     "app_play",
     "prompt_scores",

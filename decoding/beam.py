@@ -11,7 +11,7 @@ next live beams. The search ends when no live beam can still beat the finished o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from decoding.grammar import GrammarRows
 
 IMPOSSIBLE = -1.0e9  # generate()'s score for "cannot be chosen"
+# The last few steps keep their beams' full next-token scores (undo there is exact and instant); older
+# ones let them go (B vocabulary-sized rows a step), and undoing to them runs the live beams again.
+FULL_STEPS_KEPT = 4
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ class _State:
     finished_scores: torch.Tensor  # [B] float32, length-penalised; IMPOSSIBLE in an empty slot
     finished_flags: tuple[bool, ...]
     improvable: bool  # generate()'s early-stop heuristic: can a live beam still beat the finished ones?
-    scores: Scores | None  # [B, vocab] next-token scores of the live beams; None once ended
+    scores: Scores | None  # [B, vocab] next-token scores of the live beams; None once ended (or released)
     ended: str | None
+    released: bool = False  # `scores` were let go (an old step): undo computes them again
 
 
 class BeamSearch:
@@ -145,6 +149,8 @@ class BeamSearch:
         self._state = self._history.pop()
         self._scored = None
         self._cache_fits = False
+        if self._state.released:  # the live beams run again from the prefix: within rounding of the first run
+            self._state = replace(self._state, scores=self._rebuild_cache(), released=False)
 
     @property
     def steps(self) -> int:
@@ -247,6 +253,12 @@ class BeamSearch:
         self._history.append(state)
         self._state = _State(running, running_scores, finished, finished_scores, finished_flags, improvable, scores, ended)
         self._scored = None
+        self._release(len(self._history) - FULL_STEPS_KEPT - 1)
+
+    def _release(self, index: int) -> None:
+        """Let an old step's full scores go (its beams and finished hypotheses stay)."""
+        if index >= 0 and (old := self._history[index]).scores is not None:
+            self._history[index] = replace(old, scores=None, released=True)
 
     def _extend(self, parent: _Hypothesis, token_id: int, score: float, logprob: float, forced: bool) -> _Hypothesis:
         return _Hypothesis(parent.ids + (token_id,), score, parent.logprob + logprob, parent.forced + forced)
@@ -349,11 +361,14 @@ class BeamSearch:
             self._scored = (raw, processed)
         return self._scored
 
-    def _rebuild_cache(self) -> None:
-        """After undo (or a failed step) the cache holds other beams: run the live ones again."""
-        if not self._cache_fits:
-            self._runner.start([self.prefix_ids + list(h.ids) for h in self._state.running])
-            self._cache_fits = True
+    def _rebuild_cache(self) -> Scores | None:
+        """After undo (or a failed step) the cache holds other beams: run the live ones again (their
+        next-token scores come back; None when the cache already fits)."""
+        if self._cache_fits:
+            return None
+        scores = self._runner.start([self.prefix_ids + list(h.ids) for h in self._state.running])
+        self._cache_fits = True
+        return scores
 
     def _live(self, state: _State | None = None) -> list[int]:
         """Rows that hold a real beam (at the start only the first of the B copies)."""

@@ -91,6 +91,28 @@ def test_undo_takes_back_a_whole_step_exactly(tiny_engine):
         assert ours.score == pytest.approx(theirs.score, abs=1e-4)
 
 
+def test_old_beam_steps_let_their_scores_go_and_undo_to_them_runs_the_beams_again(tiny_engine):
+    """Past the last few steps a beam step keeps its beams but not their B vocabulary-sized rows;
+    undoing to it runs the live beams again from the prompt, which gives their scores within rounding
+    (1e-4 in log-probability) and the same beams, finished hypotheses and candidates."""
+    from decoding.beam import FULL_STEPS_KEPT
+
+    search = BeamSearch(tiny_engine, Strategy(kind="beam", num_beams=3), tiny_engine.encode("hello world"), max_new_tokens=12)
+    seen = []
+    for _ in range(10):
+        seen.append((search.snapshot(), search._state.scores.logprobs.clone()))
+        search.step()
+    assert [state.scores is None for state in search._history] == [True] * (10 - FULL_STEPS_KEPT) + [False] * FULL_STEPS_KEPT
+    for snapshot, logprobs in reversed(seen):
+        search.undo()
+        restored = search.snapshot()
+        assert restored.beams == snapshot.beams and restored.finished == snapshot.finished
+        assert [[c.token_id for c in panel.candidates] for panel in restored.candidates] == [
+            [c.token_id for c in panel.candidates] for panel in snapshot.candidates
+        ]
+        assert (search._state.scores.logprobs - logprobs).abs().max() < 1e-4
+
+
 def test_a_token_forced_onto_a_beam_continues_as_a_live_beam(tiny_engine):
     search = tiny_search(tiny_engine)
     search.step()
