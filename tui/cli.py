@@ -73,8 +73,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--load-in",
         choices=["8bit", "4bit"],
-        help="quantize the weights as they load (transformers engine): 8bit = torchao int8 on the CPU, "
-        "bitsandbytes on CUDA; 4bit = bitsandbytes NF4",
+        help="quantize the weights as they load with bitsandbytes (transformers engine): 8bit = LLM.int8(), 4bit = NF4",
     )
     group.add_argument(
         "--engine",
