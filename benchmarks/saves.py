@@ -7,7 +7,9 @@ Also printed: writing the whole file at 10,000 nodes, what every save cost befor
 
 from __future__ import annotations
 
+import statistics
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from common import PROMPT, Result, load, seconds, table
@@ -38,17 +40,21 @@ def grow(tree) -> None:
     tree.advance(node.token.__class__(**{**vars(node.token), "token_id": token_id}), node.panel, "forced", None)
 
 
-def seconds_a_save(engine, nodes: int, folder: Path) -> float:
+def seconds_a_save(engine, sizes: tuple[int, ...], folder: Path) -> list[float]:
+    """The median seconds a save takes for each tree size, the trees saved in turns (so that a slow
+    spell of the machine falls on all of them alike)."""
     from decoding import session_file
 
-    session = grown_tree(engine, nodes)
-    writer = session_file.SessionWriter(folder / f"{nodes}.json", engine)
-    writer.save(session.tree, session.strategy, session.choices)  # the first save writes the whole file
-    total = 0.0
+    sessions = [grown_tree(engine, nodes) for nodes in sizes]
+    writers = [session_file.SessionWriter(folder / f"{nodes}.json", engine) for nodes in sizes]
+    taken: list[list[float]] = [[] for _ in sizes]
+    for session, writer in zip(sessions, writers):
+        writer.save(session.tree, session.strategy, session.choices)  # the first save writes the whole file
     for _ in range(SAVES):
-        grow(session.tree)
-        total += seconds(lambda: writer.save(session.tree, session.strategy, session.choices))
-    return total / SAVES
+        for session, writer, times in zip(sessions, writers, taken):
+            grow(session.tree)
+            times.append(seconds(partial(writer.save, session.tree, session.strategy, session.choices)))
+    return [statistics.median(times) for times in taken]  # a save's own cost, not the heap's collections
 
 
 def run() -> list[Result]:
@@ -56,7 +62,7 @@ def run() -> list[Result]:
 
     engine = load()
     with tempfile.TemporaryDirectory() as folder:
-        small, large = seconds_a_save(engine, 100, Path(folder)), seconds_a_save(engine, 10_000, Path(folder))
+        small, large = seconds_a_save(engine, (100, 10_000), Path(folder))
         session = grown_tree(engine, 10_000)
         whole = seconds(lambda: session_file.save(Path(folder) / "whole.json", session.tree, engine, session.strategy, 10))
     table(

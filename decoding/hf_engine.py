@@ -80,11 +80,13 @@ class TransformersEngine:
         return self._cache.get_seq_length()
 
     def feed(self, ids: Sequence[int]) -> Scores:
-        """A prefill (several tokens) also keeps the last layer's hidden states of every position, so
-        that scoring each of them later (`score_positions`) costs the head alone, not a second pass."""
+        """A prompt's prefill (several tokens on an empty cache) also keeps the last layer's hidden
+        states of every position, so that scoring each of them later (`score_positions`) costs the
+        head alone, not a second pass. Other feeds keep no hidden states (a path read in one pass
+        would hold every layer's for every token) unless the logit lens wants the last position's."""
         before = self.cached_length
         try:
-            if len(ids) == 1 and not self.keep_layers:
+            if not self.keep_layers and (len(ids) == 1 or before > 0):
                 return Scores(_last_logits(self.model, self._cache, [list(ids)])[0])
             logits, states = _last_logits_and_states(self.model, self._cache, list(ids))
         except BaseException:

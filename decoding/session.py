@@ -280,12 +280,12 @@ class Session:
             self._can_choose()  # which says so
         if len(self.ids) + len(turn.ids) >= self.engine.context_limit:
             raise SessionError(f"The message does not fit in the model's context of {self.engine.context_limit} tokens.")
-        unfed = self.ids[self.engine.cached_length :]  # the ending token, after an ended reply
+        before = self.engine.cached_length
+        unfed = self.ids[before:]  # the ending token, after an ended reply
         offered = self._next
         assert offered is not None, "a chat has a prompt"
         scores = self.engine.feed([*unfed, *turn.ids])  # may raise: nothing has changed yet
         fed_from = self._next_fed_from if self.finished is None else None
-        before = self.engine.cached_length
         self._steps.append(Step(None, offered, self._rng.get_state(), turn, self.finished, fed_from))
         self._running_text.push(turn.text.encode("utf-8"))
         self.finished = None
@@ -430,6 +430,20 @@ class Session:
             else:
                 self._read_run(run)
 
+    def _feed_run(self, ids: list[int]) -> Scores:
+        """Feed a run of path tokens. Right after the prompt, the prompt is read again with them from
+        an empty cache: attention then takes its causal fast path (1.3x faster for 2,000 tokens here
+        than the same tokens after a cached prompt)."""
+        prompt = list(self.prompt.ids)
+        if self._steps or self.engine.cached_length != len(prompt):
+            return self.engine.feed(ids)
+        self.engine.crop(0)
+        try:
+            return self.engine.feed(prompt + ids)
+        except BaseException:
+            self._refeed(prompt)
+            raise
+
     def _replay(self, node: Node) -> None:
         """Walk one recorded token again, as it was first run."""
         self._can_choose()
@@ -448,14 +462,14 @@ class Session:
             assert node.token is not None and node.panel is not None, "a run of tokens with their panels"
             if ending is not None:
                 raise SessionError(f"Node {node.id} of the tree follows the end of its path.")
-            if index:
+            if index or fed_from is not None:  # its saved panel, as every past step shows (the scores: on undo)
                 offered = NextToken.shown(node.panel, self._strategy, self._choices, self.token_text, self._grammar)
-                fed_from = start + index - 1
+                fed_from = start + index - 1 if index else fed_from
             steps.append(Step(node.token, offered, states[-1], fed_from=fed_from))
             states.append(self._sampler_state(node) if node.rng is not None else states[-1])
             ending = self._ending_after_length(node.token_id, start + index)
         fed = [node.token_id for node in run][: len(run) - (ending is not None)]  # an ending token is never fed
-        scores = self.engine.feed(fed) if fed else None  # may raise: nothing has changed yet
+        scores = self._feed_run(fed) if fed else None  # may raise: nothing has changed yet
         for step in steps:
             assert step.token is not None
             self._steps.append(step)

@@ -50,8 +50,18 @@ def test_siblings_wrap_around_and_a_new_prompt_is_a_new_root(tiny_session):
     assert tree.roots == [old_root, tree.current] and len(tree.nodes[old_root].children) == 2
 
 
-def test_jump_restores_the_exact_distribution_and_path(tiny_engine):
+def assert_same_within_rounding(ours, theirs):
+    """Two panels of the same position, one read in one pass: the same candidates in the same order,
+    probabilities within the README's tolerance."""
+    assert [c.token_id for c in ours.candidates] == [c.token_id for c in theirs.candidates]
+    assert all(abs(a.logprob - b.logprob) < 1e-4 for a, b in zip(ours.candidates, theirs.candidates))
+
+
+@pytest.mark.parametrize("exact_replay", [True, False])
+def test_jump_restores_the_distribution_and_path(tiny_engine, exact_replay):
+    """Token by token (--exact-replay) the distribution is the same to the bit; in one pass, within rounding."""
     session = Session(tiny_engine, Strategy(kind="sample", temperature=0.9, seed=5))
+    session.exact_replay = exact_replay
     session.reset("hello world")
     for _ in range(4):
         session.step()
@@ -66,7 +76,11 @@ def test_jump_restores_the_exact_distribution_and_path(tiny_engine):
     session.reset("another prompt entirely")
     session.step()
     session.jump(here)
-    assert session.path == path and session.distribution == distribution and session.tree.current == here
+    assert session.path == path and session.tree.current == here
+    if exact_replay:
+        assert session.distribution == distribution
+    else:
+        assert_same_within_rounding(session.distribution, distribution)
     assert session.step().token_id == next_token.path[-1].token_id  # the sampler is where it was too
 
 
@@ -85,7 +99,8 @@ def test_session_file_round_trip_gives_the_same_tree_and_next_distribution(tiny_
     assert saved.strategy == strategy and saved.choices == 6 and session_file.same_model(saved.model, tiny_engine)
     reopened = Session(tiny_engine.fork(), saved.strategy, saved.choices)
     reopened.adopt(saved.tree)
-    assert reopened.path == session.path and reopened.distribution == session.distribution
+    assert reopened.path == session.path
+    assert_same_within_rounding(reopened.distribution, session.distribution)
     assert reopened.step().token_id == session.step().token_id
 
 
@@ -335,7 +350,7 @@ def test_a_reopened_path_is_read_in_one_pass_and_agrees_with_a_token_by_token_wa
     fast.engine.feed = lambda ids: feeds.append(len(ids)) or feed(ids)
     fast.adopt(saved.tree)
     exact.adopt(session_file.load(path).tree)
-    assert len(feeds) == 2 and feeds[1] == 20  # the prompt, then the whole path in one pass
+    assert len(feeds) == 2 and feeds[1] == feeds[0] + 20  # the prompt, then it and the whole path in one pass
     assert fast.path == exact.path == made.path and fast.panels == made.panels
     difference = (fast.next.logprobs - exact.next.logprobs).abs().max()
     assert difference < 1e-4  # README: "within 1e-4"

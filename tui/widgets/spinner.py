@@ -19,7 +19,7 @@ class Spinner(Static):
 
     def advance(self) -> None:
         self.frame = (self.frame + 1) % len(FRAMES)
-        self.update(FRAMES[self.frame])
+        self.update(FRAMES[self.frame], layout=False)  # one cell, always: no layout of the screen
 
     def start(self) -> None:
         self.display = True

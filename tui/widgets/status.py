@@ -30,7 +30,7 @@ class StatusLine(Static):
             parts.append(f"{timing.latency_ms:.0f} ms")
         if timing.tokens_per_s is not None:
             parts.append(f"{timing.tokens_per_s:.1f} tok/s")
-        self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {snapshot.strategy.describe()}"))
+        self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {snapshot.strategy.describe()}"), layout=False)  # 2 lines, always
 
     def show_beam(self, beam: BeamSnapshot, timing: Timing, model: str) -> None:
         parts = [
@@ -46,7 +46,7 @@ class StatusLine(Static):
             parts.append(f"{timing.latency_ms:.0f} ms")
         if timing.tokens_per_s is not None:
             parts.append(f"{timing.tokens_per_s:.1f} steps/s")
-        self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {beam.strategy.describe()}"))
+        self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {beam.strategy.describe()}"), layout=False)
 
 
 def _second_part(snapshot: Snapshot, index: int) -> str:

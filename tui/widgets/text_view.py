@@ -175,6 +175,7 @@ def _shown(text: str, visible_whitespace: bool) -> str:
 
 class TextView(VerticalScroll):
     can_focus = False
+    _legend: object = None
 
     def compose(self):
         yield Static(id="running-text")
@@ -182,6 +183,9 @@ class TextView(VerticalScroll):
 
     def show(self, snapshot: Snapshot, visible_whitespace: bool, heat: Heat = HEATS[0], clickable: bool = False) -> None:
         self.query_one("#running-text", Static).update(running_text(snapshot, visible_whitespace, heat, clickable))
-        self.query_one("#legend", Static).update(legend(heat, snapshot.second.model if snapshot.second else ""))
+        shown_legend = legend(heat, snapshot.second.model if snapshot.second else "")
+        if shown_legend != self._legend:  # it rarely changes: no layout of the screen for nothing
+            self._legend = shown_legend
+            self.query_one("#legend", Static).update(shown_legend)
         if snapshot.cursor is None:
             self.scroll_end(animate=False)
