@@ -126,11 +126,13 @@ async def test_c_compares_the_chapters_strategies_from_the_current_text(tiny_mod
         results = screen.record["results"]
         expected = compare(app.session.engine.fork(), app.session.ids, parse_strategies(CHAPTER_STRATEGIES), 32)
         assert [r["generated_ids"] for r in results] == [list(e.token_ids) for e in expected]
-        shown = "\n".join(
-            line.text
-            for line in screen.query_one("#compare-table").render_lines(screen.query_one("#compare-table").region.reset_offset)
-        )
-        assert "beam B=5 no-repeat-2gram" in shown and "sample top-k=50 top-p=0.9" in shown
+
+        def shown() -> str:
+            table = screen.query_one("#compare-table")
+            return "\n".join(line.text for line in table.render_lines(table.region.reset_offset))
+
+        await wait_for(pilot, lambda: "beam B=5 no-repeat-2gram" in shown())  # once laid out and painted
+        assert "sample top-k=50 top-p=0.9" in shown()
         await pilot.press("escape")
         await settle(pilot)
         assert app.screen is not screen
