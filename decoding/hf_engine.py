@@ -281,7 +281,7 @@ def _quantized_as(model: PreTrainedModel) -> str | None:
     if config is None:
         return None
     if getattr(config, "load_in_4bit", False):
-        return f"{getattr(config, 'bnb_4bit_quant_type', '4bit')}"
+        return str(getattr(config, "bnb_4bit_quant_type", "4bit"))
     return "int8"
 
 

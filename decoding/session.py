@@ -366,10 +366,9 @@ class Session:
             self._next = step.offered
             self.engine.crop(len(self.ids) - (1 if self.finished else 0))  # an ending token is never fed
         else:  # its scores again: what was fed to make them fed once more on the cached prefix
-            ids, fed_from = self.ids, step.fed_from
-            assert fed_from is not None, "only steps whose scores can be made again are released"
-            self.engine.crop(fed_from)
-            self._next = step.offered.rescored(self.engine.feed(ids[fed_from:]), ids)
+            assert step.fed_from is not None, "only steps whose scores can be made again are released"
+            self.engine.crop(step.fed_from)
+            self._next = step.offered.rescored(self.engine.feed(self.ids[step.fed_from :]), self.ids)
         self._next_fed_from = step.fed_from
         if (self._next.strategy, self._next.choices) != (self._strategy, self._choices):
             self._review()  # the settings changed since: what is on offer now is seen under the new ones
