@@ -103,6 +103,7 @@ def test_while_the_app_runs_native_writes_to_stderr_never_reach_the_screen():
     """Textual draws on stderr; xgrammar's C++ warnings are written to descriptor 2 directly."""
     import os
     import pty
+    import select
     import sys
 
     from tui.cli import screen_apart_from_native_stderr
@@ -119,7 +120,9 @@ def test_while_the_app_runs_native_writes_to_stderr_never_reach_the_screen():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-    written = os.read(master, 1024).decode()
+    written = ""
+    while "after" not in written and select.select([master], [], [], 2)[0]:  # a pty hands over what has come so far
+        written += os.read(master, 1024).decode()
     os.close(master)
     os.close(terminal)
     assert "the screen" in written and "after" in written and "native warning" not in written
