@@ -30,10 +30,13 @@ class Turn:
         return segments(self.text, [self.message])
 
 
+MESSAGES_SHAPE = [{"role": str, "content": str}]
+
+
 def messages_of(value: Any, where: str) -> tuple[Message, ...]:
     """Messages from JSON: a list of {"role", "content"}, as apply_chat_template takes them."""
     try:
-        check(value, [{"role": str, "content": str}], "messages")
+        check(value, MESSAGES_SHAPE, "messages")
     except ShapeError as error:
         raise SessionError(f'{where} is not a list of {{"role", "content"}} messages ({error}).') from None
     messages = tuple(Message(item["role"], item["content"]) for item in value)

@@ -9,11 +9,14 @@ A spec is written in plain Python values:
 - `{"key": spec, "key?": spec}`: an object with those keys (`?`: may be missing); other keys are ignored.
 
 `check` raises `ShapeError` naming the first place that does not fit, e.g. `steps[3].chosen.token_id`.
+It first runs the spec compiled into plain predicates (no place names built: a session file holds
+hundreds of thousands of values), and walks the value again naming places only when that says no.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +54,47 @@ _NAMES = {
 
 def check(value: Any, spec: Any, where: str = "the file") -> None:
     """Raise ShapeError if `value` does not fit `spec`."""
+    if not _predicate(spec)(value):
+        _walk(value, spec, where)
+
+
+def _walk(value: Any, spec: Any, where: str) -> None:
+    """Raise ShapeError naming the first place in `value` that does not fit `spec`."""
     if not _fits(value, spec, where):
         raise ShapeError(f"{where}: expected {_describe(spec)}, found {_preview(value)}")
+
+
+# id(spec) -> (spec, its predicate): specs are module constants, compiled once each
+_PREDICATES: dict[int, tuple[Any, Callable[[Any], bool]]] = {}
+
+
+def _predicate(spec: Any) -> Callable[[Any], bool]:
+    """`spec` as one function of the value: true exactly where `_fits` finds no fault (a property
+    test holds the two to that)."""
+    cached = _PREDICATES.get(id(spec))
+    if cached is None or cached[0] is not spec:
+        cached = _PREDICATES[id(spec)] = (spec, _compile(spec))
+    return cached[1]
+
+
+def _compile(spec: Any) -> Callable[[Any], bool]:
+    # Stricter than `_fits` where that is cheaper (an int subclass is not `type(value) is int`): the
+    # walk that names places then has the last word.
+    if isinstance(spec, tuple):
+        options = [_compile(option) for option in spec]
+        return lambda value: any(option(value) for option in options)
+    if spec is None:
+        return lambda value: value is None
+    if spec is bool or spec is str or spec in (dict, list):
+        return lambda value: type(value) is spec
+    if spec is int or spec is float or isinstance(spec, (Whole, Number)):
+        return _number_predicate(spec)
+    if isinstance(spec, list):
+        item = _compile(spec[0])
+        return lambda value: type(value) is list and all(map(item, value))
+    if isinstance(spec, dict):
+        return _object_predicate(spec)
+    raise TypeError(f"not a spec: {spec!r}")
 
 
 def _fits(value: Any, spec: Any, where: str) -> bool:
@@ -75,7 +117,7 @@ def _fits(value: Any, spec: Any, where: str) -> bool:
         if not isinstance(value, list):
             return False
         for index, item in enumerate(value):
-            check(item, spec[0], f"{where}[{index}]")
+            _walk(item, spec[0], f"{where}[{index}]")
         return True
     if isinstance(spec, dict):
         if not isinstance(value, dict):
@@ -83,11 +125,46 @@ def _fits(value: Any, spec: Any, where: str) -> bool:
         for key, item_spec in spec.items():
             name = key.removesuffix("?")
             if name in value:
-                check(value[name], item_spec, f"{where}.{name}")
+                _walk(value[name], item_spec, f"{where}.{name}")
             elif not key.endswith("?"):
                 raise ShapeError(f"{where}: the key {name!r} is missing")
         return True
     raise TypeError(f"not a spec: {spec!r}")
+
+
+def _number_predicate(spec: Any) -> Callable[[Any], bool]:
+    low, high = getattr(spec, "low", None), getattr(spec, "high", None)
+    whole_only, finite = spec is int or isinstance(spec, Whole), isinstance(spec, Number)
+    low = -math.inf if low is None else low
+    high = math.inf if high is None else high
+
+    def fits(value: Any) -> bool:
+        kind = type(value)
+        if kind is float:
+            if whole_only or value != value or (finite and not math.isfinite(value)):
+                return False
+        elif kind is not int:
+            return False
+        return low <= value <= high
+
+    return fits
+
+
+def _object_predicate(spec: dict[str, Any]) -> Callable[[Any], bool]:
+    keys = [(key.removesuffix("?"), not key.endswith("?"), _compile(item)) for key, item in spec.items()]
+
+    def fits(value: Any) -> bool:
+        if type(value) is not dict:
+            return False
+        for name, required, item in keys:
+            if name in value:
+                if not item(value[name]):
+                    return False
+            elif required:
+                return False
+        return True
+
+    return fits
 
 
 def _fits_quietly(value: Any, spec: Any, where: str) -> bool:

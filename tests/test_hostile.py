@@ -347,6 +347,22 @@ def test_reopening_a_mutated_session_file_opens_it_or_refuses_it_and_leaves_it_a
 # --- files ---------------------------------------------------------------------------------------
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_the_fast_shape_check_accepts_exactly_what_the_walk_naming_places_accepts(session_record, trace_record, data):
+    """Files are checked by the spec compiled into predicates, and walked again for the message only
+    when that refuses: it must never let through what the walk would refuse, nor refuse what it accepts."""
+    from decoding import replay, schema, session_file
+
+    for record, spec in ((session_record, session_file.SESSION_SHAPE), (trace_record, replay.PATH_TRACE_SHAPE)):
+        value = mutated(record, data)
+        try:
+            walked = schema._fits(value, spec, "file")
+        except schema.ShapeError:
+            walked = False
+        assert schema._predicate(spec)(value) == walked
+
+
 def test_session_paths_that_are_not_regular_files_are_refused_without_blocking(tmp_path, monkeypatch):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
