@@ -111,6 +111,21 @@ def test_the_garbage_collector_runs_again_after_a_load_whether_it_worked_or_not(
     assert gc.isenabled()
 
 
+def test_a_model_let_go_is_freed_when_another_loads_although_loads_freeze_what_they_make(tiny_model_dir):
+    """Loading freezes its objects (no full collection re-scans them); a model caught in a reference
+    cycle must still be freed once another model loads, or switching models would leak each one."""
+    import gc
+    import weakref
+
+    first = load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
+    assert gc.get_freeze_count() > 0
+    first.model.cycle = first  # type: ignore[attr-defined]  # freed only by the cyclic collector
+    gone = weakref.ref(first.model)
+    del first
+    load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
+    assert gone() is None
+
+
 def header_only_model(tiny_model_dir, folder: Path, rows: int, columns: int) -> Path:
     """The tiny model's config and tokenizer with a safetensors file whose header declares one
     [rows, columns] float32 tensor and holds no data: only the header is ever read."""
