@@ -27,6 +27,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)  # set: stop between two model passes
     clock: Callable[[], float] = lambda: 0.0
     frame: Callable[[Timing | None], object] = lambda timing: None  # show the state as it is now
+    frame_seconds: Callable[[], float] = lambda: 0.25  # how often play's frames may come, as the view can afford
     notice: Callable[[str], object] = lambda text: None  # tell the person something (a file saved)
     highlight_beam: Callable[[int], object] = lambda rank: None  # the beam a view should highlight
 
@@ -91,11 +92,10 @@ class Undo(Command):
 
 @dataclass(frozen=True)
 class Play(Command):
-    """Step until the end, the limit or a key; a frame every `frame_seconds` (painting every token would
-    hold the lock the model's thread needs), the last one when the command ends."""
+    """Step until the end, the limit or a key; a frame every `job.frame_seconds()` (painting every token
+    would take the CPU and the lock the model's thread needs), the last one when the command ends."""
 
     name: ClassVar[str] = "play"
-    frame_seconds: float = 0.25
 
     def run(self, explorer: Explorer, job: Job) -> Timing | None:
         started = step_started = painted = job.clock()
@@ -106,7 +106,7 @@ class Play(Command):
             now = job.clock()
             timing = Timing(1000 * (now - step_started), steps / max(now - started, 1e-9))
             step_started = now
-            if now - painted >= self.frame_seconds:
+            if now - painted >= job.frame_seconds():
                 job.frame(timing)
                 painted = now
 

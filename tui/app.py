@@ -35,6 +35,7 @@ from tui import messages
 from tui.actions import bindings
 from tui.ask_screen import AskScreen
 from tui.compare_screen import CompareScreen
+from tui.pacing import FramePacer
 from tui.palette import ActionCommands
 from tui.panels import PANELS
 from tui.settings_screen import Settings, SettingsScreen
@@ -52,7 +53,6 @@ if TYPE_CHECKING:  # torch loads on the model thread, after the first paint
     from decoding.session_file import SavedSession
 
 Clock = Callable[[], float]
-PLAY_FRAME_SECONDS = 0.25  # 4 frames a second while playing
 # The model thread gives up the GIL for every torch kernel and must take it back after; while the UI
 # thread paints, that wait is up to the switch interval (5 ms by default) each time. 1 ms kept play at
 # 0.93-0.99 of the session's own loop where 5 ms gave 0.82-0.88 (`python benchmarks/run.py app_play`).
@@ -101,6 +101,7 @@ class TokenstepApp(App[int]):
         self.highlighted_beam = 0
         self.open_panels: frozenset[str] = frozenset()  # read by the model thread to compute them
         self.queue: deque[commands.Command] = deque()
+        self.pacer = FramePacer()  # how often play's frames come
         self.running: commands.Command | None = None
         self._job: commands.Job | None = None  # the running command's
         self.loading = False  # a model is being loaded (its Loaded or LoadFailed is still to come)
@@ -278,6 +279,7 @@ class TokenstepApp(App[int]):
         return commands.Job(
             clock=self.clock,
             frame=lambda timing: self.post_message(messages.Updated(explorer.view(self.open_panels), timing)),
+            frame_seconds=lambda: self.pacer.seconds,
             notice=lambda text: self.post_message(messages.Notice(text)),
             highlight_beam=lambda rank: self.post_message(messages.BeamHighlight(rank)),
         )
@@ -362,6 +364,8 @@ class TokenstepApp(App[int]):
         if message.timing is not None:
             self.timing = message.timing
         self.refresh_view()
+        if self.playing:
+            self.pacer.painted()
 
     @on(messages.CommandFailed)
     def _command_failed(self, message: messages.CommandFailed) -> None:
@@ -508,7 +512,8 @@ class TokenstepApp(App[int]):
         if self.playing:
             self._pause()
         else:
-            self.enqueue(commands.Play(PLAY_FRAME_SECONDS))
+            self.pacer.restart()
+            self.enqueue(commands.Play())
 
     def action_stop(self) -> None:
         """Drop what is queued and cancel the running work (the state it reached is shown)."""
