@@ -1,9 +1,9 @@
-"""How often play's frames come: up to four a second, as long as painting them takes at most a
-twentieth of one core.
+"""How often play's frames come: up to four a second, as long as painting them takes at most 3 % of
+one core.
 
 While the model plays on the CPU, the screen's work (layout, rendering: ~30 ms a frame on a 2-core
 machine) takes a core from the model's threads, and the threads of a forward pass wait for each
-other: four frames a second slowed play by a quarter there. The cost is measured on the screen's
+other: four frames a second slowed play by a sixth to a quarter there. The cost is measured on the screen's
 own thread (its CPU time from one frame to the next), so a fast machine, or a GPU box whose cores
 are free, keeps four frames a second and a small shared machine gets fewer.
 """
