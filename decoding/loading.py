@@ -6,6 +6,7 @@ Every failure a user can cause becomes a `LoadError` with a one-paragraph messag
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import importlib.util
@@ -28,6 +29,9 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX = -1, -3, 32 * 2**20
+TRIM_THRESHOLD = 2**30  # free memory kept at the top of the heap for the next pass, not given back
 
 
 @dataclass(frozen=True)
@@ -204,8 +208,28 @@ def collector_paused():
             gc.enable()
 
 
+def reuse_freed_memory() -> None:
+    """Make glibc's malloc keep the memory torch frees for the next tensors, instead of handing it
+    back to the kernel at once.
+
+    torch takes every CPU tensor from malloc. By default a block over 128 KiB is a fresh mmap, which
+    the kernel zeroes page by page on first touch and unmaps when it is freed; the threshold adapts,
+    but the heap's top is trimmed again past twice the largest block. A 2,000-token pass then takes
+    100,000 to a million page faults: up to ~1.3 s of its ~4 s on two cores. Kept, the memory costs
+    ~75 MB more resident after that pass (1.29 GB against 1.22). Other C libraries (musl, macOS)
+    keep their own policies.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc
+        return
+
+
 def load_engine(options: LoadOptions | None = None, progress: Progress = lambda message: None) -> Engine:
     """Load the model named by `options` and wrap it in the transformers engine."""
+    reuse_freed_memory()
     with collector_paused():
         return _load_engine(options or LoadOptions(), progress)
 

@@ -141,6 +141,35 @@ def header_only_model(tiny_model_dir, folder: Path, rows: int, columns: int) -> 
     return folder
 
 
+REUSED_MEMORY_PROBE = """
+import resource, sys, torch
+from decoding import loading
+if sys.argv[1] == "reuse":
+    loading.reuse_freed_memory()
+def faults_for_a_pass():  # a pass's temporaries: twelve tensors of 4, 8 and 12 MB, written, then freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    tensors = [torch.ones(2**20 * (1 + i % 3)) for i in range(12)]
+    del tensors
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_for_a_pass()
+print(sum(faults_for_a_pass() for _ in range(3)))
+"""
+
+
+@pytest.mark.skipif(os.uname().sysname != "Linux", reason="glibc's malloc")
+def test_memory_a_pass_freed_is_reused_by_the_next_passes_without_new_pages_from_the_kernel():
+    import subprocess
+    import sys
+
+    def faults_in_three_more_passes(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", REUSED_MEMORY_PROBE, mode], capture_output=True, text=True, check=True)
+        return int(run.stdout)
+
+    pages_of_a_pass = 96 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert faults_in_three_more_passes("default") > pages_of_a_pass  # glibc's own policy gives pages back
+    assert faults_in_three_more_passes("reuse") < pages_of_a_pass / 2
+
+
 def test_a_model_bigger_than_the_memory_is_refused_before_loading(tiny_model_dir, tmp_path):
     import subprocess
     import sys
