@@ -42,6 +42,27 @@ def seconds(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def stolen_share_while(action: Callable[[], object]) -> float:
+    """The share of the CPUs' time a virtual machine's host gave to others while `action` ran
+    (steal, from /proc/stat; 0 where the kernel does not count it). Here it swings from 0 to a third,
+    and an absolute target in seconds swings with it."""
+
+    def counters() -> list[int]:
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return []
+        return [int(field) for field in fields]
+
+    before = counters()
+    action()
+    after = counters()
+    if len(before) < 8 or len(after) < 8:
+        return 0.0
+    spent = [b - a for a, b in zip(before[:8], after[:8])]  # user nice system idle iowait irq softirq steal
+    return spent[7] / max(1, sum(spent))
+
+
 def best_of(action: Callable[[], object], repeats: int = 3) -> float:
     """The fastest of a few runs: the least disturbed by whatever else the machine did."""
     return min(seconds(action) for _ in range(repeats))

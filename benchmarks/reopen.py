@@ -1,19 +1,22 @@
 """17. Reopening a 2,000-token session of the embedded model, to its first candidates.
 
 The path is read in one forward pass (the prompt, then the path's tokens); past steps show their
-saved panels. Baseline: what walking it token by token costs, 2,000 times one forward step measured
-in the same run (that walk is what reopening did before; --exact-replay still does it).
+saved panels. Baseline, in the same run: reopening it token by token, the walk reopening did before
+and `--exact-replay` still does (each step's context grows to 2,000 tokens, so one short-context
+step times 2,000 would understate it). The issue's target, < 5 s where that walk took ~110 s, is
+the ratio < 5 / 110: this machine's speed swings by tens of percent from hour to hour, and both
+sides swing with it.
 """
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from pathlib import Path
 
-from common import PROMPT, Result, load, long_text, seconds, table
+from common import PROMPT, Result, load, long_text, seconds, stolen_share_while, table
 
 TOKENS = 2000
+TARGET_RATIO = 5 / 110  # the issue's 5 s, where the token-by-token walk took ~110 s
 
 
 def saved_session(engine, folder: Path) -> Path:
@@ -43,18 +46,20 @@ def run(engine=None, label: str = "") -> list[Result]:
     with tempfile.TemporaryDirectory() as folder:
         path = saved_session(engine, Path(folder))
 
-        def reopen() -> None:
+        def reopen(exact_replay: bool = False) -> None:
             session = Session(engine)
+            session.exact_replay = exact_replay
             session.adopt(session_file.load(path).tree)
             assert len(session.path) == TOKENS and session.distribution is not None
 
-        reopened = min(seconds(reopen) for _ in range(2))
-    session = Session(engine)
-    session.reset(PROMPT)
-    step = statistics.median(seconds(lambda: engine.feed([260])) for _ in range(10))
+        times: list[float] = []  # one pass, the walk, one pass again: a slow spell falls on both
+        stolen = stolen_share_while(
+            lambda: times.extend([seconds(reopen), seconds(lambda: reopen(exact_replay=True)), seconds(reopen)])
+        )
+    reopened, walked = min(times[0], times[2]), times[1]
     table(
         f"Reopening a {TOKENS}-token session, seconds{label}",
-        ["one pass", "token by token (estimate)", "ratio"],
-        [[reopened, TOKENS * step, reopened / (TOKENS * step)]],
+        ["one pass", "token by token", "ratio", "target (5 s of ~110 s)", "CPU stolen by the host meanwhile"],
+        [[reopened, walked, reopened / walked, f"< {TARGET_RATIO:.3f}", f"{stolen:.0%}"]],
     )
-    return [Result(f"reopen_2000_tokens_seconds{label}", reopened, "<", 5)]
+    return [Result(f"reopen_2000_tokens_vs_token_by_token{label}", reopened / walked, "<", TARGET_RATIO)]
