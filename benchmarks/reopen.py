@@ -46,11 +46,14 @@ def run(engine=None, label: str = "") -> list[Result]:
     with tempfile.TemporaryDirectory() as folder:
         path = saved_session(engine, Path(folder))
 
+        sessions = {}
+
         def reopen(exact_replay: bool = False) -> None:
             session = Session(engine)
             session.exact_replay = exact_replay
             session.adopt(session_file.load(path).tree)
             assert len(session.path) == TOKENS and session.distribution is not None
+            sessions[exact_replay] = session
 
         times: list[float] = []  # one pass, the walk, one pass again: a slow spell falls on both
         stolen = stolen_share_while(
@@ -61,5 +64,18 @@ def run(engine=None, label: str = "") -> list[Result]:
         f"Reopening a {TOKENS}-token session, seconds{label}",
         ["one pass", "token by token", "ratio", "target (5 s of ~110 s)", "CPU stolen by the host meanwhile"],
         [[reopened, walked, reopened / walked, f"< {TARGET_RATIO:.3f}", f"{stolen:.0%}"]],
+    )
+    one_pass, walk = sessions[False].next, sessions[True].next
+    top_ten = [candidate.token_id for candidate in walk.distribution.candidates[:10]]
+    table(
+        f"The next token's log-probabilities after the {TOKENS} tokens: one pass against the walk{label}",
+        ["largest difference", "among the walk's top 10", "same top 10, same order"],
+        [
+            [
+                float((one_pass.logprobs - walk.logprobs).abs().max()),
+                float((one_pass.logprobs[top_ten] - walk.logprobs[top_ten]).abs().max()),
+                str(top_ten == [candidate.token_id for candidate in one_pass.distribution.candidates[:10]]),
+            ]
+        ],
     )
     return [Result(f"reopen_2000_tokens_vs_token_by_token{label}", reopened / walked, "<", TARGET_RATIO)]
