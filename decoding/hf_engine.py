@@ -139,7 +139,8 @@ class TransformersEngine:
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The model's own head on last-layer hidden states: the output embedding, then the soft cap or
-        scale some models apply (read from their config), as float32 logits."""
+        scale some models apply (read from their config: Gemma's cap, Cohere's scale, Granite's
+        divisor), as float32 logits."""
         with torch.inference_mode():
             logits = self.model.get_output_embeddings()(hidden).float()
         config = self.model.config
@@ -147,6 +148,8 @@ class TransformersEngine:
             logits = torch.tanh(logits / cap) * cap
         if isinstance(scale := getattr(config, "logit_scale", None), (int, float)):
             logits = logits * scale
+        if isinstance(scaling := getattr(config, "logits_scaling", None), (int, float)) and scaling:
+            logits = logits / scaling  # Granite's
         return logits
 
     def crop(self, length: int) -> None:

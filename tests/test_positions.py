@@ -132,3 +132,32 @@ def test_llama_cpp_gives_every_tokens_bytes_as_transformers_does(embedded_engine
     ids = range(embedded_engine.vocab_size)
     assert [llama.token_bytes(i) for i in ids] == [embedded_engine.token_bytes(i) for i in ids]
     assert max(len(embedded_engine.token_bytes(i)) for i in ids) > 32
+
+
+@pytest.mark.parametrize("architecture", ["granite", "gemma2"])
+def test_a_head_that_scales_or_caps_its_logits_scores_the_prompt_as_the_models_own_forward(
+    tiny_model_dir, tmp_path, architecture
+):
+    """Granite divides its logits by `logits_scaling`, Gemma 2 soft-caps them: the prompt's scores
+    (and the lens, from the same head) must be the model's distribution, not the raw head's."""
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
+
+    from decoding.loading import LoadOptions, load_engine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    shape = dict(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.5,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if architecture == "granite":
+        GraniteForCausalLM(GraniteConfig(**shape, logits_scaling=4.0)).save_pretrained(tmp_path)
+    else:
+        Gemma2ForCausalLM(Gemma2Config(**shape, head_dim=8, final_logit_softcapping=2.0)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    engine = load_engine(LoadOptions(model=str(tmp_path), device="cpu"))
+    session = Session(engine)
+    session.reset("The quick brown fox jumps over the lazy dog")
+    ids = session.prompt_ids
+    assert_scores_match(session.score_prompt(), ids, independent_logprobs(engine, ids))
