@@ -45,6 +45,7 @@ class TransformersEngine:
         self.keep_layers = False  # the logit lens is shown: keep each feed's last position's layers
         self._layers: tuple[int, int, torch.Tensor] | None = None  # (position, token id, [layers + 1, hidden])
         self._final_norm = _final_norm(model)
+        self._head_checked: bool | None = None  # see _head_is_the_models
         self.weights_digest = _weights_digest(model)
         self.placement = _placement(model)  # where accelerate put the layers, when not all in one place
 
@@ -100,7 +101,22 @@ class TransformersEngine:
     def lens_unavailable(self) -> str | None:
         if self._final_norm is None:
             return f"{self.model_id}: no final norm found on its base model, so no logit lens"
+        if not self._head_is_the_models():
+            return f"{self.model_id}: its head changes the logits in a way tokenstep does not know, so no logit lens"
         return None
+
+    def _head_is_the_models(self) -> bool:
+        """Once: whether `_head` gives the model's own logits (after two tokens, without a cache).
+        The head is rebuilt from config attributes; an architecture that does something else to its
+        logits would otherwise give a lens and prompt scores that are silently off."""
+        if self._head_checked is None:
+            some = [self.vocab_size // 3, self.vocab_size // 2]  # not id 0: often padding, its embedding zeros
+            input_ids = torch.tensor([some], dtype=torch.long, device=self.model.device)
+            with torch.inference_mode():
+                out = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+            ours, theirs = self._head(out.hidden_states[-1][0, -1:])[0], out.logits[0, -1].float()
+            self._head_checked = bool(torch.allclose(ours, theirs.to(ours.device), rtol=1e-3, atol=1e-3))
+        return self._head_checked
 
     def layer_logprobs(self, ids: Sequence[int]) -> torch.Tensor:
         """From the layers the last feed kept when they are of this position, else from one forward of
@@ -129,7 +145,13 @@ class TransformersEngine:
     def score_positions(self, ids: Sequence[int]) -> Iterator[torch.Tensor]:
         """Rows of logits for every position of `ids` (row i: the scores after ids[:i+1]),
         a chunk at a time: never a full-vocabulary tensor per position kept. From the last prefill's
-        hidden states when it read `ids`, else from one pass on a cache of its own."""
+        hidden states when it read `ids`, else from one pass on a cache of its own. (A model whose
+        head `_head` cannot rebuild gives its own logits, every position's at once.)"""
+        if not self._head_is_the_models():
+            with torch.inference_mode():
+                own = self.model(input_ids=torch.tensor([list(ids)], device=self.model.device), use_cache=False)
+            yield from own.logits[0].float().split(POSITION_CHUNK)
+            return
         start, fed, hidden = self._prefill
         if not (start == 0 and fed == tuple(ids)):
             _, states = _last_logits_and_states(self.model, DynamicCache(config=self.model.config), list(ids))

@@ -134,12 +134,8 @@ def test_llama_cpp_gives_every_tokens_bytes_as_transformers_does(embedded_engine
     assert max(len(embedded_engine.token_bytes(i)) for i in ids) > 32
 
 
-@pytest.mark.parametrize("architecture", ["granite", "gemma2"])
-def test_a_head_that_scales_or_caps_its_logits_scores_the_prompt_as_the_models_own_forward(
-    tiny_model_dir, tmp_path, architecture
-):
-    """Granite divides its logits by `logits_scaling`, Gemma 2 soft-caps them: the prompt's scores
-    (and the lens, from the same head) must be the model's distribution, not the raw head's."""
+def scaled_head_engine(tiny_model_dir, folder, architecture):
+    """A tiny Granite (its logits divided by `logits_scaling`) or Gemma 2 (soft-capped) engine."""
     from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
 
     from decoding.loading import LoadOptions, load_engine
@@ -152,12 +148,37 @@ def test_a_head_that_scales_or_caps_its_logits_scores_the_prompt_as_the_models_o
     )  # fmt: skip
     torch.manual_seed(0)
     if architecture == "granite":
-        GraniteForCausalLM(GraniteConfig(**shape, logits_scaling=4.0)).save_pretrained(tmp_path)
+        GraniteForCausalLM(GraniteConfig(**shape, logits_scaling=4.0)).save_pretrained(folder)
     else:
-        Gemma2ForCausalLM(Gemma2Config(**shape, head_dim=8, final_logit_softcapping=2.0)).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    engine = load_engine(LoadOptions(model=str(tmp_path), device="cpu"))
+        Gemma2ForCausalLM(Gemma2Config(**shape, head_dim=8, final_logit_softcapping=2.0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load_engine(LoadOptions(model=str(folder), device="cpu"))
+
+
+@pytest.mark.parametrize("architecture", ["granite", "gemma2"])
+def test_a_head_that_scales_or_caps_its_logits_scores_the_prompt_as_the_models_own_forward(
+    tiny_model_dir, tmp_path, architecture
+):
+    """Granite divides its logits by `logits_scaling`, Gemma 2 soft-caps them: the prompt's scores
+    (and the lens, from the same head) must be the model's distribution, not the raw head's."""
+    engine = scaled_head_engine(tiny_model_dir, tmp_path, architecture)
+    assert engine.lens_unavailable() is None
     session = Session(engine)
     session.reset("The quick brown fox jumps over the lazy dog")
     ids = session.prompt_ids
+    assert_scores_match(session.score_prompt(), ids, independent_logprobs(engine, ids))
+
+
+def test_a_head_tokenstep_cannot_rebuild_gives_no_lens_and_the_prompt_scores_of_the_models_own_logits(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """As if an architecture did something unknown to its logits (here the rebuilt head is made to
+    forget Granite's divisor): the lens says why it is missing; the prompt's scores stay the model's."""
+    engine = scaled_head_engine(tiny_model_dir, tmp_path, "granite")
+    rebuilt = engine._head
+    monkeypatch.setattr(engine, "_head", lambda hidden: rebuilt(hidden) * engine.model.config.logits_scaling)
+    session = Session(engine)
+    session.reset("The quick brown fox jumps over the lazy dog")
+    ids = session.prompt_ids
+    assert "does not know, so no logit lens" in engine.lens_unavailable()
     assert_scores_match(session.score_prompt(), ids, independent_logprobs(engine, ids))
