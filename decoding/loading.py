@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
@@ -219,12 +219,10 @@ def reuse_freed_memory() -> None:
     ~75 MB more resident after that pass (1.29 GB against 1.22). Other C libraries (musl, macOS)
     keep their own policies.
     """
-    try:
+    with suppress(OSError, AttributeError):  # not glibc
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    except (OSError, AttributeError):  # not glibc
-        return
 
 
 def load_engine(options: LoadOptions | None = None, progress: Progress = lambda message: None) -> Engine:
