@@ -163,6 +163,15 @@ class ScoresAnyToken(Protocol):
     def logprob_of(self, token_id: int) -> float: ...
 
 
+@runtime_checkable
+class Interrupts(Protocol):
+    """Waits on something outside (a server) that can be cut short from another thread."""
+
+    def interrupt(self) -> None:
+        """Make what waits now fail at once (a TokenstepError saying so); later calls are not affected."""
+        ...
+
+
 def decode_continuation(engine: Engine, prefix_ids: Sequence[int], ids: Sequence[int], prefix_text: str | None = None) -> str:
     """The text `ids` add after `prefix_ids`, decoded together with the prefix so a character split
     across the boundary comes out whole. `prefix_text`: the prefix decoded, if the caller has it."""

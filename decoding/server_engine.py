@@ -11,23 +11,22 @@ the shorter prefix).
 
 from __future__ import annotations
 
-import http.client
-import json
-import math
 import threading
-import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from decoding.errors import LoadError, TokenstepError
+from decoding import server_reply as reply
+from decoding.errors import LoadError
 from decoding.scores import Scores
+from decoding.server_http import Http, ServerError, said, server_address
+
+__all__ = ["ServerEngine", "ServerError"]
 
 DEFAULT_TOP = 20  # vLLM's default --max-logprobs
-CONNECT_SECONDS = 5.0
-REPLY_SECONDS = 120.0  # a first request may wait for the server's warm-up
+PIECES_PER_REQUEST = 16384  # ids whose bytes one /tokenize asks for (~0.5 MB of answer)
 END_TEXTS = (
     "<|im_end|>",
     "<|eot_id|>",
@@ -39,60 +38,6 @@ END_TEXTS = (
     "<eos>",
     "<|eom_id|>",
 )
-
-
-class ServerError(TokenstepError):
-    """The server could not be reached, answered with an error, or answered something unexpected."""
-
-
-class Http:
-    """JSON over HTTP/1.1 to one server, a kept-alive connection per thread (requests go out
-    concurrently from several threads for beams and work ahead)."""
-
-    def __init__(self, base: str, api_key: str | None) -> None:
-        parsed = urllib.parse.urlsplit(base)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise LoadError(f"--url {base}: give the server's address, such as http://127.0.0.1:8000")
-        self.base, self.scheme, self.host, self.port = base, parsed.scheme, parsed.hostname, parsed.port
-        self.prefix = parsed.path.rstrip("/")
-        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-        self._local = threading.local()
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return self._request("GET", path, None)
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        status, answer = self._request("POST", path, body)
-        if status != 200:
-            raise ServerError(f"{self.base}{path} answered {status}: {_said(answer)}")
-        return answer
-
-    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
-        payload = None if body is None else json.dumps(body).encode()
-        for attempt in (0, 1):  # a kept-alive connection the server has closed is opened again, once
-            connection = self._connection()
-            try:
-                connection.request(method, self.prefix + path, payload, self.headers)
-                response = connection.getresponse()
-                data = response.read()
-                break
-            except (ConnectionError, http.client.HTTPException, OSError) as error:
-                self._local.connection = None
-                connection.close()
-                if attempt or not isinstance(error, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
-                    raise ServerError(f"{self.base} cannot be reached ({_said(error)}): is the server running?") from None
-        try:
-            return response.status, json.loads(data) if data.strip() else None
-        except ValueError:
-            return response.status, data[:200].decode("utf-8", "replace")
-
-    def _connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            kind = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-            connection = kind(self.host, self.port, timeout=REPLY_SECONDS)
-            self._local.connection = connection
-        return connection
 
 
 @dataclass(frozen=True)
@@ -110,14 +55,16 @@ class ServerEngine:
     dtype = "served"
 
     def __init__(self, url: str, *, api_key: str | None = None, top: int = DEFAULT_TOP, tokenizer: str | None = None) -> None:
-        self.url = _base_url(url)
-        self.http = Http(self.url, api_key)
+        address = server_address(url, api_key)
+        self.url = address.base
+        self.http = Http(address)
         self.dialect = _detect(self.http)
         self.top = top
         info = self._model_info()
-        self.model_id = info["model"]
+        self.served_model = info["model"]  # as the server names it in requests
+        self.model_id = reply.shown_name(self.served_model)
         self.context_limit = info["context"]
-        self.device = f"{self.dialect.name} {self.dialect.version} at {self.http.base}".strip()
+        self.device = f"{self.dialect.name} {reply.shown_name(self.dialect.version)} at {self.http.base}".replace("  ", " ")
         self.vocabulary = _vocabulary(self, tokenizer or info.get("local_tokenizer"))
         self.vocab_size = self.vocabulary.size
         self.eos_token_ids, self.special_ids = self.vocabulary.eos_ids, self.vocabulary.special_ids
@@ -158,7 +105,14 @@ class ServerEngine:
 
     def logprob_of(self, token_id: int) -> float:
         """One token's log-probability after the held ids: one more request."""
-        return self._dialect_call("logprob_of", list(self.held), token_id)
+        logprob = self._dialect_call("logprob_of", list(self.held), token_id)
+        if logprob is None:
+            raise ServerError(f"{self.url} did not return the log-probability of token {token_id}.")
+        return logprob
+
+    def interrupt(self) -> None:
+        """Cut the requests in flight short (from any thread): each fails at once, saying so."""
+        self.http.interrupt()
 
     def detach_last(self, count: int) -> list[int]:
         tail = self.held[-count:]
@@ -190,7 +144,6 @@ class ServerEngine:
         if len(ids) >= self.context_limit:
             raise ServerError(f"The sequence is {len(ids)} tokens long; the server's context holds {self.context_limit}.")
         top_ids, logprobs = self._dialect_call("top", ids, self.top)
-        self.vocabulary.learn(top_ids)
         return Scores.top(self.vocab_size, top_ids, logprobs)
 
     def _dialect_call(self, what: str, ids: list[int], argument: int) -> Any:
@@ -236,15 +189,15 @@ class _VLLM:
         model = _first_model(engine.http)
         root = model.get("root") or model["id"]
         return {
-            "model": str(model["id"]),
-            "context": int(model.get("max_model_len") or 2048),
-            "local_tokenizer": root if Path(str(root)).is_dir() else None,
-            "max_logprobs": _vllm_max_logprobs(engine),
+            "model": model["id"],
+            "context": model.get("max_model_len") or 2048,
+            "local_tokenizer": _local_folder(root),
+            "max_logprobs": _vllm_max_logprobs(engine, model["id"]),
         }
 
-    def request(self, engine: ServerEngine, ids: list[int], **extra: Any) -> dict[str, Any]:
+    def request(self, engine: ServerEngine, ids: list[int], **extra: Any) -> Any:
         body = {
-            "model": engine.model_id,
+            "model": engine.served_model,
             "prompt": ids,
             "max_tokens": 1,
             "temperature": 0,
@@ -254,50 +207,45 @@ class _VLLM:
         return engine.http.post("/v1/completions", body)
 
     def top(self, engine: ServerEngine, ids: list[int], n: int) -> tuple[list[int], list[float]]:
-        answer = self.request(engine, ids, logprobs=n)
-        return _keyed_by_id(_path(answer, "choices", 0, "logprobs", "top_logprobs", 0), n)
+        return reply.vllm_top(self.request(engine, ids, logprobs=n), engine.vocab_size, n, f"{engine.url}/v1/completions")
 
-    def logprob_of(self, engine: ServerEngine, ids: list[int], token_id: int) -> float:
+    def logprob_of(self, engine: ServerEngine, ids: list[int], token_id: int) -> float | None:
         answer = self.request(engine, ids, logprobs=1, logprob_token_ids=[token_id])
-        found = dict(zip(*_keyed_by_id(_path(answer, "choices", 0, "logprobs", "top_logprobs", 0), 10**6)))
-        return _finite(found.get(token_id), token_id)
+        found = dict(zip(*reply.vllm_top(answer, engine.vocab_size, engine.vocab_size, f"{engine.url}/v1/completions")))
+        return found.get(token_id)
 
 
 class _SGLANG:
     def info(self, engine: ServerEngine) -> dict[str, Any]:
         model = _first_model(engine.http)
-        _, details = engine.http.get("/model_info")
-        path = (details or {}).get("model_path") or model["id"]
-        return {
-            "model": str(model["id"]),
-            "context": int(model.get("max_model_len") or 2048),
-            "local_tokenizer": path if Path(str(path)).is_dir() else None,
-        }
+        details = engine.http.get("/model_info").value
+        path = reply.checked(details, reply.SGLANG_INFO, f"{engine.http.base}/model_info").get("model_path") or model["id"]
+        return {"model": model["id"], "context": model.get("max_model_len") or 2048, "local_tokenizer": _local_folder(path)}
 
-    def request(self, engine: ServerEngine, ids: list[int], **extra: Any) -> dict[str, Any]:
+    def request(self, engine: ServerEngine, ids: list[int], **extra: Any) -> Any:
         body = {"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0}, "return_logprob": True, **extra}
         return engine.http.post("/generate", body)
 
     def top(self, engine: ServerEngine, ids: list[int], n: int) -> tuple[list[int], list[float]]:
-        entries = _path(self.request(engine, ids, top_logprobs_num=n), "meta_info", "output_top_logprobs", 0)
-        return [int(e[1]) for e in entries], [float(e[0]) for e in entries]
+        answer = self.request(engine, ids, top_logprobs_num=n)
+        return reply.sglang_top(answer, engine.vocab_size, n, f"{engine.url}/generate")
 
-    def logprob_of(self, engine: ServerEngine, ids: list[int], token_id: int) -> float:
-        entries = _path(self.request(engine, ids, token_ids_logprob=[token_id]), "meta_info", "output_token_ids_logprobs", 0)
-        return _finite(next((float(e[0]) for e in entries if int(e[1]) == token_id), None), token_id)
+    def logprob_of(self, engine: ServerEngine, ids: list[int], token_id: int) -> float | None:
+        answer = self.request(engine, ids, token_ids_logprob=[token_id])
+        found = dict(zip(*reply.sglang_top(answer, engine.vocab_size, 1, f"{engine.url}/generate", forced=True)))
+        return found.get(token_id)
 
 
 class _LLAMA:
     def info(self, engine: ServerEngine) -> dict[str, Any]:
-        _, props = engine.http.get("/props")
-        settings = props.get("default_generation_settings", {}) if isinstance(props, dict) else {}
-        path = str(props.get("model_path", "llama-server")) if isinstance(props, dict) else "llama-server"
-        return {"model": Path(path).name or path, "context": int(settings.get("n_ctx") or 2048)}
+        props = reply.checked(engine.http.get("/props").value, reply.LLAMA_PROPS, f"{engine.http.base}/props")
+        path = props.get("model_path") or "llama-server"
+        return {"model": Path(path).name or path, "context": props["default_generation_settings"].get("n_ctx") or 2048}
 
-    def request(self, engine: ServerEngine, ids: list[int], n_probs: int, bias: int) -> dict[str, Any]:
+    def request(self, engine: ServerEngine, ids: list[int], n_probs: int, bias: int) -> Any:
         """One token, with the raw top `n_probs`. The token sampled is `bias`, forced with a logit bias:
         the raw probabilities do not depend on it, and llama-server leaves them out of its answer
-        when the sampled token is an unfinished UTF-8 character."""
+        when the sampled token ends in an unfinished UTF-8 character."""
         body = {
             "prompt": ids,
             "n_predict": 1,
@@ -311,15 +259,29 @@ class _LLAMA:
         return engine.http.post("/completion", body)
 
     def top(self, engine: ServerEngine, ids: list[int], n: int) -> tuple[list[int], list[float]]:
-        entry = _path(self.request(engine, ids, n, engine.vocabulary.plain_id), "completion_probabilities", 0)
-        entries = entry["top_logprobs"]
-        for e in entries:
-            engine.vocabulary.note_bytes(int(e["id"]), bytes(e.get("bytes", ())))
-        return [int(e["id"]) for e in entries], [float(e["logprob"]) for e in entries]
+        answer = self.request(engine, ids, n, engine.vocabulary.plain_id)
+        top_ids, logprobs, _ = reply.llama_top(answer, engine.vocab_size, n, f"{engine.url}/completion")
+        return top_ids, logprobs
 
-    def logprob_of(self, engine: ServerEngine, ids: list[int], token_id: int) -> float:
-        entry = _path(self.request(engine, ids, 1, token_id), "completion_probabilities", 0)
-        return _finite(float(entry["logprob"]), token_id)
+    def logprob_of(self, engine: ServerEngine, ids: list[int], token_id: int) -> float | None:
+        where = f"{engine.url}/completion"
+        if not _held_back(engine.token_bytes(token_id)):
+            return reply.llama_forced(self.request(engine, ids, 1, token_id), engine.vocab_size, token_id, where)
+        # Forced, it would be held back with its log-probability: the whole distribution tells it.
+        answer = self.request(engine, ids, engine.vocab_size, engine.vocabulary.plain_id)
+        top_ids, logprobs, _ = reply.llama_top(answer, engine.vocab_size, engine.vocab_size, where)
+        return dict(zip(top_ids, logprobs)).get(token_id)
+
+
+def _held_back(raw: bytes) -> bool:
+    """Whether llama-server holds a token's text back, as its validate_utf8 decides: the text ends
+    in the first bytes of a multi-byte character."""
+    for back in range(1, min(len(raw), 4) + 1):
+        byte = raw[-back]
+        needs = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 0
+        if back < needs:
+            return True
+    return False
 
 
 class DialectCalls(Protocol):
@@ -329,7 +291,7 @@ class DialectCalls(Protocol):
 
     def top(self, engine: ServerEngine, ids: list[int], n: int) -> tuple[list[int], list[float]]: ...
 
-    def logprob_of(self, engine: ServerEngine, ids: list[int], token_id: int) -> float: ...
+    def logprob_of(self, engine: ServerEngine, ids: list[int], token_id: int) -> float | None: ...
 
 
 DIALECTS: dict[str, DialectCalls] = {"vLLM": _VLLM(), "SGLang": _SGLANG(), "llama.cpp": _LLAMA()}
@@ -338,78 +300,52 @@ DIALECTS: dict[str, DialectCalls] = {"vLLM": _VLLM(), "SGLang": _SGLANG(), "llam
 # --- finding the server, its model and its vocabulary ---------------------------------------------------
 
 
-def _base_url(url: str) -> str:
-    base = url.strip().rstrip("/")
-    return base[: -len("/v1")] if base.endswith("/v1") else base
-
-
 def _detect(http: Http) -> Dialect:
     """llama.cpp answers /props, vLLM /version, SGLang /model_info; anything else is refused."""
-    status, props = http.get("/props")
-    if status == 200 and isinstance(props, dict) and "default_generation_settings" in props:
-        return Dialect("llama.cpp", str(props.get("build_info", "")))
-    status, version = http.get("/version")
-    if status == 200 and isinstance(version, dict) and "version" in version:
-        return Dialect("vLLM", str(version["version"]))
-    status, info = http.get("/model_info")
-    if status == 200 and isinstance(info, dict) and "is_generation" in info:
+    props = http.get("/props")
+    if props.status == 200 and isinstance(props.value, dict) and "default_generation_settings" in props.value:
+        version = reply.checked(props.value, reply.LLAMA_PROPS, f"{http.base}/props").get("build_info", "")
+        return Dialect("llama.cpp", version)
+    version = http.get("/version")
+    if version.status == 200 and isinstance(version.value, dict) and "version" in version.value:
+        return Dialect("vLLM", reply.checked(version.value, reply.VLLM_VERSION, f"{http.base}/version")["version"])
+    info = http.get("/model_info")
+    if info.status == 200 and isinstance(info.value, dict) and "is_generation" in info.value:
         return Dialect("SGLang", "")
-    if status in (401, 403):
-        raise LoadError(f"{http.base} refused the request ({status}): give its key with --api-key or TOKENSTEP_API_KEY.")
+    if info.status in (401, 403):
+        raise LoadError(f"{http.base} refused the request ({info.status}): give its key with --api-key or TOKENSTEP_API_KEY.")
     raise LoadError(
         f"{http.base} answers, but not as vLLM, SGLang or llama.cpp's llama-server do (no /props, /version or /model_info)."
     )
 
 
 def _first_model(http: Http) -> dict[str, Any]:
-    status, models = http.get("/v1/models")
-    data = models.get("data") if isinstance(models, dict) else None
-    if status != 200 or not data or not isinstance(data[0], dict) or "id" not in data[0]:
-        raise LoadError(f"{http.base}/v1/models did not name a model ({status}: {_said(models)}).")
-    return data[0]
+    models = http.get("/v1/models")
+    if models.status != 200:
+        raise LoadError(f"{http.base}/v1/models did not name a model ({models.status}: {said(models.text)}).")
+    data = reply.checked(models.value, reply.MODELS, f"{http.base}/v1/models")["data"]
+    return reply.first(data, f"{http.base}/v1/models", "data")
 
 
-def _vllm_max_logprobs(engine: ServerEngine) -> int:
+def _vllm_max_logprobs(engine: ServerEngine, model: str) -> int:
     """What --max-logprobs allows: a request for more is refused with the limit in its message."""
-    model = _first_model(engine.http)
-    status, answer = engine.http._request(
-        "POST", "/v1/completions", {"model": model["id"], "prompt": [0], "max_tokens": 1, "logprobs": 10**6}
-    )
-    text = _said(answer)
-    digits = text.rsplit("max allowed:", 1)[-1].strip().split()[0].strip(".,") if "max allowed:" in text else ""
-    return int(digits) if digits.isdigit() else DEFAULT_TOP
+    answer = engine.http.ask("POST", "/v1/completions", {"model": model, "prompt": [0], "max_tokens": 1, "logprobs": 10**6})
+    limit = reply.number_said(answer.text, "max allowed:", reply.Whole(1, 10**6))
+    return DEFAULT_TOP if limit is None else limit
 
 
-def _keyed_by_id(entries: Any, n: int) -> tuple[list[int], list[float]]:
-    """vLLM's {"token_id:123": logprob} (return_tokens_as_token_ids), best first."""
-    if not isinstance(entries, dict):
-        raise ServerError(f"the server's log-probabilities are not what vLLM sends ({_said(entries)}).")
-    pairs = sorted(((int(key.split(":", 1)[1]), float(value)) for key, value in entries.items()), key=lambda pair: -pair[1])[:n]
-    return [token for token, _ in pairs], [logprob for _, logprob in pairs]
-
-
-def _path(value: Any, *keys: Any) -> Any:
-    for key in keys:
-        try:
-            value = value[key]
-        except (KeyError, IndexError, TypeError):
-            raise ServerError(f"the server's answer has no {'.'.join(str(k) for k in keys)} ({_said(value)}).") from None
-    return value
-
-
-def _finite(value: float | None, token_id: int) -> float:
-    if value is None or math.isnan(value):
-        raise ServerError(f"the server did not return the log-probability of token {token_id}.")
-    return max(value, -1e4)  # llama.cpp writes an impossible token as the lowest float
-
-
-def _said(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)[:300] if not isinstance(value, BaseException) else str(value)
-    return text.splitlines()[0] if text else "nothing"
+def _local_folder(path: str) -> str | None:
+    """`path` if it names a folder on this machine (a served model's, holding its tokenizer)."""
+    try:
+        return path if Path(path).is_dir() else None
+    except (OSError, ValueError):  # a name too long, a NUL: no folder
+        return None
 
 
 def _vocabulary(engine: ServerEngine, tokenizer: str | None) -> Vocabulary:
-    return LocalVocabulary(engine, tokenizer) if tokenizer else ServerVocabulary(engine)
+    if tokenizer:
+        return LocalVocabulary(engine, tokenizer)
+    return PiecesVocabulary(engine) if engine.dialect.name == "llama.cpp" else ServerVocabulary(engine)
 
 
 class Vocabulary(Protocol):
@@ -427,10 +363,6 @@ class Vocabulary(Protocol):
 
     def token_bytes(self, token_id: int) -> bytes: ...
 
-    def learn(self, ids: Sequence[int]) -> None: ...
-
-    def note_bytes(self, token_id: int, raw: bytes) -> None: ...
-
 
 def known_ends(encode: Callable[[str], list[int]]) -> frozenset[int]:
     """Control tokens that end text or a turn, found by their well-known names (one token each)."""
@@ -442,66 +374,100 @@ def known_ends(encode: Callable[[str], list[int]]) -> frozenset[int]:
     return frozenset(found)
 
 
+def plain_id(vocabulary: Vocabulary) -> int:
+    """A token that is a whole character: "a"'s."""
+    ids = vocabulary.encode("a", special=False)
+    if not ids:
+        raise ServerError('The server tokenizes "a" as no token at all: its vocabulary cannot be used.')
+    return ids[-1]
+
+
 class ServerVocabulary:
-    """Through the server's own /tokenize and /detokenize (llama.cpp, vLLM, SGLang alike)."""
+    """Through the server's own /tokenize and /detokenize (vLLM, SGLang)."""
 
     def __init__(self, engine: ServerEngine) -> None:
         self.engine = engine
         self._bytes: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+        self.size = self._find_size()
         self.end_ids = known_ends(lambda text: self.encode(text, special=True))
         self.eos_ids = self.special_ids = self.end_ids
-        self.size = self._find_size()
-        self.plain_id = self.encode("a", special=False)[-1]
+        self.plain_id = plain_id(self)
 
     def encode(self, text: str, special: bool) -> list[int]:
-        http, dialect = self.engine.http, self.engine.dialect.name
-        if dialect == "llama.cpp":
-            answer = http.post("/tokenize", {"content": text, "add_special": special, "parse_special": special})
-            return [int(t) for t in _path(answer, "tokens")]
-        answer = http.post("/tokenize", {"model": self.engine.model_id, "prompt": text, "add_special_tokens": special})
-        return [int(t) for t in _path(answer, "tokens")]
+        body = {"model": self.engine.served_model, "prompt": text, "add_special_tokens": special}
+        return reply.token_ids(self.engine.http.post("/tokenize", body), self.size, f"{self.engine.url}/tokenize")
 
     def decode(self, ids: list[int]) -> str:
         if not ids:
             return ""
-        answer = self.engine.http.post("/detokenize", {"model": self.engine.model_id, "tokens": ids})
-        return str(
-            _path(answer, "content" if self.engine.dialect.name == "llama.cpp" else "prompt" if "prompt" in answer else "text")
-        )
+        answer = self.engine.http.post("/detokenize", {"model": self.engine.served_model, "tokens": ids})
+        return reply.text(answer, reply.OPENAI_TEXT, f"{self.engine.url}/detokenize")
 
     def token_bytes(self, token_id: int) -> bytes:
-        if token_id not in self._bytes:
-            self._bytes[token_id] = self.decode([token_id]).encode("utf-8")
-        return self._bytes[token_id]
-
-    def learn(self, ids: Sequence[int]) -> None:
-        pass
-
-    def note_bytes(self, token_id: int, raw: bytes) -> None:
-        if raw:
-            self._bytes[token_id] = raw
+        with self._lock:
+            known = self._bytes.get(token_id)
+        if known is None:
+            known = self.decode([token_id]).encode("utf-8")
+            with self._lock:
+                self._bytes[token_id] = known
+        return known
 
     def _find_size(self) -> int:
-        """The vocabulary's size: the first id the server cannot detokenize (a binary search)."""
-        http = self.engine.http
-        if self.engine.dialect.name == "llama.cpp":
-            status, models = http.get("/v1/models")
-            try:
-                return int(models["data"][0]["meta"]["n_vocab"])
-            except (KeyError, IndexError, TypeError, ValueError):
-                pass
-        if self.engine.dialect.name == "vLLM":  # it names the size when refusing an id beyond it
-            body = {"model": self.engine.model_id, "prompt": [0], "max_tokens": 1, "logprobs": 1, "logprob_token_ids": [1 << 30]}
-            said = _said(http._request("POST", "/v1/completions", body)[1])
-            digits = said.split("Vocabulary size:", 1)[-1].split()[0].strip(".,(") if "Vocabulary size:" in said else ""
-            if digits.isdigit():
-                return int(digits)
-        low, high = 1, 1 << 20
+        """The vocabulary's size: vLLM names it when refusing an id beyond it; else the first id the
+        server cannot detokenize (a binary search)."""
+        http, model = self.engine.http, self.engine.served_model
+        if self.engine.dialect.name == "vLLM":
+            body = {"model": model, "prompt": [0], "max_tokens": 1, "logprobs": 1, "logprob_token_ids": [1 << 30]}
+            size = reply.number_said(http.ask("POST", "/v1/completions", body).text, "Vocabulary size:", reply.VOCABULARY)
+            if size is not None:
+                return size
+        low, high = 1, reply.MAX_VOCABULARY
         while low < high:
             middle = (low + high + 1) // 2
-            status, _ = self.engine.http._request("POST", "/detokenize", {"model": self.engine.model_id, "tokens": [middle - 1]})
-            low, high = (middle, high) if status == 200 else (low, middle - 1)
+            known = http.ask("POST", "/detokenize", {"model": model, "tokens": [middle - 1]}).status == 200
+            low, high = (middle, high) if known else (low, middle - 1)
         return low
+
+
+class PiecesVocabulary:
+    """llama.cpp's: every token's exact bytes read once (/tokenize of the ids, with their pieces: its
+    /detokenize writes a partial UTF-8 character as U+FFFD), so that decoding asks nothing more."""
+
+    def __init__(self, engine: ServerEngine) -> None:
+        self.engine = engine
+        self.size = self._find_size()
+        self._pieces = self._all_pieces()
+        self.end_ids = known_ends(lambda text: self.encode(text, special=True))
+        self.eos_ids = self.special_ids = self.end_ids
+        self.plain_id = plain_id(self)
+
+    def encode(self, text: str, special: bool) -> list[int]:
+        body = {"content": text, "add_special": special, "parse_special": special}
+        return reply.token_ids(self.engine.http.post("/tokenize", body), self.size, f"{self.engine.url}/tokenize")
+
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self._pieces[token_id] for token_id in ids).decode("utf-8", "replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._pieces[token_id]
+
+    def _find_size(self) -> int:
+        models = self.engine.http.get("/v1/models")
+        where = f"{self.engine.url}/v1/models"
+        data = reply.checked(models.value, reply.LLAMA_MODELS, where)["data"] if models.status == 200 else []
+        meta = (data[0].get("meta") or {}) if data else {}
+        if "n_vocab" not in meta:
+            raise LoadError(f"{where} does not say the vocabulary's size (data[0].meta.n_vocab): is this llama-server?")
+        return int(meta["n_vocab"])
+
+    def _all_pieces(self) -> list[bytes]:
+        pieces: list[bytes] = []
+        for start in range(0, self.size, PIECES_PER_REQUEST):
+            ids = list(range(start, min(start + PIECES_PER_REQUEST, self.size)))
+            answer = self.engine.http.post("/tokenize", {"content": ids, "with_pieces": True})
+            pieces += reply.pieces(answer, self.size, ids, f"{self.engine.url}/tokenize")
+        return pieces
 
 
 class LocalVocabulary:
@@ -516,7 +482,7 @@ class LocalVocabulary:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name)
         except Exception as error:
-            raise LoadError(f"--tokenizer {name}: no tokenizer could be loaded ({_said(error)}).") from None
+            raise LoadError(f"--tokenizer {name}: no tokenizer could be loaded ({said(error)}).") from None
         self._token_bytes = token_bytes_of(self.tokenizer, _byte_decoder(self.tokenizer))
         self.special_ids = _special_ids(self.tokenizer)
         self.end_ids = frozenset(i for i in self.special_ids if self.tokenizer.convert_ids_to_tokens(i) in END_OF_TURN_TEXTS)
@@ -528,7 +494,7 @@ class LocalVocabulary:
             pass
         self.eos_ids = frozenset(eos)
         self.size = max(len(self.tokenizer), engine_vocab_size(name, len(self.tokenizer)))
-        self.plain_id = self.encode("a", special=False)[-1]
+        self.plain_id = plain_id(self)
 
     def encode(self, text: str, special: bool) -> list[int]:
         if special:
@@ -540,12 +506,6 @@ class LocalVocabulary:
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._token_bytes(token_id)
-
-    def learn(self, ids: Sequence[int]) -> None:
-        pass
-
-    def note_bytes(self, token_id: int, raw: bytes) -> None:
-        pass
 
 
 def engine_vocab_size(name: str, fallback: int) -> int:
