@@ -18,7 +18,7 @@ from types import MappingProxyType
 from decoding.beam import BeamSearch
 from decoding.chat import conversation, next_turn
 from decoding.compare import COMPARE_NEW_TOKENS
-from decoding.engine import Engine, Forks, ReadsLayers
+from decoding.engine import Engine, Forks, Interrupts, ReadsLayers
 from decoding.errors import SessionError, TokenstepError
 from decoding.files import write_atomically
 from decoding.keeper import SessionKeeper
@@ -56,6 +56,7 @@ class Explorer:
         self.max_new_tokens = max_new_tokens
         self.beam: BeamSearch | None = None
         self.second: SecondModel | None = None  # a second model along the same path
+        self.second_left_out: str | None = None  # why the second model asked for is not there
         self._cursor: int | None = None  # the past path token looked at; None: the live end
         self._lens_shown = False  # a view shows the logit lens: catch_up computes it
         self._lens: tuple[tuple[object, ...], Lens] | None = None  # (where it was computed, the lens)
@@ -195,6 +196,14 @@ class Explorer:
 
         check_same_tokenizer(self.engine, second.engine, first_name, second_name)
         self.second = second
+
+    def interrupt_waits(self, second_too: bool = False) -> None:
+        """Cut short the server requests in flight, from any thread (esc, quitting): the command waiting
+        on one fails at once. The second model's only when asked (it stops following on a failure)."""
+        engines = [self.engine, *([self.second.engine] if second_too and self.second is not None else [])]
+        for engine in engines:
+            if isinstance(engine, Interrupts):
+                engine.interrupt()
 
     # --- where the path starts and goes -----------------------------------------------------------
 
@@ -353,7 +362,10 @@ class Explorer:
         beam = self.beam.snapshot() if self.beam is not None else None
         second = self.second.view(self.session) if self.second is not None else None
         snapshot = replace(self.session.snapshot(), cursor=self.cursor, second=second)
-        return View(snapshot, beam, MappingProxyType(values), model_line(self.engine))
+        model = model_line(self.engine)
+        if self.second_left_out is not None:
+            model += " │ second model left out"
+        return View(snapshot, beam, MappingProxyType(values), model)
 
 
 def model_line(engine: Engine) -> str:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import queue
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.notifications import SeverityLevel
@@ -27,7 +27,7 @@ from textual.widgets import Footer, Input, Label, TextArea
 from decoding import commands
 from decoding.chat import PromptRequest
 from decoding.errors import TokenstepError
-from decoding.loading import EMBEDDED_NAME, LoadOptions
+from decoding.loading import EMBEDDED_NAME, LoadOptions, switched_model
 from decoding.settings import Strategy
 from decoding.state import Snapshot, Timing
 from decoding.tokens import escape_controls, one_line
@@ -106,6 +106,9 @@ class TokenstepApp(App[int]):
         self._job: commands.Job | None = None  # the running command's
         self.loading = False  # a model is being loaded (its Loaded or LoadFailed is still to come)
         self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()  # the model thread's work
+        # A daemon of its own, not a Textual worker (the event loop's executor, which exiting waits for):
+        # quitting never waits on a model command (see tui.cli.exit_without_waiting).
+        self.model_thread = threading.Thread(target=self._serve_model_thread, name="tokenstep-model", daemon=True)
         self._prompts_shown: dict[str, str] = {}  # the prompt box's text -> the prompt it stands for
         self._unsent = ""  # the last message sent, put back in the box if it is refused
         self.heat = HEATS[0].name  # how the text is tinted (h cycles)
@@ -165,27 +168,31 @@ class TokenstepApp(App[int]):
     def on_ready(self) -> None:
         # Sent after the first frame is painted: importing torch holds the GIL for a second or more,
         # so started any earlier it would keep the first frame off the screen.
-        self._model_thread()
+        self.model_thread.start()
         self.load(self.load_options, Settings(self.strategy, self.choices), self.request, self.prefill)
 
     def on_unmount(self) -> None:
         if self._job is not None:
             self._job.cancelled.set()
+        if self.explorer is not None:
+            self.explorer.interrupt_waits(second_too=True)  # a request in flight ends now, not at its deadline
         self._inbox.put(None)  # the model thread ends after what it is doing
 
     def _model_name(self) -> str:
         options = self.load_options
-        return f"{options.model or EMBEDDED_NAME} ({options.engine}, device {options.device}, dtype {options.dtype})"
+        return f"{_named(options)} ({options.engine}, device {options.device}, dtype {options.dtype})"
 
     # --- the model thread -------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="model", exit_on_error=False, description="the model thread")
-    def _model_thread(self) -> None:
+    def _serve_model_thread(self) -> None:
         """Every model command, loading included, runs on this one thread for the app's life: torch's
         thread pools and caches belong to the thread that calls it, and a new thread per command ran
         play ~20 % slower (`python benchmarks/run.py app_play`)."""
         while (job := self._inbox.get()) is not None:
-            job()
+            try:
+                job()
+            except Exception as error:  # each job says its own failures; this thread must outlive any
+                self.post_message(messages.CommandFailed(f"The model thread: {_said(error)}"))
 
     def load(self, options: LoadOptions, settings: Settings, request: PromptRequest | None, prefill: str | None = None) -> None:
         """Load the model on the model thread, then open the exploration at the prompt asked for
@@ -224,12 +231,13 @@ class TokenstepApp(App[int]):
         from decoding.loading import load_engine
         from decoding.second import SecondModel
 
-        self.post_message(messages.LoadProgress(f"loading the second model, {options.model or EMBEDDED_NAME}"))
+        self.post_message(messages.LoadProgress(f"loading the second model, {_named(options)}"))
         try:
             engine = load_engine(options, lambda text: self.post_message(messages.LoadProgress(f"second model: {text}")))
-            name = f"{options.model or EMBEDDED_NAME} ({engine.name})"
+            name = f"{engine.model_id if options.engine == 'server' else _named(options)} ({engine.name})"
             explorer.add_second(SecondModel(engine, name), f"--model {explorer.engine.model_id}", f"--second-model {name}")
         except Exception as error:  # the first model's exploration never depends on the second
+            explorer.second_left_out = _said(error)  # said where the second model would show, too
             self.post_message(messages.CommandFailed(f"The second model is left out: {_said(error)}"))
 
     def _first_prompt(self, explorer: Explorer, request: PromptRequest | None) -> Prompt | None:
@@ -519,6 +527,8 @@ class TokenstepApp(App[int]):
         """Drop what is queued and cancel the running work (the state it reached is shown)."""
         self.queue.clear()
         self._pause()
+        if self.explorer is not None and self.running is not None:
+            self.explorer.interrupt_waits()  # a server's request in flight is cut short too
         self.set_focus(None)
         if self.snapshot is not None and self.snapshot.cursor is not None:
             self.enqueue(commands.Look(None))  # back to the live end
@@ -583,7 +593,7 @@ class TokenstepApp(App[int]):
             if model is None:
                 return
             try:
-                self.load_options = replace(self.load_options, model=model or None)
+                self.load_options = switched_model(self.load_options, model)
             except TokenstepError as error:
                 self.notify(str(error), severity="error", markup=False)
                 return
@@ -604,7 +614,9 @@ class TokenstepApp(App[int]):
             plain = self.query_one("#prompt", Input).value
             self.load(self.load_options, Settings(self.strategy, self.choices), None if self.chat_mode else PromptRequest(plain))
 
-        question = "Model to load: a Hub id, a local folder or a .gguf file (empty: the embedded model)"
+        question = (
+            "Model to load: a Hub id, a local folder, a .gguf file or a server's http:// address (empty: the embedded model)"
+        )
         self.push_screen(AskScreen(question, "HuggingFaceTB/SmolLM2-135M-Instruct"), chosen)
 
     @on(Input.Submitted, "#prompt")
@@ -647,6 +659,11 @@ class TokenstepApp(App[int]):
     @on(CandidatePanel.RowSelected)
     def row_clicked(self, event: CandidatePanel.RowSelected) -> None:
         self.action_pick(event.row)
+
+
+def _named(options: LoadOptions) -> str:
+    """The model that options name: a server's address, a model, or the embedded one."""
+    return (options.url or "") if options.engine == "server" else options.model or EMBEDDED_NAME
 
 
 def _said(error: Exception) -> str:

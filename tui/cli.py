@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -308,10 +310,7 @@ def second_options_from(args: argparse.Namespace) -> LoadOptions | None:
             server_top=args.server_top,
         )
     except TokenstepError as error:  # LoadOptions names the first model's options; these are the second's
-        said = str(error)
-        for option in ("--model", "--engine", "--url"):
-            said = said.replace(f"{option} ", f"--second-{option[2:]} ")
-        raise TokenstepError(said) from None
+        raise TokenstepError(re.sub(r"--(model|engine|url)\b", r"--second-\1", str(error))) from None
 
 
 def parse_picks(text: str, choices: int) -> list[int]:
@@ -438,8 +437,6 @@ def run_diff_command(argv: Sequence[str]) -> int:
     second_options = load_options(
         record, model=args.model, engine=args.engine, device=args.device, dtype=args.dtype, url=args.url, api_key=args.api_key
     )
-    if args.model is not None and args.engine is None and args.url is None:
-        second_options = replace(second_options, engine="transformers", url=None)  # another model: not the trace's server
 
     from decoding.diff import diff_record, format_diff
     from decoding.explorer import Explorer
@@ -523,7 +520,24 @@ def run_app_command(argv: Sequence[str]) -> int:
             second_options=second,
         )
         app.run()
+    exit_without_waiting(app.model_thread, app.return_code or 0)
     return app.return_code or 0
+
+
+QUIT_GRACE_SECONDS = 0.3  # how long a model command still running is given to end, once the app has quit
+
+
+def exit_without_waiting(model_thread: threading.Thread, code: int) -> None:
+    """Quitting never waits on model work (a request a server never answers, a long session opening):
+    a command still running is given QUIT_GRACE_SECONDS to end (a server's request is cut short at
+    once), then the process ends without it, as kill -9 would end it (session files are appended to
+    line by line, and a torn last line is dropped when read)."""
+    if model_thread.is_alive():
+        model_thread.join(QUIT_GRACE_SECONDS)
+    if model_thread.is_alive():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 @contextmanager
