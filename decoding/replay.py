@@ -82,9 +82,19 @@ class StepCheck:
 
 
 def load_options(record: dict[str, Any], **overrides: Any) -> LoadOptions:
-    """The trace's own model, engine and dtype, unless overridden (an override of None keeps the trace's)."""
+    """The trace's own model, engine and dtype, unless overridden (an override of None keeps the trace's).
+    Another engine takes none of the trace's own engine's settings: a server trace read by a local
+    engine leaves the address out, a local trace read by a server (--url alone says so) its model;
+    a model named alone after a server trace runs on the default engine."""
     options = recorded_model(record.get("model"), record.get("engine"), record.get("dtype"), record.get("url"))
-    options.update({name: value for name, value in overrides.items() if value is not None})
+    given = {name: value for name, value in overrides.items() if value is not None}
+    engine = given.get("engine") or ("server" if "url" in given else None)
+    if engine is None and "model" in given and options["engine"] == "server":
+        engine = "transformers"
+    if engine is not None and engine != options["engine"]:
+        kept = () if engine == "server" else ("model", "dtype")
+        options = {"engine": engine, **{name: options[name] for name in kept if name in options}}
+    options.update(given)
     return LoadOptions(**options)
 
 
