@@ -4,6 +4,7 @@ GGUF, and vLLM (CPU) serving its converted copy; agreement with the in-process e
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import threading
 
@@ -13,9 +14,12 @@ import torch
 from decoding.errors import LoadError, TokenstepError
 from decoding.explorer import Explorer
 from decoding.loading import LoadOptions, converted_gguf, embedded_gguf, load_engine
+from decoding.second import SecondModel, check_same_tokenizer
 from decoding.session import Session
 from decoding.settings import Strategy
 from tests import servers
+from tests.test_hostile import run_cli
+from tests.test_positions import llama_fed_one_at_a_time
 
 pytestmark = pytest.mark.server
 PROMPT = "Transformers are the"
@@ -98,6 +102,93 @@ def test_llama_server_undo_sends_no_request_and_a_forced_token_outside_the_n_get
     served.http.post = lambda *args: requests.append(args) or post(*args)
     session.undo()
     assert requests == [] and session.distribution == before
+
+
+@pytest.mark.embedded
+def test_llama_server_reads_every_token_as_the_local_engines_do(llama_server_url, embedded_engine):
+    """Its /detokenize writes a partial UTF-8 character as U+FFFD (token 111 read as b'\\xef\\xbf\\xbd');
+    the bytes come from /tokenize of the ids with their pieces."""
+    pytest.importorskip("llama_cpp")
+    served, llama = server_engine(llama_server_url), load_engine(LoadOptions(engine="llama"))
+    ids = range(embedded_engine.vocab_size)
+    assert served.vocab_size == embedded_engine.vocab_size == llama.vocab_size
+    assert (
+        [served.token_bytes(i) for i in ids]
+        == [embedded_engine.token_bytes(i) for i in ids]
+        == [llama.token_bytes(i) for i in ids]
+    )
+    assert served.token_bytes(111) == b"\xa1"
+    check_same_tokenizer(embedded_engine, served, "transformers", "llama-server")
+
+
+def test_llama_server_gives_a_token_it_would_hold_back_its_true_log_probability(llama_server_url):
+    """A token ending in a character's first bytes (0xE0: three bytes to come) is held back by
+    llama-server, forced, with its log-probability: the whole distribution tells it instead."""
+    pytest.importorskip("llama_cpp")
+    served, local = Session(server_engine(llama_server_url, top=5)), Session(load_engine(LoadOptions(engine="llama")))
+    for session in (served, local):
+        session.reset(PROMPT)
+    logprobs = torch.log_softmax(local.next.scores.values, -1)
+    lead, plain = 171, int(torch.argsort(logprobs, descending=True)[200])
+    assert served.engine.token_bytes(lead) == b"\xe0"
+    for token in (lead, plain):
+        assert served.engine.logprob_of(token) == pytest.approx(float(logprobs[token]), abs=1e-3)
+
+
+@pytest.mark.embedded
+def test_llama_server_is_the_second_model_of_the_transformers_engine(llama_server_url, embedded_engine):
+    pytest.importorskip("llama_cpp")
+    explorer = Explorer(embedded_engine, choices=10, max_new_tokens=16)
+    explorer.add_second(SecondModel(server_engine(llama_server_url), "llama-server"), "first", "second")
+    explorer.new_prompt(PROMPT)
+    for pick in (0, 0, 3, 0, 1, 0):
+        explorer.force(explorer.session.distribution.candidates[pick].token_id)
+    explorer.catch_up()
+    second = explorer.view().snapshot.second
+    assert second is not None and second.note == "" and all(pair is not None for pair in second.path)
+    ids = explorer.session.ids
+    local = llama_fed_one_at_a_time(ids)  # llama.cpp in-process, fed as the second model is: a token at a time
+    start = len(explorer.session.prompt_ids)
+    for index, (token, pair) in enumerate(zip(explorer.session.path, second.path), start=start):
+        assert pair.second.logprob == pytest.approx(float(local[index - 1, token.token_id]), abs=1e-3)
+
+
+@pytest.mark.embedded
+async def test_the_app_takes_llama_server_as_the_second_model(llama_server_url):
+    from tests.test_app import SIZE, settle
+    from tui.app import TokenstepApp
+
+    app = TokenstepApp(prompt=PROMPT, look_ahead=0, second_options=LoadOptions(engine="server", url=llama_server_url))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, rounds=6000)
+        await pilot.press("space", "space")
+        await settle(pilot, rounds=6000)
+        status = str(app.query_one("#status").content)
+        assert "second Δlogp=" in status and "left out" not in status
+
+
+@pytest.mark.embedded
+def test_diff_reads_a_path_on_llama_server_and_a_server_trace_on_local_engines(llama_server_url, tmp_path):
+    pytest.importorskip("llama_cpp")
+    local_trace, server_trace = tmp_path / "local.json", tmp_path / "server.json"
+    code, out, err = run_cli("trace", PROMPT, "--steps", "5", "--picks", "0,2", "--format", "json")
+    assert code == 0, err
+    local_trace.write_text(out)
+    code, out, err = run_cli("trace", PROMPT, "--steps", "5", "--engine", "server", "--url", llama_server_url, "--format", "json")
+    assert code == 0, err
+    server_trace.write_text(out)
+    for trace, engine in (
+        (local_trace, ["--engine", "server", "--url", llama_server_url]),
+        (server_trace, ["--engine", "llama"]),
+        (server_trace, ["--engine", "transformers"]),
+    ):
+        code, out, err = run_cli("diff", str(trace), *engine, "--format", "json")
+        assert code == 0, err
+        record = json.loads(out)
+        assert record["note"] == "" and len(record["tokens"]) == 3 + 5  # every token after the first, followed
+        # (a prompt token outside a server's top N has no log-probability there; a path token is asked for)
+        differences = [abs(row["difference"]) for row in record["tokens"] if row["part"] == "path"]
+        assert max(differences) < 0.2  # one GGUF, its float32 copy (None would not compare)
 
 
 # --- vLLM ------------------------------------------------------------------------------------------
@@ -192,16 +283,16 @@ def test_a_server_that_stops_answering_leaves_the_path_and_the_step_can_be_retri
     session.step()
     path = session.path
     monkeypatch.setattr(served.http, "base", "http://127.0.0.1:9")  # for the message
-    real = served.http._request
+    real = served.http.ask
 
     def down(*args, **kwargs):
         raise decoding.server_engine.ServerError("http://127.0.0.1:9 cannot be reached (refused): is the server running?")
 
-    served.http._request = down
+    served.http.ask = down
     with pytest.raises(TokenstepError, match="cannot be reached"):
         session.step()
     assert session.path == path and served.cached_length == len(session.ids)
-    served.http._request = real
+    served.http.ask = real
     session.step()  # retried
     assert len(session.path) == 2
 
