@@ -85,7 +85,9 @@ def test_a_conversation_far_beyond_the_context_is_refused_without_rendering_it(t
     engine = decoding.loading.load_engine(decoding.loading.LoadOptions(model=str(tiny_chat_model_dir), device="cpu"))
     rendered = []
     render = engine.render_chat
-    engine.render_chat = lambda messages, add_generation_prompt: rendered.append(messages) or render(messages, add_generation_prompt)
+    engine.render_chat = lambda messages, add_generation_prompt: (
+        rendered.append(messages) or render(messages, add_generation_prompt)
+    )
     monkeypatch.setattr(decoding.loading, "load_engine", lambda options, progress=None: engine)
     path = tmp_path / "chat.json"
     path.write_text(json.dumps([{"role": "user", "content": "Say it again. " * 20_000}]))
