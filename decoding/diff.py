@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from decoding.chat import Turn, messages_of
 from decoding.errors import SessionError
 from decoding.prompt import recorded_prompt
+from decoding.replay import check_fits
 from decoding.state import PairScore
 from decoding.tokens import one_line, token_label
 from decoding.trace import terminal_safe_json
@@ -31,8 +32,9 @@ def diff_record(explorer: Explorer, second: SecondModel, record: dict[str, Any])
     follow it, and gather both models' scores of every token after the first."""
     if "sequence_score" in record:
         raise SessionError("diff follows one path, and a beam trace holds several: export a single path (greedy or sampling).")
-    # A tokenizer that differs is refused before any model work.
+    # A tokenizer that differs, or a path this model cannot read, is refused before any model work.
     explorer.add_second(second, f"the trace's model {explorer.engine.model_id}", f"--model {second.name}")
+    check_fits(explorer.engine, record)
     messages = messages_of(record.get("messages", []), "the trace's messages")
     explorer.new_prompt(
         recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"], record.get("prompt_form", "plain"), messages)
@@ -41,9 +43,7 @@ def diff_record(explorer: Explorer, second: SecondModel, record: dict[str, Any])
     for number, step in enumerate(record["steps"], start=1):
         if "turn" in step:
             turn = step["turn"]
-            said = messages_of(turn["messages"], f"turn {number}'s message")
-            if not said:
-                raise SessionError(f"turn {number} of the trace holds no message.")
+            said = messages_of(turn["messages"], f"turn {number}'s message")  # the shape holds one or more
             session.add_turn(Turn(said[-1], turn["text"], tuple(turn["ids"])))
         else:
             explorer.force(step["chosen"]["token_id"])

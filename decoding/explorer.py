@@ -23,7 +23,7 @@ from decoding.errors import SessionError, TokenstepError
 from decoding.files import write_atomically
 from decoding.keeper import SessionKeeper
 from decoding.panels import Lens
-from decoding.prompt import Prompt, chat_prompt, checked_text
+from decoding.prompt import Prompt, chat_prompt, check_room, check_size, checked_text
 from decoding.second import SecondModel
 from decoding.session import Session
 from decoding.settings import Strategy
@@ -236,9 +236,11 @@ class Explorer:
         if self.beam is not None:
             raise SessionError("Text is forced onto a single path: switch from beam search to greedy or sampling first.")
         checked_text(text, "The text")
+        check_size(self.engine, text, "The text")
         ids = self.engine.encode_piece(text)
         if not ids:
             raise SessionError("The text gives no tokens: type something to force.")
+        check_room(self.engine, len(self.session.ids), len(ids), "The text")
         for token_id in ids:
             self.session.force(token_id)
 

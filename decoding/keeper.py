@@ -35,6 +35,8 @@ class SessionKeeper:
         saved, self.saved = self.saved, None
         if saved is None:
             return _start(session, prompt)
+        if saved.note:  # what reading left out (a last save cut short)
+            self.note(saved.note)
         if not session_file.same_model(saved.model, session.engine):
             model = _described(saved.model)
             self.foreign = (tuple(saved.tree.branches()), model)

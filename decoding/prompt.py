@@ -18,6 +18,9 @@ from decoding.tokens import undecodable_at
 
 FORMS = ("plain", "chat")
 ROLES = ("system", "user", "assistant")
+# Text longer than the context times this many characters is first tokenized only that far: text
+# runs ~4 characters a token, so a prefix that long is enough to show that the whole cannot fit.
+PREFIX_CHARACTERS_PER_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ def plain_prompt(engine: Engine, text: str) -> Prompt:
     if not text:
         raise SessionError("The prompt is empty: type some text for the model to continue.")
     checked_text(text, "The prompt")
+    check_size(engine, text, "The prompt")
     return Prompt(text, checked_ids(engine, engine.encode(text)))
 
 
@@ -46,6 +50,7 @@ def chat_prompt(engine: Engine, messages: Sequence[Message]) -> Prompt:
     (as `apply_chat_template(messages, add_generation_prompt=True)` renders it)."""
     messages = checked_messages(messages)
     template_holder = chat_engine(engine)
+    check_size(engine, "\n".join(m.content for m in messages), "The conversation")
     text, ids = template_holder.render_chat(
         [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True
     )
@@ -74,6 +79,32 @@ def checked_messages(messages: Sequence[Message]) -> tuple[Message, ...]:
             raise SessionError(f"The {message.role} message is empty: write something first.")
         checked_text(message.content, f"The {message.role} message")
     return tuple(messages)
+
+
+def check_size(engine: Engine, text: str, what: str) -> None:
+    """Refuse text far longer than the context before tokenizing all of it (a 50 MB prompt took a
+    minute): when a prefix of it, cut at a space, already gives more tokens than the model reads,
+    so does the whole."""
+    limit = engine.context_limit
+    prefix = text[: limit * PREFIX_CHARACTERS_PER_TOKEN]
+    if len(prefix) == len(text):
+        return  # short enough to tokenize whole
+    prefix = prefix[: prefix.rfind(" ")] if " " in prefix else prefix
+    if (tokens := len(engine.encode_piece(prefix))) > limit:
+        raise SessionError(
+            f"{what} is {len(text):,} characters long, and its first {len(prefix):,} alone are {tokens:,} tokens: "
+            f"this model reads at most {limit:,}. Shorten it."
+        )
+
+
+def check_room(engine: Engine, held: int, adding: int, what: str) -> None:
+    """Refuse `adding` tokens after the `held` ones when together they pass the context, before any
+    of them is fed (forcing them one by one up to the limit took minutes)."""
+    if held + adding > engine.context_limit:
+        raise SessionError(
+            f"{what} is {adding:,} tokens, and after the {held:,} before it that makes {held + adding:,}: "
+            f"this model reads at most {engine.context_limit:,}. Shorten it."
+        )
 
 
 def checked_text(text: str, what: str) -> None:

@@ -15,8 +15,8 @@ from decoding.engine import Engine
 from decoding.errors import SessionError, SettingsError
 from decoding.loading import LoadOptions, recorded_model
 from decoding.prompt import chat_prompt, plain_prompt, recorded_prompt
-from decoding.schema import Number, ShapeError, Whole, check
-from decoding.settings import Strategy
+from decoding.schema import LOG_PROBABILITY, PROBABILITY, TOKEN_ID, Items, ShapeError, Whole, check
+from decoding.settings import MAX_CHOICES, Strategy
 
 if TYPE_CHECKING:
     from decoding.explorer import Explorer
@@ -29,25 +29,25 @@ _COMMON = {
     "strategy": {"do_sample?": bool, "num_beams?": Whole(1)},
     "seed?": Whole(0),
     "prompt": str,
-    "prompt_ids": [Whole(0)],
+    "prompt_ids": [TOKEN_ID],
     "prompt_form?": str,
     "messages?": [{"role": str, "content": str}],
 }
 TOKEN_STEP = {
-    "candidates": [{"token_id": Whole(0), "prob": Number(0, 1), "text": str}],
-    "chosen": {"token_id": Whole(0), "forced": bool, "text": str},
+    "candidates": Items({"token_id": TOKEN_ID, "prob": PROBABILITY, "text": str}, least=1),
+    "chosen": {"token_id": TOKEN_ID, "forced": bool, "text": str},
 }
-TURN_STEP = {"turn": {"messages": [{"role": str, "content": str}], "text": str, "ids": [Whole(0)]}}
+TURN_STEP = {"turn": {"messages": Items({"role": str, "content": str}, least=1), "text": str, "ids": Items(TOKEN_ID, least=1)}}
 PATH_TRACE_SHAPE = {
     **_COMMON,
-    "choices?": Whole(1),
+    "choices?": Whole(1, MAX_CHOICES),
     "steps": [(TOKEN_STEP, TURN_STEP)],
 }
 BEAM_TRACE_SHAPE = {
     **_COMMON,
     "max_new_tokens": Whole(1),
     "finished": (str, None),
-    "steps": [{"beams": [{"token_ids": [Whole(0)], "score": float}]}],
+    "steps": [{"beams": [{"token_ids": [TOKEN_ID], "score": LOG_PROBABILITY}]}],  # none live once all have finished
 }
 
 
@@ -66,6 +66,28 @@ def checked_trace(record: Any, name: str) -> dict[str, Any]:
     if not record["prompt_ids"]:
         raise SessionError(f"{name} holds no prompt ids: there is nothing to replay from.")
     return record
+
+
+def check_fits(engine: Engine, record: dict[str, Any]) -> None:
+    """What only the model a path trace is read on can judge, before any model work: every id it
+    will be fed is in its vocabulary, and the whole path fits its context."""
+    fed = [
+        record["prompt_ids"],
+        *(step["turn"]["ids"] if "turn" in step else [step["chosen"]["token_id"]] for step in record["steps"]),
+    ]
+    for number, ids in enumerate(fed):
+        beyond = next((token_id for token_id in ids if token_id >= engine.vocab_size), None)
+        if beyond is not None:
+            where = "its prompt" if number == 0 else f"its step {number}"
+            raise SessionError(
+                f"The trace feeds token id {beyond} in {where}, beyond this model's vocabulary of {engine.vocab_size:,}."
+            )
+    length = sum(map(len, fed))
+    if length > engine.context_limit:
+        raise SessionError(
+            f"The trace's path is {length:,} tokens long, and this model reads at most {engine.context_limit:,}: "
+            "it cannot be followed here."
+        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,7 @@ def prompt_difference(engine: Engine, record: dict[str, Any]) -> str | None:
 def replay_path(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
     """Compare a path trace (`tokenstep trace`, or `e` in the app) step by step, from the recorded
     prompt ids (so a tokenizer that changed shows as a difference, see `prompt_difference`)."""
+    check_fits(explorer.engine, record)
     messages = messages_of(record.get("messages", []), "the trace's messages")
     form = record.get("prompt_form", "plain")
     explorer.new_prompt(recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"], form, messages))
@@ -168,10 +191,7 @@ def replay_path(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
 def _replay_turn(explorer: Explorer, number: int, recorded: dict[str, Any]) -> StepCheck:
     """A chat's later turn: fed as recorded; whether the template still frames it so is its check."""
     session = explorer.session
-    messages = messages_of(recorded["messages"], f"turn {number}'s message")
-    if not messages:
-        raise SessionError(f"turn {number} of the trace holds no message.")
-    message = messages[-1]
+    message = messages_of(recorded["messages"], f"turn {number}'s message")[-1]  # the shape holds one or more
     turn = Turn(message, recorded["text"], tuple(recorded["ids"]))
     try:
         now: tuple[int, ...] | None = next_turn(explorer.engine, session.conversation(), session.ids, session.text, message).ids

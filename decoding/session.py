@@ -20,7 +20,7 @@ from decoding.errors import SessionError, SettingsError
 from decoding.positions import prompt_scores
 from decoding.prompt import Prompt, checked_ids, plain_prompt
 from decoding.scores import NextToken, Scores
-from decoding.settings import Strategy
+from decoding.settings import MAX_CHOICES, Strategy, choices_problem
 from decoding.state import Distribution, Message, PathToken, ProcessorReport, Snapshot, TokenScore, TurnMark
 from decoding.tokens import RunningText, TokenTexts, bytes_to_text, one_line
 from decoding.tree import Node, Tree
@@ -667,13 +667,19 @@ class Session:
 
     def _check_saved(self, tree: Tree) -> None:
         """What a file can hold that only this model can judge: token ids in its vocabulary, prompts
-        that fit its context (sampler states are checked as the jump sets them)."""
+        and the path to the current node that fit its context (sampler states are checked as the
+        jump sets them)."""
         for node in tree.nodes.values():
             ids = list(node.prompt_ids) if node.token is None else [node.token.token_id]
             if any(not 0 <= token_id < self.engine.vocab_size for token_id in ids):
                 raise SessionError(f"Node {node.id} of the saved tree holds a token id outside this model's vocabulary.")
             if len(node.prompt_ids) >= self.engine.context_limit:
                 raise SessionError(f"The saved prompt of node {node.id} is longer than this model's context.")
+        length = sum(len(node.ids) for node in tree.path(tree.here))  # refused before a token of it is read
+        if length > self.engine.context_limit:
+            raise SessionError(
+                f"The saved path is {length:,} tokens long, and this model reads at most {self.engine.context_limit:,}."
+            )
 
 
 def _runs(nodes: list[Node]) -> list[list[Node]]:
@@ -688,8 +694,9 @@ def _runs(nodes: list[Node]) -> list[list[Node]]:
 
 
 def _checked_choices(choices: int, vocab_size: int) -> int:
-    if isinstance(choices, bool) or not isinstance(choices, int) or not 1 <= choices <= vocab_size:
-        raise SettingsError(f"the number of candidates shown must be a whole number from 1 to {vocab_size} (got {choices!r}).")
+    most = min(MAX_CHOICES, vocab_size)
+    if choices_problem(choices) or choices > most:
+        raise SettingsError(f"the number of candidates shown must be a whole number from 1 to {most} (got {choices!r}).")
     return choices
 
 

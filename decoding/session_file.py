@@ -21,9 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from decoding.errors import SessionError, SettingsError
-from decoding.files import FileError, append_line, read_text_file, write_atomically
-from decoding.schema import Number, ShapeError, Whole, check
-from decoding.settings import Strategy
+from decoding.files import FileError, append_line, path_problem, read_file_bytes, read_text_file, shown_path, write_atomically
+from decoding.json_text import JsonError, parse_json
+from decoding.schema import (
+    ENTROPY,
+    LOG_PROBABILITY,
+    MAX_VOCABULARY,
+    PROBABILITY,
+    TOKEN_ID,
+    Items,
+    ShapeError,
+    Whole,
+    check,
+)
+from decoding.settings import MAX_CHOICES, Strategy
 from decoding.state import Candidate, Distribution, Message, PathToken
 from decoding.tree import Node, Tree
 
@@ -39,6 +50,7 @@ class SavedSession:
     model: dict[str, Any]  # model_id, engine, vocab_size, fingerprint
     strategy: Strategy
     choices: int
+    note: str = ""  # for the person: what reading left out (a last save cut short)
 
 
 def model_identity(engine) -> dict[str, Any]:
@@ -161,13 +173,14 @@ def _node_record(node: Node) -> dict[str, Any]:
 
 # --- reading ---------------------------------------------------------------------------------------
 
+RANK = Whole(0, MAX_VOCABULARY - 1)
 CANDIDATE_SHAPE = {
-    "token_id": Whole(0),
+    "token_id": TOKEN_ID,
     "text": str,
-    "prob": Number(0, 1),
-    "logprob": float,
-    "rank": Whole(0),
-    "processed_prob?": (Number(0, 1), None),
+    "prob": PROBABILITY,
+    "logprob": LOG_PROBABILITY,
+    "rank": RANK,
+    "processed_prob?": (PROBABILITY, None),
     "removed?": bool,
     "special?": bool,
     "ends?": bool,
@@ -177,28 +190,28 @@ NODE_SHAPE = {
     "parent": (Whole(0), None),
     "made_by": str,
     "prompt?": str,
-    "prompt_ids?": [Whole(0)],
+    "prompt_ids?": [TOKEN_ID],
     "form?": str,
     "messages?": [{"role": str, "content": str}],
     "token?": {
-        "token_id": Whole(0),
+        "token_id": TOKEN_ID,
         "text": str,
-        "prob": Number(0, 1),
-        "logprob": float,
-        "rank": (Whole(0), None),
+        "prob": PROBABILITY,
+        "logprob": LOG_PROBABILITY,
+        "rank": (RANK, None),
         "forced": bool,
-        "processed_prob?": (Number(0, 1), None),
+        "processed_prob?": (PROBABILITY, None),
         "raw": str,
         "piece": str,
         "special?": bool,
     },
     "panel?": (
         {
-            "candidates": [CANDIDATE_SHAPE],
-            "entropy": Number(0),
-            "processed_entropy": (Number(0), None),
-            "known?": (Whole(1), None),
-            "covered?": Number(0, 1),
+            "candidates": Items(CANDIDATE_SHAPE, least=1),
+            "entropy": ENTROPY,
+            "processed_entropy": (ENTROPY, None),
+            "known?": (Whole(1, MAX_VOCABULARY), None),
+            "covered?": PROBABILITY,
         },
         None,
     ),
@@ -208,7 +221,7 @@ SESSION_SHAPE = {
     "model": {
         "model_id": (str, None),
         "engine": str,
-        "vocab_size": Whole(1),
+        "vocab_size": Whole(1, MAX_VOCABULARY),
         "fingerprint": str,
         "weights?": str,
         "dtype?": str,
@@ -234,7 +247,7 @@ def load(path: Path) -> SavedSession:
     """Read a session file, checked in full; SessionError (saying what is wrong) if it is missing,
     foreign or damaged. The file is only read."""
     try:
-        record = read_record(path)
+        record, note = _read(path)
     except FileError as error:
         raise SessionError(f"{error} It was left as it is.") from None
     try:
@@ -245,46 +258,74 @@ def load(path: Path) -> SavedSession:
         if record["choices"] > model["vocab_size"]:
             raise ValueError(f"choices is {record['choices']}, more than the vocabulary's {model['vocab_size']} tokens")
     except (ShapeError, ValueError, TypeError, SettingsError) as error:
-        raise SessionError(f"{path} is damaged ({error}). It was left as it is.") from None
-    return SavedSession(tree, model, strategy, record["choices"])
+        raise SessionError(f"{shown_path(path)} is damaged ({error}). It was left as it is.") from None
+    # More candidates than a panel shows now (files from before the cap): a setting, not data.
+    return SavedSession(tree, model, strategy, min(record["choices"], MAX_CHOICES), note)
+
+
+def load_if_there(path: Path) -> SavedSession | None:
+    """The session in the file at `path`, or None if there is no file yet; SessionError if the name
+    cannot be a file's or the file cannot be read as a session."""
+    if problem := path_problem(str(path)):
+        raise SessionError(f"{shown_path(path)} cannot be a session file: {problem}.")
+    try:
+        there = path.exists()
+    except OSError as error:
+        raise SessionError(f"{shown_path(path)} cannot be a session file ({error.strerror or error}).") from None
+    return load(path) if there else None  # a damaged file stops here, untouched
 
 
 def read_record(path: Path) -> dict[str, Any]:
     """The session as one JSON object: the first line with every later line's changes applied (a
     last line cut short by a killed save is left out). FileError if it is not a session's file;
     SessionError if a line is damaged. Shapes are checked by `load`."""
+    return _read(path)[0]
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str]:
+    """`read_record`'s record, and a note for the person when the last save was cut short."""
     what = "a tokenstep session"
-    text = read_text_file(path, what)
-    first, _, rest = text.partition("\n")
+    data = read_file_bytes(path, what)
+    first, _, rest = data.partition(b"\n")
+    *lines, torn = rest.split(b"\n")  # whole lines only: the bytes after the last newline are a save cut short
     try:
-        record = _json(first)
-        lines = rest.split("\n")[:-1]  # whole lines only: the piece after the last newline is a save cut short
+        record = _json(first, 1)
     except ValueError:
         try:  # one object over several lines: a version 1 file, or one a person formatted
-            record, lines = _json(text), []
+            record, lines, torn = _json(data), [], b""
         except ValueError as error:
-            raise FileError(f"{path} is not {what}: not valid JSON ({error}).") from None
+            raise FileError(f"{shown_path(path)} is not {what}: {error}.") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise SessionError(f'{path} is not a tokenstep session file (no "format": "{FORMAT}"). It was left as it is.')
+        raise SessionError(f'{shown_path(path)} is not a tokenstep session file (no "format": "{FORMAT}"). It was left as it is.')
     if record.get("version") not in (1, VERSION):
         raise SessionError(
-            f"{path} is a version {record.get('version')!r} session; this tokenstep reads versions 1 and {VERSION}."
+            f"{shown_path(path)} is a version {record.get('version')!r} session; this tokenstep reads versions 1 and {VERSION}."
         )
     try:
         _apply_changes(record, lines)
     except (ShapeError, ValueError) as error:
-        raise SessionError(f"{path} is damaged ({error}). It was left as it is.") from None
-    return record
+        raise SessionError(f"{shown_path(path)} is damaged ({error}). It was left as it is.") from None
+    note = (
+        f"The last save to {shown_path(path)} was cut short (the process was stopped while writing it): "
+        f"its {len(torn):,} bytes after the last whole line were left out."
+        if torn
+        else ""
+    )
+    return record, note
 
 
-def _json(text: str) -> Any:
+def _json(data: bytes, line: int | None = None) -> Any:
+    """The JSON value of one line (None: of the whole file); ValueError saying what is wrong."""
+    where = "" if line is None else f"line {line}: "
     try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("its JSON is nested too deeply") from None
+        return parse_json(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{where}not UTF-8 text (byte {error.start})") from None
+    except JsonError as error:
+        raise ValueError(f"{where}{error}") from None
 
 
-def _apply_changes(record: dict[str, Any], lines: list[str]) -> None:
+def _apply_changes(record: dict[str, Any], lines: list[bytes]) -> None:
     """The saved changes, in order, onto the whole record (whose own shape `load` checks afterwards)."""
     if not lines:
         return
@@ -297,10 +338,7 @@ def _apply_changes(record: dict[str, Any], lines: list[str]) -> None:
     if len(nodes) != len(tree["nodes"]):
         raise ValueError("two nodes of the first line have one id")
     for number, line in enumerate(lines, start=2):
-        try:
-            change = _json(line)
-        except ValueError as error:
-            raise ValueError(f"line {number} is not valid JSON: {error}") from None
+        change = _json(line, number)
         check(change, CHANGE_SHAPE, f"line {number}")
         nodes.update((node["id"], node) for node in change["nodes"])
         for node_id in change["gone"]:
@@ -340,13 +378,14 @@ def _node(item: dict[str, Any], vocab_size: int) -> Node:
     else:
         token = PathToken(**{**item["token"], "raw": _hex(item["token"]["raw"], item["id"])})
         _check_ids([token.token_id], vocab_size, item["id"])
-        if item.get("panel"):
-            candidates = tuple(Candidate(**candidate) for candidate in item["panel"]["candidates"])
-            _check_ids([c.token_id for c in candidates], vocab_size, item["id"])
-            saved = item["panel"]
-            panel = Distribution(
-                candidates, saved["entropy"], saved["processed_entropy"], saved.get("known"), saved.get("covered", 1.0)
-            )
+        saved = item.get("panel")
+        if not saved:  # every save holds it: without it the path could only be read again a token at a time
+            raise ValueError(f"node {item['id']} holds a token without the candidates it was chosen from")
+        candidates = tuple(Candidate(**candidate) for candidate in saved["candidates"])
+        _check_ids([c.token_id for c in candidates], vocab_size, item["id"])
+        panel = Distribution(
+            candidates, saved["entropy"], saved["processed_entropy"], saved.get("known"), saved.get("covered", 1.0)
+        )
     messages = tuple(Message(m["role"], m["content"]) for m in item.get("messages", ()))
     if item["parent"] is not None and token is None and not messages:
         raise ValueError(f"node {item['id']} is a turn without its message")
@@ -450,9 +489,12 @@ def last_session() -> Path:
     if not marker.is_file():
         raise SessionError(f"There is no session to resume yet ({marker} does not exist). Start one with tokenstep.")
     try:
-        path = Path(read_text_file(marker, "the name of the last session").strip())
+        name = read_text_file(marker, "the name of the last session").strip()
     except FileError as error:
         raise SessionError(f"{error} Open a session with --session FILE.") from None
+    if problem := "it is empty" if not name else path_problem(name):
+        raise SessionError(f"{marker} does not name the last session ({problem}). Open a session with --session FILE.")
+    path = Path(name)
     if not path.is_file():
-        raise SessionError(f"The last session, {path}, is gone. Open another with --session FILE.")
+        raise SessionError(f"The last session, {shown_path(path)}, is gone. Open another with --session FILE.")
     return path

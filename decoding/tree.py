@@ -177,19 +177,23 @@ class Tree:
         return found
 
     def branches(self) -> list[Branch]:
-        """Rows for a view, depth first: each root, then its runs of nodes, forks indented."""
+        """Rows for a view, depth first: each root, then its runs of nodes, forks indented. (A loop,
+        not recursion: a file can hold a fork at every one of thousands of levels.)"""
         on_path = {node.id for node in self.path(self.current)} if self.current is not None else set()
         rows: list[Branch] = []
         for root_id in self.roots:
             root = self.nodes[root_id]
             rows.append(Branch((root_id,), 0, one_line(root.prompt), 0.0, "prompt", root_id in on_path, root_id == self.current))
-            for child in root.children:
-                self._walk(child, 1, 0.0, on_path, rows)
+            below = [(child, 1, 0.0) for child in reversed(root.children)]  # the next run's start, level, logprob above
+            while below:
+                row = self._run(*below.pop(), on_path)
+                rows.append(row)
+                below.extend((child, row.level + 1, row.logprob) for child in reversed(self.nodes[row.end].children))
         return rows
 
-    def _walk(self, start: int, level: int, logprob_above: float, on_path: set[int], rows: list[Branch]) -> None:
-        """One run from `start` down to a fork or a leaf, then the runs below it; `logprob_above`: the
-        sequence log-probability where the run starts."""
+    def _run(self, start: int, level: int, logprob_above: float, on_path: set[int]) -> Branch:
+        """The run from `start` down to a fork or a leaf; `logprob_above`: the sequence
+        log-probability where the run starts."""
         run = [start]
         while len(children := self.nodes[run[-1]].children) == 1 and not self.nodes[children[0]].is_turn:
             run.append(children[0])
@@ -199,19 +203,15 @@ class Tree:
         text = _run_text(tokens)
         if first.is_turn and first.messages:  # a chat's next message, then the reply to it
             text = f"▸ {first.messages[-1].role}: {first.messages[-1].content} ▸ {text}"
-        rows.append(
-            Branch(
-                tuple(run),
-                level,
-                one_line(text),
-                logprob,
-                self.nodes[start].made_by,
-                any(node_id in on_path for node_id in run),
-                self.current in run,
-            )
+        return Branch(
+            tuple(run),
+            level,
+            one_line(text),
+            logprob,
+            first.made_by,
+            any(node_id in on_path for node_id in run),
+            self.current in run,
         )
-        for child in self.nodes[run[-1]].children:
-            self._walk(child, level + 1, logprob, on_path, rows)
 
     def _new(self, parent: int | None, **fields) -> Node:
         node = Node(id=self.next_id, parent=parent, **fields)

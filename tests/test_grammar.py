@@ -132,7 +132,7 @@ def cli(*args):
 @pytest.mark.parametrize(
     ("content", "option", "message"),
     [
-        ("{not json", "--json-schema", "is not valid JSON"),
+        ("{not json", "--json-schema", "cannot be read: not valid JSON"),
         ('{"type": 5}', "--json-schema", "is not a valid schema"),
         ('root ::= "a" |', "--grammar", "grammar cannot be used: EBNF parser error"),
         ("root ::= foo", "--grammar", 'Rule "foo" is not defined'),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -512,3 +513,278 @@ def test_truncated_model_files_are_refused_in_one_line(tiny_model_dir, tmp_path,
         code, _, err = run_cli("trace", "hi", "--model", str(model), "--device", "cpu")
         assert_one_line(code, err)
         assert "cannot be read" in err or "cannot read" in err
+
+
+# --- hostile numbers, torn tails and deep JSON in files (issue 24) --------------------------------
+
+# What a hostile file puts where a number or a list belongs.
+HOSTILE_VALUES = st.sampled_from(
+    [1e308, -1e308, math.nan, math.inf, -math.inf, -1, 2**64, 2**31, 10**400, 0.5, "7", "", [], [[]], {}, None, True]
+)
+
+
+def places_of_numbers_and_lists(value, path=()):
+    if isinstance(value, (int, float, list)) and not isinstance(value, bool) and path:
+        yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from places_of_numbers_and_lists(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from places_of_numbers_and_lists(item, (*path, index))
+
+
+def with_hostile_numbers(record, data, times=2):
+    """The record with a number or a list replaced by a hostile value, a few times over."""
+    record = json.loads(json.dumps(record))
+    for _ in range(data.draw(st.integers(1, times))):
+        path = data.draw(st.sampled_from(list(places_of_numbers_and_lists(record))))
+        parent = record
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = data.draw(HOSTILE_VALUES)
+    return record
+
+
+def stamp(path: Path) -> tuple[bytes, int]:
+    """What a read must leave as it was: the bytes and the modification time."""
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def assert_in_range(saved) -> None:
+    """Every number a view is given from a reopened session: finite (a log-probability may be -inf) and in range."""
+    for node in saved.tree.nodes.values():
+        if node.token is None:
+            assert node.prompt_ids and all(0 <= i < saved.model["vocab_size"] for i in node.prompt_ids)
+            continue
+        token, panel = node.token, node.panel
+        assert 0 <= token.prob <= 1 and -math.inf <= token.logprob <= 0 and panel is not None and panel.candidates
+        assert 0 <= panel.entropy <= math.log(2**31) and 0 <= panel.covered <= 1
+        for candidate in panel.candidates:
+            assert 0 <= candidate.prob <= 1 and -math.inf <= candidate.logprob <= 0
+            assert 0 <= candidate.token_id < saved.model["vocab_size"]
+        math.exp(token.logprob)  # what the heat view computes
+    assert 1 <= saved.choices <= 100
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_a_session_file_with_hostile_numbers_opens_in_range_or_is_refused_in_one_line_untouched(
+    session_record, tiny_engine, tmp_path, data
+):
+    from decoding import session_file
+    from decoding.errors import SessionError
+    from decoding.explorer import Explorer
+    from decoding.keeper import SessionKeeper
+
+    path = tmp_path / "s.json"
+    write(path, with_hostile_numbers(session_record, data))
+    before = stamp(path)
+    try:
+        saved = session_file.load(path)
+    except SessionError as error:
+        assert "\n" not in str(error) and "Traceback" not in str(error)
+    else:
+        assert_in_range(saved)
+        explorer = Explorer(tiny_engine.fork(), choices=4, keeper=SessionKeeper(path, saved, lambda note: None))
+        explorer.keeper.open(explorer.session, "a prompt")  # reopened, or another start and a note: never raises
+        explorer.view(("tree", "timeline", "processors"))
+    assert stamp(path) == before
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_a_change_line_with_hostile_numbers_or_a_torn_tail_of_any_bytes_is_read_or_refused_untouched(
+    session_with_changes, tmp_path, data
+):
+    """A torn tail (the bytes after the last newline, valid UTF-8 or not) is left out with a note;
+    a whole line with a hostile number is refused in one line; the file is never changed."""
+    from decoding import session_file
+    from decoding.errors import SessionError
+
+    first, changes = session_with_changes
+    hostile = data.draw(st.booleans())
+    if hostile:
+        which = data.draw(st.integers(0, len(changes) - 1))
+        changes = [with_hostile_numbers(change, data) if index == which else change for index, change in enumerate(changes)]
+    tail = data.draw(st.binary(max_size=40).filter(lambda tail: b"\n" not in tail))
+    whole = "\n".join([first, *(json.dumps(change, allow_nan=True) for change in changes)]) + "\n"
+    path = tmp_path / "s.json"
+    path.write_bytes(whole.encode("utf-8", "surrogatepass") + tail)
+    before = stamp(path)
+    try:
+        saved = session_file.load(path)
+    except SessionError as error:
+        assert hostile and "\n" not in str(error)
+    else:
+        assert_in_range(saved)
+        assert bool(saved.note) == bool(tail) and (not tail or f"its {len(tail):,} bytes" in saved.note)
+        if not hostile:
+            path.write_bytes(whole.encode())
+            assert session_file.load(path).tree.nodes == saved.tree.nodes  # the tail, and only it, was left out
+            return
+    assert stamp(path) == before
+
+
+@pytest.fixture
+def chat_trace_and_engine(tiny_chat_model_dir, monkeypatch):
+    """A two-turn chat's trace, and the command line's model loads answered by its tiny chat model."""
+    import decoding.loading
+    from decoding.explorer import Explorer
+    from decoding.state import Message
+
+    engine = decoding.loading.load_engine(decoding.loading.LoadOptions(model=str(tiny_chat_model_dir), device="cpu"))
+    explorer = Explorer(engine, choices=4)
+    explorer.new_chat([Message("user", "hello")])
+    explorer.step()
+    explorer.force(explorer.session.distribution.candidates[1].token_id)
+    explorer.say("and again")
+    explorer.step()
+    record = explorer.trace_record()
+    assert [("turn" in step) for step in record["steps"]] == [False, False, True, False]
+    record["model"] = str(tiny_chat_model_dir)
+    monkeypatch.setattr(decoding.loading, "load_engine", lambda options, progress=None: engine.fork())
+    return record, engine
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_replay_and_diff_of_a_chat_trace_with_hostile_numbers_give_a_verdict_or_one_line_untouched(
+    chat_trace_and_engine, tmp_path, data
+):
+    record, _ = chat_trace_and_engine
+    path = tmp_path / "trace.json"
+    write(path, with_hostile_numbers(record, data))
+    before = stamp(path)
+    for command in ("replay", "diff"):
+        code, out, err = run_cli(command, str(path))
+        assert code in (0, 1) or (assert_one_line(code, err) is None)
+        assert "internal error" not in err
+        assert_terminal_safe(out + err)
+    assert stamp(path) == before
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        ([], "trace.steps[2].turn.ids: expected a list of at least 1 item, found []"),
+        ([2**64], "trace.steps[2].turn.ids[0]: expected a whole number from 0 to 2147483647"),
+        ("beyond", "The trace feeds token id {vocab} in its step 3, beyond this model's vocabulary of {vocab:,}."),
+    ],
+)
+def test_a_turn_whose_ids_are_empty_or_beyond_the_vocabulary_is_one_line_before_the_model_reads_it(
+    chat_trace_and_engine, tmp_path, ids, message
+):
+    """Once `RuntimeError: cannot reshape tensor of 0 elements`, IndexError and overflow from the model."""
+    record, engine = chat_trace_and_engine
+    record["steps"][2]["turn"]["ids"] = [engine.vocab_size] if ids == "beyond" else ids
+    path = tmp_path / "trace.json"
+    write(path, record)
+    for command in ("replay", "diff"):
+        code, _, err = run_cli(command, str(path))
+        assert_one_line(code, err)
+        assert message.format(vocab=engine.vocab_size) in err
+
+
+def deep(levels: int, opening: str = "[", closing: str = "]") -> str:
+    return opening * levels + closing * levels
+
+
+@pytest.mark.parametrize("levels", [300, 100_000])
+@pytest.mark.parametrize("opening, closing", [("[", "]"), ('{"a":', "}")])
+def test_json_of_any_depth_is_refused_in_one_line_wherever_a_file_is_read(
+    cached_engine, tmp_path, monkeypatch, levels, opening, closing
+):
+    """Traces (replay, diff), session files, JSON schemas and chat messages: a depth limit before
+    parsing, not a RecursionError (or a parse that breaks whatever walks the value next)."""
+    monkeypatch.setenv("TOKENSTEP_DATA", str(tmp_path / "data"))
+    text = deep(levels, opening, closing)
+    (tmp_path / "deep.json").write_text(text)
+    schema = '{"type": "object", "properties": {"a": ' * levels + "{}" + "}}" * levels
+    (tmp_path / "schema.json").write_text(schema)
+    (tmp_path / "session.json").write_text('{"format": "tokenstep-session", "version": 2, "model": ' + text + "}\n")
+    deep_file, schema_file, session = (str(tmp_path / name) for name in ("deep.json", "schema.json", "session.json"))
+    for args in (
+        ["replay", deep_file],
+        ["diff", deep_file],
+        ["trace", "hi", "--json-schema", schema_file],
+        ["trace", "--chat", "--prompt-file", deep_file],
+        ["--session", session],
+    ):
+        code, _, err = run_cli(*args)
+        assert_one_line(code, err)
+        assert "nested more than 64 levels deep" in err, err
+
+
+def test_a_safetensors_header_nested_deeply_is_one_line(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "deep-header"
+    shutil.copytree(tiny_model_dir, folder)
+    header = deep(100_000).encode()
+    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    for args in (["trace", "hi"], ["compare", "hi", "--new-tokens", "1", "--strategies", "greedy"]):
+        code, _, err = run_cli(*args, "--model", str(folder), "--device", "cpu")
+        assert_one_line(code, err)
+        assert "its files cannot be read" in err and "RecursionError" not in err
+
+
+def test_a_name_too_long_for_a_file_is_one_line_in_every_command(cached_engine, tmp_path, monkeypatch, trace_record):
+    """Once "internal error: OSError: File name too long" from the first file system call on it."""
+    monkeypatch.setenv("TOKENSTEP_DATA", str(tmp_path / "data"))
+    long_name = "m" * 300
+    path = tmp_path / "t.json"
+    write(path, {**trace_record, "model": long_name})
+    for args in (
+        ["--model", long_name],
+        ["trace", "hi", "--model", long_name],
+        ["replay", str(path)],
+        ["diff", str(path)],
+        ["diff", str(path), "--model", long_name],
+        ["--session", str(tmp_path / long_name)],
+    ):
+        code, _, err = run_cli(*args)
+        assert_one_line(code, err)
+        assert "300 bytes long, and a file name has at most 255" in err and len(err) < 400, err
+    write(path, {**trace_record, "model": "a\u0000b"})
+    code, _, err = run_cli("replay", str(path))
+    assert_one_line(code, err)
+    assert "holds a NUL character" in err
+
+
+def test_resume_with_a_five_megabyte_name_in_last_session_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENSTEP_DATA", str(tmp_path))
+    (tmp_path / "last-session").write_text("/" + "x" * 5_000_000)
+    before = stamp(tmp_path / "last-session")
+    code, _, err = run_cli("--resume")
+    assert_one_line(code, err)
+    assert "does not name the last session (its name is 5,000,001 bytes long" in err and len(err) < 400
+    assert stamp(tmp_path / "last-session") == before
+
+
+def test_a_file_that_reads_as_regular_but_gives_nothing_without_waiting_is_one_line(tmp_path, monkeypatch):
+    """/proc/kmsg is a regular file to stat, yet a read that must not wait gets nothing from it (once
+    "internal error: AttributeError"). A FIFO with a writer and nothing written reads the same way;
+    stat is told to call it a regular file, as the kernel does /proc/kmsg (reading /proc/kmsg itself
+    would take the kernel's messages from whoever reads them)."""
+    import stat as stat_module
+
+    import decoding.files
+
+    fifo = tmp_path / "kmsg"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer that never writes
+    real_fstat = os.fstat
+
+    def as_regular(descriptor):
+        info = real_fstat(descriptor)
+        return os.stat_result((stat_module.S_IFREG | 0o644, *tuple(info)[1:]))
+
+    monkeypatch.setattr(decoding.files.os, "fstat", as_regular)
+    try:
+        for command in ("diff", "replay"):
+            code, _, err = run_cli(command, str(fifo))
+            assert_one_line(code, err)
+            assert "gives nothing without waiting, so it cannot be a tokenstep JSON trace" in err
+    finally:
+        os.close(writer)

@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -128,7 +129,7 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tiny_session, tmp_path, 
             '{"format": "tokenstep-session", "version": 1, "model": {}, "strategy": {}, "choices": 5, "tree": {"roots": [0], "current": 3, "nodes": []}}',
             "damaged",
         ),
-        ("\xff\xfe garbage", "not UTF-8 text, so it cannot be a tokenstep session"),
+        ("\xff\xfe garbage", "is not a tokenstep session: not UTF-8 text"),
     ],
 )
 def test_a_damaged_or_foreign_file_is_refused_and_left_untouched(tmp_path, content, message):
@@ -256,7 +257,7 @@ def test_a_save_cut_short_is_left_out_and_a_damaged_line_refused(tiny_session, t
         path.write_bytes(first + second + third[:cut])
         assert session_file.load(path).tree.nodes == saved_once.nodes
     path.write_bytes(first + b'{"nodes": [\n' + third)
-    with pytest.raises(SessionError, match="line 2 is not valid JSON"):
+    with pytest.raises(SessionError, match="line 2: not valid JSON"):
         session_file.load(path)
     path.write_bytes(first + b'{"nodes": [], "gone": [], "roots": [0], "current": 99, "strategy": {}, "choices": 10}\n')
     with pytest.raises(SessionError, match="the current node 99 is missing"):
@@ -363,3 +364,129 @@ def test_a_reopened_path_is_read_in_one_pass_and_agrees_with_a_token_by_token_wa
         fast.undo(), exact.undo()
         assert (fast.next.logprobs - exact.next.logprobs).abs().max() < 1e-4  # on a cache the pass filled
         assert [c.token_id for c in fast.distribution.candidates] == [c.token_id for c in exact.distribution.candidates]
+
+
+# --- what kill -9 and hostile files leave --------------------------------------------------------
+
+
+def saved_twice(session, path):
+    """The file after three saves (a prompt, a step, another step), and the tree its first two hold."""
+    writer = session_file.SessionWriter(path, session.engine)
+    writer.save(session.tree, Strategy(), 10)
+    session.step()
+    writer.save(session.tree, Strategy(), 10)
+    held = session_file.load(path).tree
+    session.step()
+    writer.save(session.tree, Strategy(), 10)
+    return held
+
+
+def test_a_last_line_torn_inside_a_character_opens_without_it_and_says_so(tiny_session, tmp_path):
+    """kill -9 in the middle of an append can cut a UTF-8 character in two: the file still opens,
+    less that one save, with a note for the person; the next save writes the file whole again."""
+    from decoding.keeper import SessionKeeper
+
+    path = tmp_path / "s.json"
+    held = saved_twice(tiny_session, path)
+    first, second, third = path.read_bytes().splitlines(keepends=True)
+    torn = first + second + '{"nodes": [{"text": "東'.encode()[:-1]  # the last character cut after its second byte
+    path.write_bytes(torn)
+    saved = session_file.load(path)
+    assert saved.tree.nodes == held.nodes and saved.tree.current == held.current
+    assert "cut short" in saved.note and f"its {len(torn) - len(first + second)} bytes after the last whole line" in saved.note
+    assert path.read_bytes() == torn  # only read
+
+    notes = []
+    reopened = Session(tiny_session.engine.fork(), choices=10)
+    keeper = SessionKeeper(path, saved, notes.append)
+    keeper.open(reopened, "a prompt")
+    keeper.start(reopened)
+    assert notes == [saved.note] and reopened.tree.current == held.current
+    assert path.read_bytes().count(b"\n") == 1 and path.read_bytes().endswith(b"}\n")  # whole again, the tail gone
+    assert session_file.load(path).note == ""
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda node: node["token"].update(logprob=1e308), r"token.logprob: expected a number from -inf to 0"),
+        (lambda node: node["panel"]["candidates"][0].update(logprob=1e308), r"candidates\[0\].logprob"),
+        (lambda node: node["panel"].update(entropy=1e308), r"panel.entropy: expected a number from 0 to 21.4"),
+        (lambda node: node["panel"].update(candidates=[]), r"candidates: expected a list of at least 1 item"),
+        (lambda node: node.update(panel=None), "holds a token without the candidates it was chosen from"),
+        (lambda node: node["token"].update(rank=2**64), r"token.rank"),
+    ],
+)
+def test_a_number_out_of_range_or_an_empty_panel_is_refused_before_any_view(tiny_session, tmp_path, damage, message):
+    """What once opened and then killed the app (math.exp of 1e308, the panel's first row of none)."""
+    path = tmp_path / "s.json"
+    tiny_session.step()
+    session_file.save(path, tiny_session.tree, tiny_session.engine, Strategy(), 10)
+    record = session_file.read_record(path)
+    damage(next(node for node in record["tree"]["nodes"] if "token" in node))
+    path.write_text(json.dumps(record))
+    before = path.read_bytes()
+    with pytest.raises(SessionError, match=message):
+        session_file.load(path)
+    assert path.read_bytes() == before
+
+
+def comb(depth):
+    """A tree that forks at every level: a side branch of one token beside each step of the path."""
+    from decoding.state import PathToken
+    from decoding.tree import Tree
+
+    tree = Tree()
+    tree.add_root("p", [1])
+    for _ in range(depth):
+        here = tree.current
+        tree.advance(PathToken(3, "b", 0.5, -0.7, 1, True, raw=b"b", piece="b"), None, "forced", None)
+        tree.current = here
+        tree.advance(PathToken(2, "a", 0.5, -0.7, 0, False, raw=b"a", piece="a"), None, "greedy", None)
+    return tree
+
+
+def test_a_tree_forking_at_every_one_of_thousands_of_levels_is_drawn_in_order():
+    tree = comb(3000)  # the rows were once made by recursion, a call per fork: RecursionError
+    rows = tree.branches()
+    assert len(rows) == 1 + 2 * 3000
+    assert [row.level for row in rows[:5]] == [0, 1, 1, 2, 2] and rows[-1].level == 3000
+    assert [row.text for row in rows[1:5]] == ["b", "a", "b", "a"] and rows[-1].current
+    assert rows[-1].logprob == pytest.approx(-0.7 * 3000)
+
+
+def test_a_session_of_20000_nodes_opens_in_seconds_and_a_path_beyond_the_context_is_refused_before_model_work(
+    tiny_engine, tmp_path
+):
+    """The chain's path is longer than the model reads: reopening says so at once, before a token of it
+    is fed, and the exploration goes on in a new file (the file is left as it is)."""
+    import time
+
+    from decoding.keeper import SessionKeeper
+
+    session = Session(tiny_engine, choices=2)
+    session.reset("hello world")
+    session.step()
+    tree = session.tree
+    token, panel = tree.nodes[tree.current].token, tree.nodes[tree.current].panel
+    while len(tree.nodes) < 20_000:
+        tree.advance(replace(token, token_id=len(tree.nodes) % tiny_engine.vocab_size), panel, "forced", None)
+    path = tmp_path / "chain.json"
+    session_file.save(path, tree, tiny_engine, Strategy(), 2)
+    before = path.read_bytes()
+
+    started = time.monotonic()
+    saved = session_file.load(path)
+    fed = []
+    engine = tiny_engine.fork()
+    feed = engine.feed
+    engine.feed = lambda ids: fed.append(len(ids)) or feed(ids)
+    reopened, notes = Session(engine, choices=2), []
+    keeper = SessionKeeper(path, saved, notes.append)
+    keeper.open(reopened, "a prompt")
+    took = time.monotonic() - started
+    assert len(saved.tree.nodes) == 20_000 and took < 30  # ~3 s here; minutes once
+    length = len(session.prompt_ids) + 19_999  # the prompt, then a token a node below the root
+    assert f"The saved path is {length:,} tokens long, and this model reads at most 64." in notes[0]
+    assert fed == [len(reopened.prompt_ids)]  # only the new prompt: nothing of the saved path
+    assert keeper.path != path and path.read_bytes() == before

@@ -27,6 +27,7 @@ from decoding.settings import (
     Constraint,
     Strategy,
     check_schema,
+    choices_problem,
     parse_strategies,
     strategy_from_options,
 )
@@ -333,8 +334,8 @@ def run_trace_command(argv: Sequence[str]) -> int:
     request = prompt_request(args)
     if args.steps < 1:
         raise TokenstepError(f"--steps must be at least 1 (got {args.steps}).")
-    if args.choices < 1:
-        raise TokenstepError(f"--choices must be at least 1 (got {args.choices}).")
+    if problem := choices_problem(args.choices):
+        raise TokenstepError(f"--choices {problem} (got {args.choices}).")
     picks = parse_picks(args.picks, args.choices)
     strategy, options = strategy_from(args), load_options_from(args)
     if strategy.is_beam and (picks or args.prefill):
@@ -483,8 +484,8 @@ def _progress_on_terminal(message: str) -> None:
 def run_app_command(argv: Sequence[str]) -> int:
     args = build_parsers()[0].parse_args(argv)
     request = prompt_request(args, default=DEFAULT_PROMPT)
-    if args.choices < 1:
-        raise TokenstepError(f"--choices must be at least 1 (got {args.choices}).")
+    if problem := choices_problem(args.choices):
+        raise TokenstepError(f"--choices {problem} (got {args.choices}).")
     if args.look_ahead < 0:
         raise TokenstepError(f"--look-ahead must be 0 or more (got {args.look_ahead}).")
     if args.max_new_tokens < 1:
@@ -494,7 +495,7 @@ def run_app_command(argv: Sequence[str]) -> int:
 
     second = second_options_from(args)
     path = session_file.last_session() if args.resume else args.session or session_file.new_session_path()
-    saved = session_file.load(path) if path.exists() else None  # a damaged file stops here, untouched
+    saved = session_file.load_if_there(path)  # a damaged file stops here, untouched
     options, strategy, choices = load_options_from(args), strategy_from(args), args.choices
     if saved is not None:
         strategy, choices = saved.strategy, saved.choices

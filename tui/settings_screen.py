@@ -14,7 +14,15 @@ from textual.widgets import Button, Input, Label, Select
 
 from decoding.errors import TokenstepError
 from decoding.files import read_text_file
-from decoding.settings import CONSTRAINT_KINDS, STRATEGY_KINDS, Constraint, Strategy, check_schema, field_problems
+from decoding.settings import (
+    CONSTRAINT_KINDS,
+    STRATEGY_KINDS,
+    Constraint,
+    Strategy,
+    check_schema,
+    choices_problem,
+    field_problems,
+)
 
 # (field, label, parser): each text field of the form and how its text becomes a value.
 FIELDS = [
@@ -116,8 +124,8 @@ class SettingsScreen(ModalScreen[Settings | None]):
         if constraint_problem:
             problems["constraint"] = constraint_problem
         problems = {**field_problems(SimpleNamespace(**values)), **problems}
-        if values["choices"] < 1 and "choices" not in problems:
-            problems["choices"] = "must be at least 1"
+        if "choices" not in problems and (problem := choices_problem(values["choices"])):
+            problems["choices"] = problem
         for name, _, _ in FIELDS:
             self.query_one(f"#{name}-error", Label).update(problems.get(name, ""))
         self.query_one("#constraint-error", Label).update(problems.get("constraint", ""))
