@@ -14,7 +14,7 @@ from textual.widgets import Button, Input, Label, Select
 
 from decoding.errors import TokenstepError
 from decoding.files import read_text_file
-from decoding.settings import CONSTRAINT_KINDS, STRATEGY_KINDS, Constraint, Strategy, check_schema, field_problems
+from decoding.settings import CONSTRAINT_KINDS, STRATEGY_KINDS, Constraint, Strategy, check_constraint, field_problems
 
 # (field, label, parser): each text field of the form and how its text becomes a value.
 FIELDS = [
@@ -140,8 +140,8 @@ class SettingsScreen(ModalScreen[Settings | None]):
         try:
             if kind != "regex" and Path(source).expanduser().is_file():
                 source = read_text_file(Path(source).expanduser(), "the constraint file")
-            if kind == "json_schema":
-                check_schema(source)
+            constraint = Constraint(kind, source)
+            check_constraint(constraint)
         except TokenstepError as error:
             return None, str(error)
-        return Constraint(kind, source), ""
+        return constraint, ""
