@@ -231,3 +231,32 @@ def test_a_schema_that_compiles_for_minutes_is_refused_well_under_a_minute(tiny_
     assert time.monotonic() - started < 45
     assert result.returncode == 2 and f"takes longer than {grammar.COMPILE_SECONDS:g} s" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+PATTERN_PIECES = ["a", "[0-9]", "\\d", "(b|c)", "x?", "y*", "z+", "[a-z]{2,3}", "(?=a)", "(?!b)", "(?<=c)", "^", "$", "\\b"]
+PATTERN_PIECES += ["(", ")", "\\1", "(?:d)", ".", "\\.", "[^x]", "{2}"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    from decoding.loading import LoadOptions, load_engine
+
+    return load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
+
+
+@given(pieces=st.lists(st.sampled_from(PATTERN_PIECES), min_size=1, max_size=6))
+@settings(max_examples=60, deadline=None)
+def test_a_pattern_is_refused_in_a_schema_exactly_where_it_is_refused_as_a_regex(engine, pieces):
+    pattern = "".join(pieces)
+    refusals = []
+    for constraint in (
+        Constraint("regex", pattern),
+        Constraint("json_schema", json.dumps({"type": "string", "pattern": pattern})),
+    ):
+        try:
+            compile_constraint(engine, constraint)
+            refusals.append(None)
+        except SettingsError as error:
+            assert "\n" not in str(error) and "/project/cpp" not in str(error)
+            refusals.append(str(error))
+    assert (refusals[0] is None) == (refusals[1] is None), (pattern, refusals)
