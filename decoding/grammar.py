@@ -107,6 +107,8 @@ def _compile(compiler: xgr.GrammarCompiler, constraint: Constraint) -> xgr.Compi
 def _said(error: Exception | str) -> str:
     """xgrammar's message without its C++ source prefix, on one line, not too long to read."""
     text = _CPP_PREFIX.sub("", " ".join(str(error).split()))
+    if not text and isinstance(error, Exception):
+        text = f"xgrammar refused it without saying why ({type(error).__name__})"
     return text if len(text) <= _SAID_CHARS else text[: _SAID_CHARS - 1] + "…"
 
 

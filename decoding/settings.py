@@ -90,19 +90,22 @@ def check_schema(source: str) -> None:
         raise SettingsError(f"The JSON schema {said}.") from None
     if not isinstance(schema, (dict, bool)):
         raise SettingsError("The JSON schema must be a JSON object.")
-    _check_references(schema)
+    _check_nodes(schema)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as error:
         raise SettingsError(f"The JSON schema is not a valid schema: {one_line(error.message)[:200]}.") from None
 
 
-def _check_references(schema: Any) -> None:
+def _check_nodes(schema: Any) -> None:
     """Only references into the schema itself ('#' or '#/...'): tokenstep never fetches a schema from
-    a server or reads one from a file, and xgrammar would silently let anything through in its place."""
+    a server or reads one from a file, and xgrammar would silently let anything through in its place.
+    And only finite numbers (JSON text may spell 1e400, NaN or Infinity; xgrammar cannot take them)."""
     pending = [schema]
     while pending:
         node = pending.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise SettingsError(f"The JSON schema holds the number {node!r}, which is not finite: give a finite one.")
         if isinstance(node, list):
             pending.extend(node)
         elif isinstance(node, dict):
@@ -114,6 +117,22 @@ def _check_references(schema: Any) -> None:
                     pending.extend(value.values())
                 elif key not in _DATA_KEYWORDS:
                     pending.append(value)
+                else:
+                    pending.extend(_numbers_in(value))
+
+
+def _numbers_in(value: Any) -> list[float]:
+    """The floats anywhere in a data value (a `const`, an `enum`), which are not walked as schemas."""
+    found, pending = [], [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            found.append(item)
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return found
 
 
 def _check_reference(keyword: str, target: Any) -> None:

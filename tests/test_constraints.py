@@ -78,6 +78,24 @@ def test_a_ref_that_is_data_or_a_property_name_is_not_a_reference():
             check_schema(json.dumps({"type": "object", "properties": {"a": {keyword: "#"}}}))
 
 
+@given(
+    number=st.sampled_from(["1e400", "-1e400", "NaN", "Infinity", "-Infinity"]),
+    where=st.sampled_from(
+        [
+            '{"type": "integer", "minimum": N}',
+            '{"enum": [1, [N]]}',
+            '{"const": {"a": N}}',
+            '{"type": "object", "properties": {"x": {"maximum": N}}}',
+            '{"default": N, "type": "number"}',
+        ]
+    ),
+)
+@settings(max_examples=50, deadline=None)
+def test_a_number_that_is_not_finite_is_refused_in_one_line(number, where):
+    with pytest.raises(SettingsError, match="which is not finite: give a finite one"):
+        check_schema(where.replace("N", number))
+
+
 @given(kind=st.sampled_from(["json_schema", "regex", "grammar"]), extra=st.integers(1, 10_000))
 @settings(max_examples=20, deadline=None)
 def test_a_constraint_beyond_the_size_limit_is_refused_at_once(kind, extra):
