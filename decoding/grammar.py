@@ -175,8 +175,7 @@ def _child(info: xgr.TokenizerInfo, constraint: Constraint, write_end: int) -> N
     (no cleanup of the parent's: its threads, files and terminal are not this process's)."""
     code = 1
     try:
-        with suppress(ValueError):  # (only a main thread may; the forking thread is this one's)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl+c is the parent's to answer
+        _leave_signals_to_the_parent()
         _limit_cpu_time()
         with tempfile.TemporaryFile() as stderr:
             os.dup2(stderr.fileno(), 2)  # xgrammar's C++ writes there, never to the person's terminal
@@ -189,6 +188,16 @@ def _child(info: xgr.TokenizerInfo, constraint: Constraint, write_end: int) -> N
         code = 0
     finally:
         os._exit(code)
+
+
+def _leave_signals_to_the_parent() -> None:
+    """The parent's handlers (the app's, for a resize or ctrl+z) are not this process's to run: ctrl+c
+    and ctrl+z are the parent's to answer, the rest take their default."""
+    ignored = {"SIGINT", "SIGTSTP"}
+    for name in ("SIGINT", "SIGTSTP", "SIGWINCH", "SIGCONT", "SIGTTOU", "SIGTTIN"):
+        if hasattr(signal, name):
+            with suppress(ValueError):  # (only a main thread may; after fork the forking thread is one)
+                signal.signal(getattr(signal, name), signal.SIG_IGN if name in ignored else signal.SIG_DFL)
 
 
 def _limit_cpu_time() -> None:
