@@ -21,7 +21,7 @@ from decoding.distribution import summarize, top_ids
 from decoding.engine import Engine, RunsSideBySide, decode_continuation
 from decoding.errors import SessionError, SettingsError
 from decoding.processors import processors_with
-from decoding.scores import Scores
+from decoding.scores import Scores, nothing_left_line
 from decoding.settings import Strategy
 from decoding.state import Beam, BeamSnapshot, Distribution
 from decoding.tokens import TokenTexts
@@ -212,6 +212,9 @@ class BeamSearch:
             raise SessionError(f"The beam search has ended ({state.ended}). Undo to go on, or start again.")
         self._rebuild_cache()
         raw, processed = self._log_probs()
+        if not bool(torch.isfinite(processed).any()):  # every beam's every token ruled out
+            removers = [*self.strategy.active_processors(), *(["grammar"] if self.strategy.constraint else [])]
+            raise SessionError(nothing_left_line(self.strategy, removers))
         beams, vocab = self._beams, raw.shape[-1]
         totals = (processed + state.running_scores[:, None]).reshape(1, -1)
         keep = max(2, 1 + len(self.engine.eos_token_ids)) * beams

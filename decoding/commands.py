@@ -218,7 +218,10 @@ class ApplySettings(Command):
     choices: int
 
     def change(self, explorer: Explorer, job: Job) -> None:
-        explorer.apply_settings(self.strategy, self.choices)
+        from decoding.grammar import compile_notes
+
+        with compile_notes(job.notice):  # a new constraint may take seconds to compile
+            explorer.apply_settings(self.strategy, self.choices)
 
 
 @dataclass(frozen=True)

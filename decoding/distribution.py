@@ -60,10 +60,13 @@ def summarize(
     if processed_scores is None:
         after, removed, processed_entropy = [None] * len(ids), [False] * len(ids), None
     else:
-        processed_logprobs = torch.log_softmax(processed_scores, dim=-1)
+        if bool(torch.isfinite(processed_scores).any()):
+            processed_logprobs = torch.log_softmax(processed_scores, dim=-1)
+            processed_entropy = entropy(processed_logprobs)
+        else:  # nothing left: every probability 0 (log_softmax of all -inf is NaN), as `entropy` counts 0 log 0
+            processed_logprobs, processed_entropy = torch.full_like(processed_scores, float("-inf")), 0.0
         after = processed_logprobs[ids].exp().tolist()
-        removed = (processed_scores[ids] == float("-inf")).tolist()
-        processed_entropy = entropy(processed_logprobs)
+        removed = (processed_logprobs[ids] == float("-inf")).tolist()
     candidates = tuple(
         Candidate(
             token_id,

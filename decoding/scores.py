@@ -80,6 +80,11 @@ class NextToken:
         # copy (some write in place), rather than keep the sequence for later.
         reshapes = strategy.reshapes
         self.processed: torch.Tensor | None = _processed(strategy, grammar, scores.values, context) if reshapes else None
+        # Why the strategy has nothing to choose from ('' when it has): every token ruled out.
+        self.nothing_left = ""
+        if self.processed is not None and not bool(torch.isfinite(self.processed).any()):
+            effects = explain(strategy, list(context), scores.values, [], grammar).effects
+            self.nothing_left = nothing_left_line(strategy, [effect.name for effect in effects if effect.removed_in_all])
         self._logprobs: torch.Tensor | None = None
         self._distribution: Distribution | None = None
         self.held = True  # the full-vocabulary tensors are here (see `release`)
@@ -94,7 +99,7 @@ class NextToken:
         offered.scores, offered.strategy, offered.choices = Scores(torch.empty(0)), strategy, choices
         offered._texts, offered.grammar, offered._grammar_allows = texts, grammar, None
         offered.processed = offered._logprobs = None
-        offered._distribution, offered.held = distribution, False
+        offered._distribution, offered.held, offered.nothing_left = distribution, False, ""
         return offered
 
     def release(self) -> None:
@@ -109,9 +114,9 @@ class NextToken:
         """The same position from its scores computed again (`context`: the ids before it)."""
         return NextToken(scores, self.strategy, self.choices, self._texts, context, self.grammar)
 
-    def under(self, strategy: Strategy, choices: int, context: Sequence[int]) -> NextToken:
-        """The same scores under another strategy or number of candidates."""
-        return NextToken(self.scores, strategy, choices, self._texts, context, self.grammar)
+    def under(self, strategy: Strategy, choices: int, context: Sequence[int], grammar: GrammarState | None) -> NextToken:
+        """The same scores under another strategy or number of candidates (and its grammar's matcher)."""
+        return NextToken(self.scores, strategy, choices, self._texts, context, grammar)
 
     @property
     def logprobs(self) -> torch.Tensor:
@@ -152,6 +157,8 @@ class NextToken:
         shown = next((c for c in self.distribution.candidates if c.token_id == token_id), None)
         if shown is not None:
             return shown.processed_prob
+        if self.nothing_left:
+            return 0.0  # every token was ruled out (a softmax of nothing but -inf is NaN)
         return float(torch.softmax(self.processed, dim=-1)[token_id])
 
     def report(self, context: Sequence[int]) -> ProcessorReport | None:
@@ -164,6 +171,7 @@ class NextToken:
     def _summarize(self) -> Distribution:
         known = None if self.scores.complete else self.scores.known
         summary = summarize(self.scores.values, self.logprobs, self.processed, self.choices, self._texts, known)
+        summary = replace(summary, nothing_left=self.nothing_left)
         if self._grammar_allows is None:
             return summary
         marked = tuple(
@@ -171,6 +179,13 @@ class NextToken:
             for c in summary.candidates
         )
         return replace(summary, candidates=marked)
+
+
+def nothing_left_line(strategy: Strategy, removers: Sequence[str]) -> str:
+    """The one line that says the strategy has no token left to choose, naming what ruled them out."""
+    names = [f"the {strategy.constraint.describe()}" if name == "grammar" and strategy.constraint else name for name in removers]
+    ruled = f"{' and '.join(names)} rule{'s' if len(names) == 1 else ''}" if names else "the strategy rules"
+    return f"No token is left to choose here: {ruled} out every one. Undo, force a token, or change the settings."
 
 
 def _processed(strategy: Strategy, grammar: LogitsProcessor | None, values: torch.Tensor, context: Sequence[int]) -> torch.Tensor:

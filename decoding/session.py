@@ -258,7 +258,7 @@ class Session:
 
     def _review(self) -> None:
         if self._next is not None:
-            self._next = self._next.under(self._strategy, self._choices, self.ids)
+            self._next = self._next.under(self._strategy, self._choices, self.ids, self._grammar)
 
     # --- commands --------------------------------------------------------------------------------
 
@@ -556,6 +556,8 @@ class Session:
         return self._next
 
     def _choose(self, offered: NextToken) -> int:
+        if offered.nothing_left:
+            raise SessionError(offered.nothing_left)
         if self._strategy.do_sample:
             return int(torch.multinomial(torch.softmax(offered.strategy_scores, dim=-1), 1, generator=self._rng))
         if offered.processed is None:

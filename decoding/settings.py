@@ -6,12 +6,14 @@ Pure Python (no torch), so the command line can check options before anything he
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
 from decoding.errors import SettingsError
+from decoding.json_text import JsonError, parse_json
 from decoding.tokens import one_line
 
 STRATEGY_KINDS = ("greedy", "sample", "beam")
@@ -48,29 +50,112 @@ class Constraint:
     kind: str
     source: str = ""
 
+    @property
+    def name(self) -> str:
+        """What kind of constraint it is, in words: 'JSON schema', 'JSON', 'regex', 'grammar'."""
+        return {"json_schema": "JSON schema", "json": "JSON", "regex": "regex", "grammar": "grammar"}.get(self.kind, self.kind)
+
     def describe(self) -> str:
         if self.kind == "json":
             return "JSON"
-        name = {"json_schema": "JSON schema", "regex": "regex", "grammar": "grammar"}.get(self.kind, self.kind)
-        return f"{name} {one_line(self.source)[:24]}"
+        return f"{self.name} {one_line(self.source)[:24]}"
+
+
+# Beyond this a constraint's text is refused before anything reads it: the meta-schema check alone
+# takes ~2 s here on 256 KB of schema properties (~24 s on 2.3 MB), and xgrammar's compile time grows
+# faster than the text (see decoding.grammar.COMPILE_SECONDS, the deadline for what fits).
+MAX_CONSTRAINT_CHARS = 256_000
+# Data, not subschemas: a `$ref` key inside them is a value like any other.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+# Objects whose keys are names (a property may be called "$ref") and whose values are subschemas.
+_NAMED_SUBSCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"})
+_UNUSABLE_CHARACTER = re.compile("[\0\ud800-\udfff]")  # xgrammar takes UTF-8 text without NULs
+
+
+def check_constraint(constraint: Constraint) -> None:
+    """What can be told of a constraint without a model: its size, its text, and a JSON schema's
+    validity (one line if not). Compiling it for a vocabulary is decoding.grammar's."""
+    name = constraint.name
+    if len(constraint.source) > MAX_CONSTRAINT_CHARS:
+        raise SettingsError(
+            f"The {name} is {len(constraint.source):,} characters long; tokenstep compiles at most "
+            f"{MAX_CONSTRAINT_CHARS:,} (a grammar this large would take minutes to compile)."
+        )
+    if _UNUSABLE_CHARACTER.search(constraint.source):
+        raise SettingsError(f"The {name} holds a NUL character or a lone surrogate, which no grammar can use.")
+    if constraint.kind == "json_schema":
+        check_schema(constraint.source)
 
 
 def check_schema(source: str) -> None:
-    """A JSON schema's text: valid JSON, and a valid schema by the JSON Schema meta-schema (one line if not)."""
+    """A JSON schema's text: valid JSON, a valid schema by the JSON Schema meta-schema, and every
+    `$ref` inside the schema itself (one line if not)."""
     import jsonschema  # type: ignore[import-untyped]
 
     from decoding.json_text import JsonError, parse_json
 
     try:
         schema = parse_json(source)
-    except JsonError as error:
-        raise SettingsError(f"The JSON schema cannot be read: {error}.") from None
+    except JsonError as error:  # "not valid JSON (...)" or "its JSON is nested more than ..."
+        said = str(error)
+        said = said.removeprefix("its JSON ") if said.startswith("its JSON ") else f"is {said}"
+        raise SettingsError(f"The JSON schema {said}.") from None
     if not isinstance(schema, (dict, bool)):
         raise SettingsError("The JSON schema must be a JSON object.")
+    _check_nodes(schema)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as error:
-        raise SettingsError(f"The JSON schema is not a valid schema: {error.message}.") from None
+        raise SettingsError(f"The JSON schema is not a valid schema: {one_line(error.message)[:200]}.") from None
+
+
+def _check_nodes(schema: Any) -> None:
+    """Only references into the schema itself ('#' or '#/...'): tokenstep never fetches a schema from
+    a server or reads one from a file, and xgrammar would silently let anything through in its place.
+    And only finite numbers (JSON text may spell 1e400, NaN or Infinity; xgrammar cannot take them)."""
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise SettingsError(f"The JSON schema holds the number {node!r}, which is not finite: give a finite one.")
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            for keyword in ("$ref", "$dynamicRef", "$recursiveRef"):
+                if keyword in node:
+                    _check_reference(keyword, node[keyword])
+            for key, value in node.items():
+                if key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
+                    pending.extend(value.values())
+                elif key not in _DATA_KEYWORDS:
+                    pending.append(value)
+                else:
+                    pending.extend(_numbers_in(value))
+
+
+def _numbers_in(value: Any) -> list[float]:
+    """The floats anywhere in a data value (a `const`, an `enum`), which are not walked as schemas."""
+    found, pending = [], [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            found.append(item)
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return found
+
+
+def _check_reference(keyword: str, target: Any) -> None:
+    if keyword != "$ref":
+        raise SettingsError(f"The JSON schema cannot be used: {keyword} is not supported (use $ref to '#/...').")
+    if not isinstance(target, str) or not (target == "#" or target.startswith("#/")):
+        shown = one_line(target if isinstance(target, str) else repr(target))[:80]
+        raise SettingsError(
+            f"The JSON schema cannot be used: its $ref {shown!r} points outside the schema; only references "
+            "inside it ('#' or '#/...') are followed, never a remote or file schema."
+        )
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class Distribution:
     processed_entropy: float | None  # after the processors, when they reshape it
     known: int | None = None  # partial scores: how many tokens the engine returned; None: all of them
     covered: float = 1.0  # the probability mass the known tokens hold
+    nothing_left: str = ""  # why the strategy has no token to choose here ('' when it has), one line
 
     @property
     def complete(self) -> bool:

@@ -132,7 +132,7 @@ def cli(*args):
 @pytest.mark.parametrize(
     ("content", "option", "message"),
     [
-        ("{not json", "--json-schema", "cannot be read: not valid JSON"),
+        ("{not json", "--json-schema", "The JSON schema is not valid JSON"),
         ('{"type": 5}', "--json-schema", "is not a valid schema"),
         ('root ::= "a" |', "--grammar", "grammar cannot be used: EBNF parser error"),
         ("root ::= foo", "--grammar", 'Rule "foo" is not defined'),
@@ -254,3 +254,72 @@ def test_compare_under_a_regex_ends_each_strategy_where_the_grammar_ends(tiny_mo
         text = continuation["generated_text"].removesuffix("<|endoftext|>")
         assert 2 <= len(text) <= 4 and text.isalpha()
         assert continuation["cut_short"] == "the grammar's end"
+
+
+def test_a_constraint_set_mid_path_masks_the_next_token_at_once(tiny_engine):
+    session = Session(tiny_engine, Strategy(), choices=5)
+    session.reset("The quick")
+    session.set_strategy(Strategy(constraint=Constraint("regex", "[0-9]+")))
+    assert all(c.removed_by == "grammar" for c in session.distribution.candidates if not c.text.isdigit())
+    assert tiny_engine.token_bytes(session.strategy_choice()).isdigit()
+    session.step()  # the grammar's own choice: the next position follows it
+    assert session.snapshot().constraint == "may end here"
+
+
+def panel_lines(app):
+    from tui.widgets.candidates import CandidatePanel
+
+    panel = app.query_one(CandidatePanel)
+    return list(panel.render_lines(panel.region.reset_offset))
+
+
+async def test_the_app_says_no_token_is_left_in_the_panel_and_at_a_step_and_goes_on(tiny_model_dir):
+    from decoding import commands
+    from tests.test_app import SIZE, make_app, settle
+    from tui.widgets.status import StatusLine
+
+    app = make_app(tiny_model_dir, strategy=Strategy(suppress_tokens=tuple(range(400))))
+    notes = []
+    app.notify = lambda message, **kwargs: notes.append(message)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.session.engine.vocab_size <= 400
+        lines = panel_lines(app)
+        said = [line for line in lines if "No token is left to choose here" in line.text]
+        assert len(said) == 1 and "suppress_tokens rules out every one" in said[0].text
+        rows = lines[1 : 1 + len(app.snapshot.distribution.candidates)]
+        body = {s.style.color for row in rows for s in row if s.text.strip() and s.style.color}
+        warning = [s.style for s in said[0] if s.text.strip()]
+        assert warning and all(style.bold and style.color not in body for style in warning)  # set apart, in bold
+        assert all("removed" in row.text and any(s.style and s.style.strike for s in row) for row in rows)
+        status = str(app.query_one(StatusLine).content)
+        assert "nan" not in status and "H=" in status
+        await pilot.press("space")
+        await settle(pilot)
+        assert app.return_code is None and app.snapshot.path == ()
+        assert any(note.startswith("No token is left to choose here") for note in notes)
+        app.enqueue(commands.ApplySettings(Strategy(), 10))  # the setting changed back
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        assert len(app.snapshot.path) == 1
+        assert not any("No token is left" in line.text for line in panel_lines(app))
+
+
+async def test_a_grammar_that_matches_nothing_is_a_notice_and_the_app_stays_open(tiny_model_dir):
+    from decoding import commands
+    from tests.test_app import SIZE, make_app, settle
+
+    app = make_app(tiny_model_dir, strategy=Strategy(constraint=Constraint("regex", r"[^\s\S]")))
+    notes = []
+    app.notify = lambda message, **kwargs: notes.append(message)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.return_code is None and app.query_one("#main").display
+        assert any("The regex cannot be used: it matches nothing this model can write" in note for note in notes)
+        app.enqueue(commands.ApplySettings(Strategy(), 10))
+        app.enqueue(commands.NewPrompt("The quick"))
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        assert len(app.snapshot.path) == 1

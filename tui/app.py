@@ -214,7 +214,10 @@ class TokenstepApp(App[int]):
             self._add_second(explorer, self.second_options)
         start = self.clock()  # the first panel, computed on this thread while it is warm; keys wait
         try:
-            explorer.open(self._first_prompt(explorer, request))
+            from decoding.grammar import compile_notes
+
+            with compile_notes(lambda text: self.post_message(messages.LoadProgress(text))):
+                explorer.open(self._first_prompt(explorer, request))
             if prefill:
                 explorer.force_text(prefill)
         except Exception as error:  # a prompt the model cannot take, a session folder that fails: the app still opens

@@ -26,7 +26,7 @@ from decoding.settings import (
     STRATEGY_KINDS,
     Constraint,
     Strategy,
-    check_schema,
+    check_constraint,
     choices_problem,
     parse_strategies,
     strategy_from_options,
@@ -129,15 +129,17 @@ def constraint_from(args: argparse.Namespace) -> Constraint | None:
     if args.regex is not None:
         if not args.regex:
             raise TokenstepError("--regex is empty: give the pattern the output must match.")
-        return Constraint("regex", args.regex)
+        return _checked_constraint(Constraint("regex", args.regex))
     for option, kind in (("json_schema", "json_schema"), ("grammar", "grammar")):
         path = getattr(args, option)
         if path is not None:
-            text = read_text_file(path, f"--{option.replace('_', '-')}")
-            if kind == "json_schema":
-                check_schema(text)
-            return Constraint(kind, text)
+            return _checked_constraint(Constraint(kind, read_text_file(path, f"--{option.replace('_', '-')}")))
     return None
+
+
+def _checked_constraint(constraint: Constraint) -> Constraint:
+    check_constraint(constraint)  # what can be told before the model loads; compiling it is refused later
+    return constraint
 
 
 def _add_prompt_options(parser: argparse.ArgumentParser) -> None:

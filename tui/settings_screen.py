@@ -19,7 +19,7 @@ from decoding.settings import (
     STRATEGY_KINDS,
     Constraint,
     Strategy,
-    check_schema,
+    check_constraint,
     choices_problem,
     field_problems,
 )
@@ -148,8 +148,8 @@ class SettingsScreen(ModalScreen[Settings | None]):
         try:
             if kind != "regex" and Path(source).expanduser().is_file():
                 source = read_text_file(Path(source).expanduser(), "the constraint file")
-            if kind == "json_schema":
-                check_schema(source)
+            constraint = Constraint(kind, source)
+            check_constraint(constraint)
         except TokenstepError as error:
             return None, str(error)
-        return Constraint(kind, source), ""
+        return constraint, ""

@@ -21,6 +21,7 @@ from decoding.tokens import token_label
 BAR_WIDTH = 10
 REMOVED_STYLE = "dim strike"
 SPECIAL_STYLE = "magenta"
+NOTHING_LEFT_STYLE = "bold yellow"  # every candidate ruled out: the strategy cannot choose
 CHOSEN_STYLE = "bold blue"  # a control token (<|im_end|>), unlike the same characters typed as text
 HEADER_LINES = 1
 TOKEN_WIDTH = 18
@@ -114,6 +115,8 @@ class CandidatePanel(Static):
                 lines.append(
                     Text(f"chosen: {token_label(self.chosen.text)} ({rank}, {100 * self.chosen.prob:.2f}%)", style=CHOSEN_STYLE)
                 )
+        if shown.nothing_left:
+            lines.append(Text(shown.nothing_left, style=NOTHING_LEFT_STYLE))
         if shown.candidates and shown.candidates[0].ends:
             ends = "the reply" if self.chat else "the generation"
             lines.append(Text(f"row 1, {shown.candidates[0].label}, would end {ends}", style=SPECIAL_STYLE))
