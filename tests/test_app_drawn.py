@@ -1,0 +1,143 @@
+"""What the terminal is sent, read back cell by cell (characters and styles): the views must never lie
+(issue 24's newcomer trial, at 120 and 80 columns, on the tiny model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.cells import cell_len
+from rich.color import Color, ColorSystem
+from rich.style import Style
+from textual.widget import Widget
+
+from tests.test_app import SIZE, make_app, settle
+from tui.widgets.candidates import CandidatePanel
+from tui.widgets.text_view import TextView, heat_named
+
+NARROW = (80, 24)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the screen: a character and a style per cell (a wide character's second cell is "")."""
+
+    cells: tuple[str, ...]
+    styles: tuple[Style, ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.cells)
+
+    def crop(self, start: int, end: int) -> Row:
+        return Row(self.cells[start:end], self.styles[start:end])
+
+    def find(self, text: str, start: int = 0) -> int:
+        """The first cell of `text` at or after cell `start`."""
+        for x in range(start, len(self.cells)):
+            if "".join(self.cells[x:]).startswith(text):
+                return x
+        raise AssertionError(f"{text!r} is not drawn in {self.text!r}")
+
+    def colours(self, start: int, text: str) -> set[Color | None]:
+        """The foreground colours of `text`'s cells, drawn from cell `start`."""
+        return {style.color for style in self.styles[start : start + cell_len(text)]}
+
+
+def drawn(app) -> list[Row]:
+    """The whole screen, as Textual paints it for the terminal."""
+    rows = []
+    for strip in app.screen._compositor.render_strips():
+        cells: list[str] = []
+        styles: list[Style] = []
+        for text, style, _ in strip:
+            for char in text:
+                width = cell_len(char)
+                cells += [char, *[""] * (width - 1)]
+                styles += [style or Style()] * width
+        rows.append(Row(tuple(cells), tuple(styles)))
+    return rows
+
+
+def rows_of(app, widget: Widget) -> list[Row]:
+    """The rows drawn inside `widget`'s content (its border and padding left out)."""
+    region = widget.content_region
+    return [row.crop(region.x, region.right) for row in drawn(app)[region.y : region.bottom]]
+
+
+def footer(app) -> str:
+    return drawn(app)[-1].text
+
+
+# Which legend step each value falls in, as the legend's labels read (≥50% ≥20% ≥5% <5% and so on).
+STEP_OF = {
+    "probability": lambda token, panel: next(i for i, bound in enumerate((0.5, 0.2, 0.05, 0.0)) if token.prob >= bound),
+    "entropy": lambda token, panel: next(i for i, bound in enumerate((1.0, 2.5, 4.0, float("inf"))) if panel.entropy < bound),
+    "rank": lambda token, panel: next(i for i, bound in enumerate((1, 10, 100, float("inf"))) if token.rank < bound),
+}
+
+
+def legend_colours(app, heat: str) -> list[Color | None]:
+    """The colour each step's label is drawn in, read off the legend."""
+    row = rows_of(app, app.query_one(TextView).query_one("#legend"))[0]
+    colours, at = [], row.find(f"heat: {heat}")
+    for label in heat_named(heat).labels:
+        at = row.find(label, at)
+        (colour,) = row.colours(at, label)
+        colours.append(colour)
+        at += cell_len(label)
+    return colours
+
+
+async def test_generated_tokens_are_drawn_in_the_legends_colour_for_their_value_under_every_heat(tiny_model_dir):
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("space", "space", "space")
+        await settle(pilot)
+        snapshot = app.snapshot
+        generated = "".join(snapshot.pieces)
+        first_line = rows_of(app, app.query_one("#running-text"))[0]
+        assert first_line.text.startswith(snapshot.prompt + generated)  # printable tokens, on one line
+        tints = legend_colours(app, "probability")
+        assert len(set(tints)) == 4 and None not in tints
+        for heat in ("probability", "entropy", "rank", "off"):
+            assert app.heat == heat
+            row = rows_of(app, app.query_one("#running-text"))[0]
+            plain = row.colours(0, snapshot.prompt[0])  # the prompt's first token has no score: untinted
+            at = cell_len(snapshot.prompt)
+            for token, panel, piece in zip(snapshot.path, snapshot.panels, snapshot.pieces):
+                expected = plain if heat == "off" else {legend_colours(app, heat)[STEP_OF[heat](token, panel)]}
+                assert row.colours(at, piece) == expected, f"{piece!r} under the {heat} heat"
+                assert not any(style.underline for style in row.styles[at : at + cell_len(piece)])  # none forced
+                at += cell_len(piece)
+            if heat == "off":
+                assert not plain & set(tints)
+            await pilot.press("h")
+            await pilot.pause()
+
+
+async def test_the_legends_steps_stay_apart_in_256_and_in_16_colours(tiny_model_dir):
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        row = rows_of(app, app.query_one(TextView).query_one("#legend"))[0]
+        control = row.find("control token")
+        text = rows_of(app, app.query_one("#running-text"))[0]
+        shown = [*legend_colours(app, "probability"), *row.colours(control, "control token"), *text.colours(0, "T")]
+        assert all(colour is not None for colour in shown) and len(shown) == 6
+        for system in (ColorSystem.TRUECOLOR, ColorSystem.EIGHT_BIT, ColorSystem.STANDARD):
+            downsampled = [colour.downgrade(system) for colour in shown if colour is not None]
+            assert len(set(downsampled)) == len(shown), f"two legend steps look the same in {system.name}: {downsampled}"
+
+
+async def palette(pilot, query: str) -> None:
+    await pilot.press("ctrl+p")
+    await pilot.pause()
+    await pilot.press(*query)
+    await pilot.pause(0.5)
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+def candidate_rows(app) -> list[str]:
+    return [row.text.rstrip() for row in rows_of(app, app.query_one(CandidatePanel))]
