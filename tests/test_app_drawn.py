@@ -10,6 +10,7 @@ from rich.color import Color, ColorSystem
 from rich.style import Style
 from textual.widget import Widget
 
+from decoding.settings import Strategy
 from tests.test_app import SIZE, make_app, settle
 from tui.widgets.candidates import CandidatePanel
 from tui.widgets.text_view import TextView, heat_named
@@ -141,3 +142,20 @@ async def palette(pilot, query: str) -> None:
 
 def candidate_rows(app) -> list[str]:
     return [row.text.rstrip() for row in rows_of(app, app.query_one(CandidatePanel))]
+
+
+async def test_switching_to_a_reshaping_strategy_from_the_palette_keeps_one_line_per_candidate(tiny_model_dir):
+    app = make_app(tiny_model_dir, strategy=Strategy(temperature=1.5))  # greedy: the temperature waits
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await palette(pilot, "Switch to sampling")
+        assert app.snapshot.strategy.kind == "sample"
+        for size in (SIZE, (130, 36), SIZE):
+            await pilot.resize_terminal(*size)
+            await pilot.press("space")
+            await settle(pilot)
+            rows = candidate_rows(app)
+            assert rows[0].split() == ["#", "token", "model", "strategy", "logprob"]
+            ranks = [row.split()[0] for row in rows[1:11]]
+            assert ranks == [str(rank) for rank in range(1, 11)]  # ten candidates, one line each
+            assert all(row.endswith(f"{c.logprob:.3f}") for row, c in zip(rows[1:], app.snapshot.distribution.candidates))
