@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from rich.cells import cell_len
 from rich.color import Color, ColorSystem
 from rich.style import Style
+from textual import events
 from textual.widget import Widget
 
 from decoding.settings import Strategy
@@ -159,3 +160,35 @@ async def test_switching_to_a_reshaping_strategy_from_the_palette_keeps_one_line
             ranks = [row.split()[0] for row in rows[1:11]]
             assert ranks == [str(rank) for rank in range(1, 11)]  # ten candidates, one line each
             assert all(row.endswith(f"{c.logprob:.3f}") for row, c in zip(rows[1:], app.snapshot.distribution.candidates))
+
+
+async def test_the_palettes_set_candidates_shown_edits_the_candidates_field(tiny_model_dir):
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await palette(pilot, "Set candidates shown")
+        assert app.screen.focused is not None and app.screen.focused.id == "choices"
+        await pilot.press("backspace", "backspace", "4", "0", "enter")
+        await settle(pilot)
+        assert app.snapshot.choices == 40 and app.snapshot.strategy == Strategy()
+        assert len(app.snapshot.distribution.candidates) == 40
+
+
+async def test_keys_sent_in_one_burst_to_a_settings_field_act_in_the_order_sent(tiny_model_dir):
+    app = make_app(tiny_model_dir, strategy=Strategy(kind="sample", temperature=1.5))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("s")
+        await pilot.pause()
+        field = app.screen.query_one("#temperature")
+        assert app.screen.focused is field
+        # As a terminal sends them when they come together (tmux send-keys BSpace 7, a paste of keys):
+        # all at once, none waiting for the one before it to be handled.
+        for key, character in [("backspace", "\x7f"), ("7", "7"), ("left", None), ("left", None), ("backspace", "\x7f")]:
+            app._driver.send_message(events.Key(key, character))
+        app._driver.send_message(events.Key("2", "2"))
+        await pilot.pause(0.2)
+        assert rows_of(app, field)[0].text.strip() == "2.7"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.snapshot.strategy.temperature == 2.7
