@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from rich.cells import cell_len
 from rich.color import Color, ColorSystem
 from rich.style import Style
@@ -192,3 +193,40 @@ async def test_keys_sent_in_one_burst_to_a_settings_field_act_in_the_order_sent(
         await pilot.press("enter")
         await settle(pilot)
         assert app.snapshot.strategy.temperature == 2.7
+
+
+@pytest.mark.parametrize(("size", "keys"), [(SIZE, "w"), (NARROW, "w"), (NARROW, "lgw")])
+async def test_the_processors_panel_leaves_the_text_room_for_words(tiny_model_dir, size, keys):
+    app = make_app(tiny_model_dir, strategy=Strategy(kind="sample", temperature=1.5, top_k=20, top_p=0.9))
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        await pilot.press(*keys)
+        await settle(pilot)
+        left = app.query_one("#lens" if "l" in keys else "#text")
+        assert left.display and left.region.width >= 28
+        processors = app.query_one("#processors")
+        assert processors.display and processors.region.x >= left.region.right
+        if size == SIZE:  # wide enough for all of it: nothing is cut at the right
+            assert processors.region.right <= size[0] and "ruled out" in "".join(r.text for r in rows_of(app, processors))
+
+
+async def test_the_footer_shows_the_keys_most_needed_at_80_columns_and_every_key_at_120(tiny_model_dir):
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot)
+        for shown in ("space Step", "1-9 Pick", "⌫ Undo", "p Play", "s Settings", "h Heat", "q Quit", "esc Stop", "^p palette"):
+            assert shown in footer(app)
+        await pilot.resize_terminal(*SIZE)
+        await pilot.pause(0.2)
+        for shown in ("c Compare", "t Tree", ",/. Look back", "e Export", "^p palette"):
+            assert shown in footer(app)
+        assert footer(app).rstrip().endswith("^p palette")
+
+
+async def test_ctrl_c_quits(tiny_model_dir):
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+        assert not app.is_running

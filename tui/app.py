@@ -153,7 +153,7 @@ class TokenstepApp(App[int]):
                 yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "side")
         yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "bottom")
         yield StatusLine(Text("loading…"), id="status")
-        yield Footer()
+        yield Footer(compact=True)  # the keys most needed fit at 80 columns, all of them at 120
 
     def on_mount(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
@@ -504,9 +504,12 @@ class TokenstepApp(App[int]):
             self.refresh_view()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """The beam keys only while beam search runs (hidden from the footer otherwise)."""
+        """The beam keys only while beam search runs, the cursor's only while it does not (each
+        hidden from the footer otherwise)."""
         if action == "highlight_beam":
             return self.beam_view is not None
+        if action == "move_cursor":
+            return self.beam_view is None
         return True
 
     def action_play(self) -> None:
