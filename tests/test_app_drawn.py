@@ -12,6 +12,7 @@ from rich.style import Style
 from textual import events
 from textual.widget import Widget
 
+from decoding.loading import LoadOptions
 from decoding.settings import Strategy
 from tests.test_app import SIZE, make_app, settle
 from tui.widgets.candidates import CandidatePanel
@@ -230,3 +231,16 @@ async def test_ctrl_c_quits(tiny_model_dir):
         await pilot.press("ctrl+c")
         await pilot.pause()
         assert not app.is_running
+
+
+async def test_a_second_model_gets_a_status_line_of_its_own_and_the_model_line_stays(tiny_model_dir):
+    app = make_app(tiny_model_dir, second_options=LoadOptions(model=str(tiny_model_dir), device="cpu"))
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot)
+        await pilot.press("space", "space")
+        await settle(pilot)
+        status = [row.text.strip() for row in rows_of(app, app.query_one("#status"))]
+        assert len(status) == 3
+        assert status[0].startswith("step 2 │ last p=") and "nats" in status[0]
+        assert status[1].endswith("│ greedy") and app.view.model in status[1]
+        assert status[2].startswith("second model Δlogp=+0.000 KL=0.000 │ greedy agree so far │ ")
