@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.cells import cell_len
 from rich.color import Color, ColorSystem
 from rich.style import Style
@@ -17,6 +19,7 @@ from decoding.settings import Strategy
 from tests.test_app import SIZE, make_app, settle
 from tui.widgets.candidates import CandidatePanel
 from tui.widgets.text_view import TextView, heat_named
+from tui.widgets.timeline import whole_ticks
 
 NARROW = (80, 24)
 
@@ -71,6 +74,8 @@ def rows_of(app, widget: Widget) -> list[Row]:
 def footer(app) -> str:
     return drawn(app)[-1].text
 
+
+# --- the heat views: every token tinted as the legend says -------------------------------------
 
 # Which legend step each value falls in, as the legend's labels read (≥50% ≥20% ≥5% <5% and so on).
 STEP_OF = {
@@ -132,6 +137,9 @@ async def test_the_legends_steps_stay_apart_in_256_and_in_16_colours(tiny_model_
         for system in (ColorSystem.TRUECOLOR, ColorSystem.EIGHT_BIT, ColorSystem.STANDARD):
             downsampled = [colour.downgrade(system) for colour in shown if colour is not None]
             assert len(set(downsampled)) == len(shown), f"two legend steps look the same in {system.name}: {downsampled}"
+
+
+# --- the candidate panel and the palette ------------------------------------------------------
 
 
 async def palette(pilot, query: str) -> None:
@@ -196,6 +204,9 @@ async def test_keys_sent_in_one_burst_to_a_settings_field_act_in_the_order_sent(
         assert app.snapshot.strategy.temperature == 2.7
 
 
+# --- room for the text, the footer, ctrl+c ------------------------------------------------------
+
+
 @pytest.mark.parametrize(("size", "keys"), [(SIZE, "w"), (NARROW, "w"), (NARROW, "lgw")])
 async def test_the_processors_panel_leaves_the_text_room_for_words(tiny_model_dir, size, keys):
     app = make_app(tiny_model_dir, strategy=Strategy(kind="sample", temperature=1.5, top_k=20, top_p=0.9))
@@ -233,6 +244,9 @@ async def test_ctrl_c_quits(tiny_model_dir):
         assert not app.is_running
 
 
+# --- the status line and the timeline ------------------------------------------------------------
+
+
 async def test_a_second_model_gets_a_status_line_of_its_own_and_the_model_line_stays(tiny_model_dir):
     app = make_app(tiny_model_dir, second_options=LoadOptions(model=str(tiny_model_dir), device="cpu"))
     async with app.run_test(size=NARROW) as pilot:
@@ -244,3 +258,26 @@ async def test_a_second_model_gets_a_status_line_of_its_own_and_the_model_line_s
         assert status[0].startswith("step 2 │ last p=") and "nats" in status[0]
         assert status[1].endswith("│ greedy") and app.view.model in status[1]
         assert status[2].startswith("second model Δlogp=+0.000 KL=0.000 │ greedy agree so far │ ")
+
+
+async def test_the_timeline_numbers_its_steps_in_whole_numbers(tiny_model_dir):
+    app = make_app(tiny_model_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("g", "space", "space", "space")
+        await settle(pilot)
+        await pilot.pause(0.2)
+        rows = [row.text for row in rows_of(app, app.query_one("#timeline"))]
+        axis = next(index for index, row in enumerate(rows) if row.strip() == "step")
+        assert rows[axis - 1].split() == ["1", "2", "3"]
+
+
+@given(st.integers(1, 10**9), st.integers(2, 40))
+def test_the_timelines_ticks_are_whole_steps_from_1_evenly_apart_within_the_room(steps, most):
+    ticks = whole_ticks(steps, most)
+    assert ticks[0] == 1 and ticks[-1] <= steps and len(ticks) <= most
+    assert all(isinstance(tick, int) for tick in ticks)
+    assert len({b - a for a, b in zip(ticks[1:], ticks[2:])}) <= 1  # evenly apart after the 1
+    if most >= 3:  # room for three labels: the last is less than one spacing short of the last step
+        spacing = ticks[-1] - ticks[-2] if len(ticks) > 2 else ticks[-1]
+        assert steps - ticks[-1] < spacing
