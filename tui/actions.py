@@ -22,6 +22,7 @@ class Action:
     in_palette: bool = True
 
 
+# The footer shows its actions in this order, cut where the terminal ends: the most needed first.
 ACTIONS = (
     Action("step", "step", "Step", "One step by the current strategy", "space,right"),
     Action("pick.1", "pick(0)", "Pick", "Force-pick that row", "1", key_display="1-9", in_palette=False),
@@ -51,7 +52,16 @@ ACTIONS = (
         "Strategy settings: greedy, sampling or beam search, temperature, top-k, top-p, seed",
         "s",
     ),
-    Action("settings.choices", "settings", "Set candidates shown (k)", "How many candidates the panel lists", in_footer=False),
+    Action("heat", "heat", "Heat", "Tint the text by probability, entropy, rank, a second model's disagreement, or not", "h"),
+    Action("quit", "quit", "Quit", "Leave tokenstep (ctrl+c too, outside a text field)", "q,ctrl+c"),
+    Action("stop", "stop", "Stop", "Stop playing and drop queued steps", "escape"),
+    Action(
+        "settings.choices",
+        "settings('choices')",
+        "Set candidates shown (k)",
+        "How many candidates the panel lists",
+        in_footer=False,
+    ),
     Action("switch.greedy", "switch('greedy')", "Switch to greedy", "Choose the most likely token"),
     Action("switch.sample", "switch('sample')", "Switch to sampling", "Draw from the (processed) distribution"),
     Action("switch.beam", "switch('beam')", "Switch to beam search", "Step all beams at once (settings: s)"),
@@ -66,11 +76,10 @@ ACTIONS = (
         in_footer=False,
     ),
     Action("sibling.next", "sibling(1)", "Next branch", "Go to the next sibling branch", "right_square_bracket", in_footer=False),
-    Action("heat", "heat", "Heat", "Tint the text by probability, entropy, rank, a second model's disagreement, or not", "h"),
     Action(
         "cursor.back",
         "move_cursor(-1)",
-        "Earlier step",
+        "Look back",
         "Look at the step before (its candidates, stored)",
         "comma",
         key_display=",/.",
@@ -78,7 +87,7 @@ ACTIONS = (
     Action(
         "cursor.on",
         "move_cursor(1)",
-        "Later step",
+        "Look forward",
         "Look at the step after; past the last, the live end",
         "full_stop",
         in_footer=False,
@@ -100,8 +109,6 @@ ACTIONS = (
         "chat.new", "send(True)", "New conversation", "Start a new conversation from the message box", "ctrl+n", in_footer=False
     ),
     Action("force_text", "force_text", "Force text", "Force some text token by token (a reply's start)", "f", in_footer=False),
-    Action("stop", "stop", "Stop", "Stop playing and drop queued steps", "escape"),
-    Action("quit", "quit", "Quit", "Leave tokenstep", "q"),
 )
 
 

@@ -41,6 +41,7 @@ from tui.panels import PANELS
 from tui.settings_screen import Settings, SettingsScreen
 from tui.widgets.beams import BeamPanel
 from tui.widgets.candidates import CandidatePanel
+from tui.widgets.fields import Field, MessageBox
 from tui.widgets.lens_view import LensPanel
 from tui.widgets.spinner import Spinner
 from tui.widgets.status import StatusLine
@@ -136,10 +137,10 @@ class TokenstepApp(App[int]):
 
     def compose(self) -> ComposeResult:
         text = "" if self.request.chat else self.request.text
-        prompt = Input(self._shown_prompt(text), placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
+        prompt = Field(self._shown_prompt(text), placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
         prompt.border_title = "prompt · tab to edit, enter to run · ctrl+t chat"
         yield prompt
-        message = TextArea(id="message", soft_wrap=True, show_line_numbers=False, placeholder="Type a message")
+        message = MessageBox(id="message", soft_wrap=True, show_line_numbers=False, placeholder="Type a message")
         message.border_title = "message · tab to edit, ctrl+s sends · ctrl+n new conversation · ctrl+t plain prompt"
         yield message
         with Vertical(id="loading"):
@@ -155,7 +156,7 @@ class TokenstepApp(App[int]):
                 yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "side")
         yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "bottom")
         yield StatusLine(Text("loading…"), id="status")
-        yield Footer()
+        yield Footer(compact=True)  # the keys most needed fit at 80 columns, all of them at 120
 
     def on_mount(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
@@ -514,9 +515,12 @@ class TokenstepApp(App[int]):
             self.refresh_view()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """The beam keys only while beam search runs (hidden from the footer otherwise)."""
+        """The beam keys only while beam search runs, the cursor's only while it does not (each
+        hidden from the footer otherwise)."""
         if action == "highlight_beam":
             return self.beam_view is not None
+        if action == "move_cursor":
+            return self.beam_view is None
         return True
 
     def action_play(self) -> None:
@@ -580,7 +584,8 @@ class TokenstepApp(App[int]):
     def action_switch(self, kind: str) -> None:
         self.enqueue(commands.Switch(kind))
 
-    def action_settings(self) -> None:
+    def action_settings(self, field: str = "temperature") -> None:
+        """The settings, `field` focused."""
         current = self.snapshot
         settings = Settings(current.strategy, current.choices) if current else Settings(self.strategy, self.choices)
 
@@ -589,7 +594,7 @@ class TokenstepApp(App[int]):
                 self.strategy, self.choices = result.strategy, result.choices
                 self.enqueue(commands.ApplySettings(result.strategy, result.choices))
 
-        self.push_screen(SettingsScreen(settings), apply)
+        self.push_screen(SettingsScreen(settings, field), apply)
 
     def action_choose_model(self) -> None:
         def chosen(model: str | None) -> None:

@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
+from tui.widgets.fields import Field
+
 
 class AskScreen(ModalScreen[str | None]):
     """Dismissed with the text typed (enter), or None (escape)."""
@@ -22,7 +24,7 @@ class AskScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="ask-dialog"):
             yield Label(self.question)
-            yield Input(placeholder=self.placeholder, id="ask-input")
+            yield Field(placeholder=self.placeholder, id="ask-input")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() if self.strip else event.value)

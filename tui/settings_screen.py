@@ -23,6 +23,7 @@ from decoding.settings import (
     choices_problem,
     field_problems,
 )
+from tui.widgets.fields import Field
 
 # (field, label, parser): each text field of the form and how its text becomes a value.
 FIELDS = [
@@ -50,12 +51,12 @@ class Settings:
 
 
 class SettingsScreen(ModalScreen[Settings | None]):
-    AUTO_FOCUS = "Input"  # so enter applies at once
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="settings.cancel")]
 
-    def __init__(self, current: Settings) -> None:
+    def __init__(self, current: Settings, field: str = "temperature") -> None:
+        """`field`: the one focused at first (enter applies at once)."""
         super().__init__()
-        self.current = current
+        self.current, self.first_field = current, field
 
     def compose(self) -> ComposeResult:
         values = {**self.current.strategy.as_dict(), "choices": self.current.choices}
@@ -69,7 +70,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 yield Label("", classes="error", id="kind-error")
                 for name, label, _ in FIELDS:
                     yield Label(label)
-                    yield Input(str(values[name]), id=name, select_on_focus=False, compact=True)
+                    yield Field(str(values[name]), id=name, select_on_focus=False, compact=True)
                     yield Label("", classes="error", id=f"{name}-error")
                     if name == "length_penalty":
                         yield Label("early stopping (beam search)")
@@ -92,9 +93,12 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 )
                 yield Label("", classes="error")
                 yield Label("  its pattern, file or text")
-                yield Input(constraint.source if constraint else "", id="constraint_source", select_on_focus=False, compact=True)
+                yield Field(constraint.source if constraint else "", id="constraint_source", select_on_focus=False, compact=True)
                 yield Label("", classes="error", id="constraint-error")
             yield Button("Apply", variant="primary", id="apply")
+
+    def on_mount(self) -> None:
+        self.query_one(f"#{self.first_field}", Input).focus()
 
     def on_input_submitted(self) -> None:
         self.apply()

@@ -53,7 +53,7 @@ class CandidatePanel(Static):
     chat = False
     chosen: PathToken | None = None  # at a past step: the token that was chosen there
     cursor_row = 0
-    _drawn_size: object = None  # what set the panel's size when last shown (see move_cursor)
+    _drawn_size: tuple[int, int] | None = None  # the table's lines and width when last shown (see move_cursor)
 
     def show(
         self, distribution: Distribution | None, note: str = "", chat: bool = False, chosen: PathToken | None = None
@@ -68,9 +68,12 @@ class CandidatePanel(Static):
     def move_cursor(self, row: int) -> None:
         rows = len(self.shown.candidates) if self.shown else 1
         self.cursor_row = max(0, min(row, rows - 1))
-        # The table's width is fixed: the screen is laid out again only when its lines or notes change.
-        size = (rows, self.note, self.chosen is not None, self.chat, self.shown is None)
-        self.update(self._table() if self.shown else self._empty(), layout=size != self._drawn_size)
+        # The screen is laid out again only when the table's size changes (more lines, or wider
+        # columns: a strategy that reshapes the distribution adds two), not at every frame of play.
+        table = self._table() if self.shown else self._empty()
+        lines = table.plain.split("\n")
+        size = (len(lines), max(cell_len(line) for line in lines))
+        self.update(table, layout=size != self._drawn_size)
         self._drawn_size = size
         if self.shown:  # a long list scrolls with the highlight, so enter never picks a row not shown
             self.call_after_refresh(self._keep_cursor_in_view)

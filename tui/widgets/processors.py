@@ -7,6 +7,7 @@ score it changed otherwise (a repetition penalty) is marked ↓ or ↑.
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -26,6 +27,7 @@ SHORT_NAMES = {
     "top_p": "top-p",
 }
 COLUMN = 10
+NOTE_WIDTH = 48  # the narrowest a note is wrapped to: as wide as the candidate panel
 
 
 def _cell(text: str, style: str = "") -> Text:
@@ -54,26 +56,28 @@ def processor_table(report: ProcessorReport, distribution: Distribution) -> Text
                     mark = "↓" if effect.after[row] < effect.before[row] else "↑"
                 line.append_text(_cell(f"{mark}{100 * effect.after[row]:.2f}%", "magenta" if mark else ""))
         lines.append(line)
-    footer = Text("ruled out in the whole vocabulary: ", style="dim")
-    footer.append(
-        ", ".join(
-            f"{SHORT_NAMES.get(e.name, e.name)} {e.removed_in_all} ({100 * e.mass_removed:.1f}% of the probability)"
-            for e in report.effects
-        ),
-        style="dim",
+    ruled_out = ", ".join(
+        f"{SHORT_NAMES.get(e.name, e.name)} {e.removed_in_all} ({100 * e.mass_removed:.1f}% of the probability)"
+        for e in report.effects
     )
-    return Text("\n").join([*lines, footer])
+    notes = [f"ruled out in the whole vocabulary: {ruled_out}"]
+    if not distribution.complete:  # a server's top N: the processors ran here, on them
+        notes.append(f"ran here, on the top {distribution.known} tokens the engine returned")
+    return Text("\n").join([*lines, *(note(text, header.cell_len) for text in notes)])
+
+
+def note(text: str, width: int = NOTE_WIDTH) -> Text:
+    """A dim note wrapped to the table's width: a long line would widen the side column and squeeze
+    the text beside it."""
+    return Text("\n".join(textwrap.wrap(text, max(width, NOTE_WIDTH))), style="dim")
 
 
 class ProcessorPanel(Static):
     def show(self, report: ProcessorReport | None, view: View) -> None:
         distribution = view.snapshot.distribution
         if view.beam is not None:
-            self.update(Text("Beam search applies the processors to each beam;\nthis view follows a single path.", style="dim"))
+            self.update(note("Beam search applies the processors to each beam; this view follows a single path."))
         elif report is None or distribution is None:
-            self.update(Text("No processors: the strategy takes the model's distribution as it is.", style="dim"))
+            self.update(note("No processors: the strategy takes the model's distribution as it is."))
         else:
-            table = processor_table(report, distribution)
-            if not distribution.complete:  # a server's top N: the processors ran here, on them
-                table.append(f"\nran here, on the top {distribution.known} tokens the engine returned", style="dim")
-            self.update(table)
+            self.update(processor_table(report, distribution))

@@ -5,20 +5,23 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from decoding.state import BeamSnapshot, Snapshot, Timing
+from decoding.state import BeamSnapshot, SecondView, Snapshot, Timing
 
 
 class StatusLine(Static):
+    """Two lines (three with a second model), each cut short rather than wrapped: a wrapped line would
+    push the next one out of sight."""
+
+    _line_count = 2
+
     def show(self, snapshot: Snapshot, timing: Timing, model: str) -> None:
         at = snapshot.cursor
+        index = None if not snapshot.path else len(snapshot.path) - 1 if at is None else at
         parts = [f"step {len(snapshot.path)}" if at is None else f"looking at step {at + 1} of {len(snapshot.path)}"]
-        if snapshot.path:
-            index = len(snapshot.path) - 1 if at is None else at
+        if index is not None:
             token = snapshot.path[index]
             rank = "beyond the known" if token.rank is None else token.rank + 1
             parts.append(f"{'last' if at is None else 'chosen'} p={token.prob:.2%} rank {rank}")
-            if snapshot.second is not None:
-                parts.append(_second_part(snapshot, index))
         distribution = snapshot.distribution if at is None else snapshot.panels[at]
         if distribution:
             bound = "=" if distribution.complete else "≥"  # partial scores: a lower bound
@@ -30,7 +33,17 @@ class StatusLine(Static):
             parts.append(f"{timing.latency_ms:.0f} ms")
         if timing.tokens_per_s is not None:
             parts.append(f"{timing.tokens_per_s:.1f} tok/s")
-        self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {snapshot.strategy.describe()}"), layout=False)  # 2 lines, always
+        lines = [" │ ".join(parts), f"{model} │ {snapshot.strategy.describe()}"]
+        if snapshot.second is not None:
+            lines.append(_second_line(snapshot, index))
+        self._show(lines)
+
+    def _show(self, lines: list[str]) -> None:
+        """The screen is laid out again only when the number of lines changes (not at every frame of play)."""
+        if len(lines) != self._line_count:
+            self._line_count = len(lines)
+            self.styles.height = self._line_count
+        self.update(Text("\n".join(lines)), layout=False)
 
     def show_beam(self, beam: BeamSnapshot, timing: Timing, model: str) -> None:
         parts = [
@@ -46,21 +59,28 @@ class StatusLine(Static):
             parts.append(f"{timing.latency_ms:.0f} ms")
         if timing.tokens_per_s is not None:
             parts.append(f"{timing.tokens_per_s:.1f} steps/s")
-        self.update(Text(" │ ".join(parts) + "\n" + f"{model} │ {beam.strategy.describe()}"), layout=False)
+        self._show([" │ ".join(parts), f"{model} │ {beam.strategy.describe()}"])
 
 
-def _second_part(snapshot: Snapshot, index: int) -> str:
+def _second_line(snapshot: Snapshot, index: int | None) -> str:
     """The second model at that step: its log-probability against the first's, the KL divergence of
-    the two distributions, and where their greedy choices first differ."""
+    the two distributions, where their greedy choices first differ; then its name (the values come
+    first: a long name is what is cut)."""
     second = snapshot.second
     assert second is not None
-    if second.note:
-        return second.note
+    if second.note:  # it names the model
+        return f"second model {second.note}"
+    return f"second model {_second_values(second, index)} │ {second.model}"
+
+
+def _second_values(second: SecondView, index: int | None) -> str:
+    if index is None:
+        return "scores each step"
     pair = second.path[index] if index < len(second.path) else None
     if pair is None:
-        return "second model: catching up"
+        return "catching up"
     difference = "?" if pair.difference is None else f"{pair.difference:+.3f}"
     kl = "" if pair.kl is None else f" KL={pair.kl:.3f}"
     diverge = second.first_divergence
     where = "greedy agree so far" if diverge is None else f"greedy first differ at step {diverge + 1}"
-    return f"second Δlogp={difference}{kl} · {where}"
+    return f"Δlogp={difference}{kl} │ {where}"

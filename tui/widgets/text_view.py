@@ -23,9 +23,12 @@ from decoding.tokens import escape_controls
 
 FORCED_STYLE = "underline reverse"
 SCAFFOLD_STYLE = "dim italic"
-SPECIAL_STYLE = "bold magenta"
 CURSOR_STYLE = "bold on blue"
-TINTS = ("green", "yellow", "dark_orange", "red")  # confident (or agreeing) to surprised (or apart)
+# Confident (or agreeing) to surprised (or apart). Colours of the xterm cube, each its own colour in 256
+# and in 16 colours too (as Rich downsamples them): ANSI names would take the theme's colours, where
+# yellow is orange and red is magenta.
+TINTS = ("#5fd75f", "#ffd75f", "#d75f00", "#ff5f5f")
+SPECIAL_STYLE = "bold #d787ff"
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def tint(prob: float) -> str:
 
 
 def legend(heat: Heat = HEATS[0], second: str = "") -> Text:
-    text = Text(f"heat: {heat.name} ", style="dim")
+    text = Text().append(f"heat: {heat.name} ", style="dim")  # the tints undimmed: as in the text
     for label, style in zip(heat.labels, TINTS):
         text.append(f"{label} ", style=style)
     text.append("forced ", style=FORCED_STYLE).append("control token", style=SPECIAL_STYLE)
@@ -178,7 +181,9 @@ class TextView(VerticalScroll):
     _legend: object = None
 
     def compose(self):
-        yield Static(id="running-text")
+        running_text = Static(id="running-text")
+        running_text.set_reactive(Static.auto_links, False)  # a clickable token keeps its tint (no link colour)
+        yield running_text
         yield Static(legend(), id="legend")
 
     def show(self, snapshot: Snapshot, visible_whitespace: bool, heat: Heat = HEATS[0], clickable: bool = False) -> None:

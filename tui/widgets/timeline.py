@@ -20,18 +20,31 @@ if TYPE_CHECKING:
 # every play frame (4 a second) it slowed play by a quarter. While playing it is drawn every 2 seconds,
 # and a drawn plot is kept until its value or size changes (plotext would rebuild it at every layout).
 PLAYING_REDRAW_SECONDS = 2.0
+TICK_SPACING = 8  # columns per step label, at least
+NICE_SPACINGS = tuple(mantissa * 10**exponent for exponent in range(12) for mantissa in (1, 2, 5))
+
+
+def whole_ticks(steps: int, most: int) -> list[int]:
+    """Step numbers to label the axis with: whole numbers from 1 to `steps`, at most `most` of them
+    (plotext's own ticks are fractions), 1, 2, 5, 10, 20, 50, ... apart."""
+    spacing = next(spacing for spacing in NICE_SPACINGS if steps < spacing * max(most, 2))
+    return [1, *range(spacing, steps + 1, spacing)] if spacing > 1 else list(range(1, steps + 1))
 
 
 class TimelinePanel(PlotextPlot):
     value: Timeline | None = None
     _drawn_at = 0.0
     _draws = 0  # plots drawn: a new one invalidates the rendered plot
+    _steps_drawn = 0  # in the plot drawn (while playing, the value shown may be ahead of it)
     _pending: Timer | None = None
     _rendered: tuple[object, RenderResult] | None = None  # (what it showed, the plot)
 
     def render(self) -> RenderResult:
         key = (self._draws, self.size, self.app.theme)
         if self._rendered is None or self._rendered[0] != key:
+            if self._steps_drawn:  # as many labels as the width has room for
+                ticks = whole_ticks(self._steps_drawn, self.size.width // TICK_SPACING)
+                self.plt.xticks([float(tick) for tick in ticks], [str(tick) for tick in ticks])
             self._rendered = (key, super().render())
         return self._rendered[1]
 
@@ -57,6 +70,7 @@ class TimelinePanel(PlotextPlot):
         plt = self.plt
         plt.clear_figure()
         steps = list(range(1, len(value.probabilities) + 1))
+        self._steps_drawn = len(steps)
         if not steps:
             plt.title("timeline: no steps yet")
             self.refresh()
