@@ -72,7 +72,7 @@ async def until_idle(app) -> None:
     while not (app.idle and app.snapshot is not None):
         try:
             await asyncio.wait_for(app.changed.wait(), 0.05)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         app.changed.clear()
 

@@ -92,7 +92,6 @@ def check_schema(source: str) -> None:
     `$ref` inside the schema itself (one line if not)."""
     import jsonschema  # type: ignore[import-untyped]
 
-    from decoding.json_text import JsonError, parse_json
 
     try:
         schema = parse_json(source)
