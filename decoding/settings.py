@@ -92,7 +92,6 @@ def check_schema(source: str) -> None:
     `$ref` inside the schema itself (one line if not)."""
     import jsonschema  # type: ignore[import-untyped]
 
-
     try:
         schema = parse_json(source)
     except JsonError as error:  # "not valid JSON (...)" or "its JSON is nested more than ..."
