@@ -36,7 +36,7 @@ class Whole:
 
 @dataclass(frozen=True)
 class Number:
-    """A number from `low` to `high`: finite, or an infinity that is itself a bound. Never NaN."""
+    """A number from `low` to `high` (None: no bound): finite, or an infinity named as a bound. Never NaN."""
 
     low: float | None = None
     high: float | None = None
@@ -160,7 +160,8 @@ def _fits(value: Any, spec: Any, where: str) -> bool:
 def _number_predicate(spec: Any) -> Callable[[Any], bool]:
     whole_only = spec is int or isinstance(spec, Whole)
     low, high = _bounds(spec)
-    infinities = (low, high) if isinstance(spec, Number) else (-math.inf, math.inf)  # plain float: ±inf
+    # A Number takes an infinity only where it names it as a bound; a plain float takes both.
+    infinities = (spec.low, spec.high) if isinstance(spec, Number) else (-math.inf, math.inf)
 
     def fits(value: Any) -> bool:
         kind = type(value)
@@ -233,7 +234,7 @@ def _is_number(value: Any) -> bool:
 
 def _within(value: float, spec: Any) -> bool:
     low, high = _bounds(spec)
-    if isinstance(spec, Number) and isinstance(value, float) and math.isinf(value) and value not in (low, high):
+    if isinstance(spec, Number) and isinstance(value, float) and math.isinf(value) and value not in (spec.low, spec.high):
         return False  # an infinity fits a Number only as one of its bounds (a whole number is never infinite)
     return low <= value <= high
 

@@ -164,7 +164,7 @@ async def test_the_app_takes_llama_server_as_the_second_model(llama_server_url):
         await pilot.press("space", "space")
         await settle(pilot, rounds=6000)
         status = str(app.query_one("#status").content)
-        assert "second Δlogp=" in status and "left out" not in status
+        assert "second model Δlogp=" in status and "left out" not in status
 
 
 @pytest.mark.embedded

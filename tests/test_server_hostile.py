@@ -173,9 +173,9 @@ def test_one_tokens_log_probability_tokenized_ids_texts_and_pieces_are_checked(a
 @pytest.mark.parametrize(
     "entries, said",
     [
-        ([{"id": -1, "logprob": -0.1}], "expected a whole number >= 0 and <= 299, found -1"),
+        ([{"id": -1, "logprob": -0.1}], "expected a whole number from 0 to 299, found -1"),
         ([{"id": 2**70, "logprob": -0.1}], "found 1180591620717411303424"),
-        ([{"id": V, "logprob": -0.1}], "<= 299, found 300"),
+        ([{"id": V, "logprob": -0.1}], "to 299, found 300"),
         ([{"id": 1, "logprob": math.nan}], "logprob: expected a number <= 0.001, found nan"),
         ([{"id": 1, "logprob": math.inf}], "found inf"),
         ([{"id": 1, "logprob": -math.inf}], "found -inf"),
@@ -308,7 +308,7 @@ GARBAGE = {
     "an error with escapes": ("/completion", fixed(500, b"\x1b]0;TITLE\x07\x1b[2J boom"), "answered 500"),
     "context a string": ("/props", lambda body: servers._json({"default_generation_settings": {"n_ctx": "4096"}}), "n_ctx: expected a whole number"),
     "context NaN": ("/props", fixed(200, b'{"default_generation_settings": {"n_ctx": NaN}}'), "found nan"),
-    "vocabulary of 99,999,999,999,999": ("/v1/models", lambda body: servers._json({"data": [{"id": "m", "meta": {"n_vocab": 99_999_999_999_999}}]}), "n_vocab: expected a whole number >= 1 and <= 4194304"),
+    "vocabulary of 99,999,999,999,999": ("/v1/models", lambda body: servers._json({"data": [{"id": "m", "meta": {"n_vocab": 99_999_999_999_999}}]}), "n_vocab: expected a whole number from 1 to 4194304"),
     "tokens as strings": ("/tokenize", lambda body: servers._json({"tokens": ["1", "2"]} if isinstance(body["content"], str) else {"tokens": ByteServer.tokenize(body)}), "tokens[0]: expected a whole number"),
 }  # fmt: skip
 
