@@ -40,6 +40,7 @@ def diff_record(explorer: Explorer, second: SecondModel, record: dict[str, Any])
         recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"], record.get("prompt_form", "plain"), messages)
     )
     session = explorer.session
+    explorer.catch_up()
     for number, step in enumerate(record["steps"], start=1):
         if "turn" in step:
             turn = step["turn"]
@@ -47,7 +48,7 @@ def diff_record(explorer: Explorer, second: SecondModel, record: dict[str, Any])
             session.add_turn(Turn(said[-1], turn["text"], tuple(turn["ids"])))
         else:
             explorer.force(step["chosen"]["token_id"])
-    explorer.catch_up()
+        explorer.catch_up()  # the second model reads each step while its full scores are still held
     shown = explorer.view()
     view = shown.snapshot
     assert view.second is not None

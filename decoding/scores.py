@@ -87,6 +87,7 @@ class NextToken:
             self.nothing_left = nothing_left_line(strategy, [effect.name for effect in effects if effect.removed_in_all])
         self._logprobs: torch.Tensor | None = None
         self._distribution: Distribution | None = None
+        self._report: ProcessorReport | None = None  # what the processors did, once asked for or released
         self.held = True  # the full-vocabulary tensors are here (see `release`)
 
     @classmethod
@@ -100,12 +101,16 @@ class NextToken:
         offered._texts, offered.grammar, offered._grammar_allows = texts, grammar, None
         offered.processed = offered._logprobs = None
         offered._distribution, offered.held, offered.nothing_left = distribution, False, ""
+        offered._report = None
         return offered
 
-    def release(self) -> None:
-        """Keep the panel (its candidates and entropy) and let the full-vocabulary tensors go: a past
-        step holds a few KB instead of several vocabulary-sized vectors. `rescored` brings them back."""
+    def release(self, context: Sequence[int]) -> None:
+        """Keep the panel (its candidates and entropy) and what the processors did to it, and let the
+        full-vocabulary tensors go: a past step holds a few KB instead of several vocabulary-sized
+        vectors, and a record of it needs no model work. `rescored` brings the tensors back.
+        `context`: the ids before this position."""
         self._distribution = self.distribution  # computed now, from the scores, and kept
+        self._report = self.report(context)
         self.scores = Scores(self.scores.values.new_empty(0))
         self.processed = self._logprobs = self._grammar_allows = None
         self.held = False
@@ -161,12 +166,25 @@ class NextToken:
             return 0.0  # every token was ruled out (a softmax of nothing but -inf is NaN)
         return float(torch.softmax(self.processed, dim=-1)[token_id])
 
+    @property
+    def kept_report(self) -> ProcessorReport | None:
+        """The processors' report if already made (None: not yet, or the strategy has no processors)."""
+        return self._report
+
+    def keep(self, report: ProcessorReport | None) -> None:
+        """Keep a report made from this position's scores computed again (see Session.report_at)."""
+        self._report = report
+
     def report(self, context: Sequence[int]) -> ProcessorReport | None:
-        """What each processor did to the candidates (None when the strategy has none)."""
+        """What each processor did to the candidates (None when the strategy has none), made once.
+        `context`: the ids before this position."""
         if not self.strategy.reshapes:
             return None
-        candidates = [c.token_id for c in self.distribution.candidates]
-        return explain(self.strategy, list(context), self.scores.values, candidates, self.grammar)
+        if self._report is None:
+            assert self.held, "a released position keeps its report"
+            candidates = [c.token_id for c in self.distribution.candidates]
+            self._report = explain(self.strategy, list(context), self.scores.values, candidates, self.grammar)
+        return self._report
 
     def _summarize(self) -> Distribution:
         known = None if self.scores.complete else self.scores.known

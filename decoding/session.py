@@ -223,17 +223,31 @@ class Session:
         """What each of the strategy's processors did to the candidates before path token `index`
         (default: the next token), under the strategy in force then. None when the strategy has no
         processors or there is no such step."""
-        tokens = [position for position, step in enumerate(self._steps) if step.token is not None]
-        index = len(tokens) if index is None else index
-        if index == len(tokens):
-            offered, position = self.next, len(self._steps)
-        elif 0 <= index < len(tokens):
-            position = tokens[index]
-            offered = self.offered_at(position)
-        else:
+        positions = [position for position, step in enumerate(self._steps) if step.token is not None]
+        index = len(positions) if index is None else index
+        if index == len(positions):
+            return self.next.report(self.ids) if self.next is not None else None
+        if not 0 <= index < len(positions):
             return None
-        context = self.prompt_ids + [token_id for step in self._steps[:position] for token_id in step.ids]
-        return offered.report(context) if offered is not None else None
+        return self.report_at(positions[index])
+
+    def report_at(self, position: int, context: Sequence[int] | None = None) -> ProcessorReport | None:
+        """The processors' report for step `position` (`context`: the ids before it, if at hand): kept
+        from when the step was made or released, else made once from its scores, fed again only
+        when they were let go without one (a path read in one pass)."""
+        offered = self._steps[position].offered
+        if not offered.strategy.reshapes:
+            return None
+        context = self._context_at(position) if context is None else context
+        if offered.held or offered.kept_report is not None:
+            return offered.report(context)
+        report = self.offered_at(position).report(context)
+        offered.keep(report)
+        return report
+
+    def _context_at(self, position: int) -> list[int]:
+        """The ids the model had read before step `position`."""
+        return self.prompt_ids + [token_id for step in self._steps[:position] for token_id in step.ids]
 
     # --- settings --------------------------------------------------------------------------------
 
@@ -510,9 +524,13 @@ class Session:
         offered = self._steps[position].offered
         if offered.held:
             return offered
-        ids = self.prompt_ids + [token_id for step in self._steps[:position] for token_id in step.ids]
-        engine, fed_from = self.engine, self._steps[position].fed_from
-        assert isinstance(engine, SetsAside) and fed_from is not None, "only such steps are released"
+        fed_from = self._steps[position].fed_from
+        if fed_from is None:  # a turn after an ended reply: offered what the ending token was
+            assert position and self._steps[position - 1].offered is offered, "only such steps have no fed_from"
+            return self.offered_at(position - 1)
+        ids = self._context_at(position)
+        engine = self.engine
+        assert isinstance(engine, SetsAside), "only such engines release scores"
         tail = engine.detach_last(engine.cached_length - fed_from)  # the positions after it, set aside
         try:
             scores = engine.feed(ids[fed_from:])
@@ -522,13 +540,17 @@ class Session:
         return offered.rescored(scores, ids)
 
     def _release_old(self) -> None:
-        """Steps older than the last few keep their panels only, where their scores can be computed
-        again exactly (see Step.fed_from) and nobody waits to read them (`keep_scores_from`)."""
+        """Steps older than the last few keep their panels and processor reports only, where their
+        scores can be computed again exactly (see Step.fed_from) and nobody waits to read them
+        (`keep_scores_from`)."""
         if not isinstance(self.engine, SetsAside):
             return
         end = len(self._steps) - FULL_STEPS_KEPT
         if self.keep_scores_from is not None:
             end = min(end, self.keep_scores_from)
+        if self._released >= end:
+            return
+        ids, before = self.ids, len(self.prompt.ids) + sum(len(step.ids) for step in self._steps[: self._released])
         while self._released < end:
             step = self._steps[self._released]
             if (
@@ -537,7 +559,8 @@ class Session:
                 and step.offered.scores.complete
                 and step.offered is not self._next
             ):
-                step.offered.release()
+                step.offered.release(ids[:before])
+            before += len(step.ids)
             self._released += 1
 
     def _offer(self, scores: Scores) -> NextToken:

@@ -61,8 +61,8 @@ def trace_record(session: Session) -> dict[str, Any]:
     chosen (and in a chat, each later turn: its message, the template's text and its ids)."""
     engine, strategy = session.engine, session.strategy
     steps: list[dict[str, Any]] = []
-    ids, index = list(session.prompt_ids), 0
-    for step in session.steps:
+    ids = list(session.prompt_ids)
+    for position, step in enumerate(session.steps):
         if step.turn is not None:
             turn = step.turn
             steps.append({"turn": {"messages": [_message_record(turn.message)], "text": turn.text, "ids": list(turn.ids)}})
@@ -74,10 +74,9 @@ def trace_record(session: Session) -> dict[str, Any]:
                     "candidates": [_candidate_record(c) for c in panel.candidates],
                     "chosen": _chosen_record(step.token),
                     "entropy": panel.entropy,
-                    **_processors_record(session.processor_report(index)),
+                    **_processors_record(session.report_at(position, ids)),
                 }
             )
-            index += 1
         ids += step.ids
     chat = {"messages": [_message_record(m) for m in session.prompt.messages]} if session.prompt.form == "chat" else {}
     return {
