@@ -11,7 +11,7 @@ from typing import Any
 
 from decoding.engine import Engine
 from decoding.errors import SessionError
-from decoding.files import read_json_file, read_text_file
+from decoding.files import json_of, read_text_file
 from decoding.prompt import ROLES, Prompt, chat_engine, chat_prompt, checked_messages, checked_text, plain_prompt, segments
 from decoding.schema import ShapeError, check
 from decoding.state import Message, Segment
@@ -47,10 +47,15 @@ def messages_of(value: Any, where: str) -> tuple[Message, ...]:
 
 
 def read_prompt_file(path: Path, chat: bool) -> str | tuple[Message, ...]:
-    """A prompt from a file: its text, or with `chat` a JSON list of {"role", "content"} messages."""
+    """A prompt from a file: its text; with `chat`, the user's message (the line break an editor
+    ends a file with is not part of it), or the messages of a file that starts with `[` or `{` (a
+    JSON list of {"role", "content"} messages)."""
     if not chat:
         return read_text_file(path, "a prompt")
-    return messages_of(read_json_file(path, "a JSON list of messages"), str(path))
+    text = read_text_file(path, "a chat prompt")
+    if not text.lstrip().startswith(("[", "{")):
+        return text.removesuffix("\n").removesuffix("\r")
+    return messages_of(json_of(text, path, "a JSON list of messages"), str(path))
 
 
 def conversation(first: Sequence[Message], system: str | None = None) -> tuple[Message, ...]:

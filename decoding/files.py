@@ -61,7 +61,11 @@ def decoded_text(data: bytes, path: Path, what: str) -> str:
 
 def read_json_file(path: Path, what: str) -> Any:
     """The JSON value in the file at `path`; FileError if it is not a readable JSON file (of any depth)."""
-    text = read_text_file(path, what)
+    return json_of(read_text_file(path, what), path, what)
+
+
+def json_of(text: str, path: Path, what: str) -> Any:
+    """The JSON value in `text`, read from `path`; FileError naming `what` it should be otherwise."""
     try:
         return parse_json(text)
     except JsonError as error:

@@ -21,12 +21,13 @@ from decoding.settings import MAX_CHOICES, Strategy
 if TYPE_CHECKING:
     from decoding.explorer import Explorer
 
+STRATEGY_KWARGS = {"do_sample?": bool, "num_beams?": Whole(1)}  # the rest: checked as a Strategy (`strategy_of`)
 _COMMON = {
     "model": (str, None),
     "engine": str,
     "dtype?": (str, None),
     "url?": str,
-    "strategy": {"do_sample?": bool, "num_beams?": Whole(1)},
+    "strategy": STRATEGY_KWARGS,
     "seed?": Whole(0),
     "prompt": str,
     "prompt_ids": [TOKEN_ID],
@@ -36,6 +37,9 @@ _COMMON = {
 TOKEN_STEP = {
     "candidates": Items({"token_id": TOKEN_ID, "prob": PROBABILITY, "text": str}, least=1),
     "chosen": {"token_id": TOKEN_ID, "forced": bool, "text": str},
+    # where the strategy changed: the one this step (and those after it) was made under
+    "strategy?": STRATEGY_KWARGS,
+    "seed?": Whole(0),
 }
 TURN_STEP = {"turn": {"messages": Items({"role": str, "content": str}, least=1), "text": str, "ids": Items(TOKEN_ID, least=1)}}
 PATH_TRACE_SHAPE = {
@@ -65,6 +69,8 @@ def checked_trace(record: Any, name: str) -> dict[str, Any]:
         raise SessionError(f"{name} holds no steps: there is nothing to replay.")
     if not record["prompt_ids"]:
         raise SessionError(f"{name} holds no prompt ids: there is nothing to replay from.")
+    if "sequence_score" not in record:
+        strategy_changes(record)  # each refused now, before a model loads
     return record
 
 
@@ -120,8 +126,9 @@ def load_options(record: dict[str, Any], **overrides: Any) -> LoadOptions:
     return LoadOptions(**options)
 
 
-def strategy_of(record: dict[str, Any]) -> Strategy:
-    """The Strategy a trace records (its `strategy` holds generate()'s arguments)."""
+def strategy_of(record: dict[str, Any], what: str = "strategy") -> Strategy:
+    """The Strategy a trace (or one of its steps) records: its `strategy` holds generate()'s
+    arguments, beside it its `seed` and `constraint`."""
     kwargs = dict(record.get("strategy") or {})
     kind = "beam" if kwargs.get("num_beams", 1) > 1 else "sample" if kwargs.get("do_sample") else "greedy"
     known = {f.name for f in fields(Strategy)} - {"kind", "seed"}
@@ -129,7 +136,22 @@ def strategy_of(record: dict[str, Any]) -> Strategy:
     try:
         return Strategy(kind=kind, seed=record.get("seed", 0), constraint=record.get("constraint"), **settings)
     except SettingsError as error:
-        raise SessionError(f"The trace's strategy is not valid here: {error}") from None
+        raise SessionError(f"The trace's {what} is not valid here: {error}") from None
+
+
+def strategy_changes(record: dict[str, Any]) -> dict[int, Strategy]:
+    """Where a path trace's strategy changed (a switch in the app before `e`): by step number, the
+    strategy that step and the ones after it were made under. A trace without such steps was made
+    under its top-level strategy throughout."""
+    changes = {}
+    for number, step in enumerate(record["steps"], start=1):
+        if "turn" in step or "strategy" not in step:
+            continue
+        strategy = strategy_of(step, f"step {number} strategy")
+        if strategy.is_beam:
+            raise SessionError(f"The trace's step {number} records beam search, which chooses no token of a single path.")
+        changes[number] = strategy
+    return changes
 
 
 def prompt_difference(engine: Engine, record: dict[str, Any]) -> str | None:
@@ -152,17 +174,21 @@ def prompt_difference(engine: Engine, record: dict[str, Any]) -> str | None:
 
 def replay_path(explorer: Explorer, record: dict[str, Any]) -> list[StepCheck]:
     """Compare a path trace (`tokenstep trace`, or `e` in the app) step by step, from the recorded
-    prompt ids (so a tokenizer that changed shows as a difference, see `prompt_difference`)."""
+    prompt ids (so a tokenizer that changed shows as a difference, see `prompt_difference`), under
+    the strategy each step was made under."""
     check_fits(explorer.engine, record)
     messages = messages_of(record.get("messages", []), "the trace's messages")
     form = record.get("prompt_form", "plain")
     explorer.new_prompt(recorded_prompt(explorer.engine, record["prompt_ids"], record["prompt"], form, messages))
     session = explorer.session
+    changes = strategy_changes(record)
     checks = []
     for number, step in enumerate(record["steps"], start=1):
         if "turn" in step:
             checks.append(_replay_turn(explorer, number, step["turn"]))
             continue
+        if number in changes:  # switched as it was when the step was made (a new seed restarts the sampler)
+            explorer.apply_settings(changes[number], session.choices)
         panel = session.distribution
         if panel is None:
             checks.append(StepCheck(number, False, 0.0, False, f"the generation ended here ({session.finished})"))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the command line reads options and formats before torch is 
     from decoding.beam import BeamSearch
     from decoding.explorer import Explorer
     from decoding.session import Session
+    from decoding.settings import Strategy
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,20 @@ def trace_record(session: Session) -> dict[str, Any]:
     engine, strategy = session.engine, session.strategy
     steps: list[dict[str, Any]] = []
     ids = list(session.prompt_ids)
+    # Replay starts under the strategy at the top (the one in force now); a token step made under
+    # another says which (strategy, seed, constraint), and those after it were made under it too.
+    strategy_before = strategy_fields(strategy)
     for position, step in enumerate(session.steps):
         if step.turn is not None:
             turn = step.turn
             steps.append({"turn": {"messages": [_message_record(turn.message)], "text": turn.text, "ids": list(turn.ids)}})
         elif step.token is not None:
             panel = step.offered.distribution
+            made_under = strategy_fields(step.offered.strategy)
+            changed, strategy_before = made_under != strategy_before, made_under
             steps.append(
                 {
+                    **(made_under if changed else {}),
                     "input_text": engine.decode(ids),
                     "candidates": [_candidate_record(c) for c in panel.candidates],
                     "chosen": _chosen_record(step.token),
@@ -85,13 +92,7 @@ def trace_record(session: Session) -> dict[str, Any]:
         "device": engine.device,
         "dtype": engine.dtype,
         **_server(engine),
-        "strategy": strategy.generation_kwargs(),
-        "seed": strategy.seed,
-        **(
-            {"constraint": {"kind": strategy.constraint.kind, "source": strategy.constraint.source}}
-            if strategy.constraint
-            else {}
-        ),
+        **strategy_fields(strategy),
         "prompt": session.prompt.text,
         "prompt_ids": session.prompt_ids,
         "prompt_form": session.prompt.form,
@@ -104,6 +105,14 @@ def trace_record(session: Session) -> dict[str, Any]:
         "sequence_logprob": session.sequence_logprob,
         "finished": session.finished,
     }
+
+
+def strategy_fields(strategy: Strategy) -> dict[str, Any]:
+    """A strategy as a record holds it: generate()'s arguments, the seed and any constraint."""
+    fields: dict[str, Any] = {"strategy": strategy.generation_kwargs(), "seed": strategy.seed}
+    if strategy.constraint is not None:
+        fields["constraint"] = {"kind": strategy.constraint.kind, "source": strategy.constraint.source}
+    return fields
 
 
 def _prompt_scores_record(session: Session) -> dict[str, Any]:

@@ -250,3 +250,32 @@ def test_a_chat_session_reopens_mid_conversation_with_its_turns(tiny_chat_model_
     reopened.undo()
     reopened.undo()  # back through the second turn into the first reply
     assert reopened.session.conversation()[-1].role == "assistant" and len(reopened.session.reply_ids) == 2
+
+
+# --- a message in a file (`--chat --prompt-file`) ----------------------------------------------------
+
+
+def message_file(tmp_path, text="Name a colour.\n"):
+    path = tmp_path / "question.txt"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.embedded
+def test_a_plain_message_in_a_prompt_file_is_the_user_message_of_a_chat_trace(capsys, tmp_path):
+    args = ["trace", "--chat", "--prompt-file", message_file(tmp_path), "--steps", "2", "--format", "json", "--device", "cpu"]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["prompt_form"] == "chat" and record["messages"][-1] == {"role": "user", "content": "Name a colour."}
+    assert record["prompt"].endswith("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n")
+
+
+async def test_a_plain_message_in_a_prompt_file_opens_the_app_on_that_chat(tiny_chat_model_dir, tmp_path):
+    from tui.cli import DEFAULT_PROMPT, build_parsers, prompt_request
+
+    args = build_parsers()[0].parse_args(["--chat", "--system", "Be brief.", "--prompt-file", message_file(tmp_path)])
+    app = make_app(tiny_chat_model_dir, prompt=prompt_request(args, default=DEFAULT_PROMPT), look_ahead=0)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.session.prompt.messages == (Message("system", "Be brief."), Message("user", "Name a colour."))
+        assert app.session.distribution is not None

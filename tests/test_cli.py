@@ -126,3 +126,34 @@ def test_while_the_app_runs_native_writes_to_stderr_never_reach_the_screen():
     os.close(master)
     os.close(terminal)
     assert "the screen" in written and "after" in written and "native warning" not in written
+
+
+# --- a subcommand after options ------------------------------------------------------------------
+
+
+@pytest.mark.embedded
+def test_a_subcommand_after_options_is_the_subcommand():
+    """`tokenstep --model X trace x` read "trace" as the app's prompt."""
+    command = [sys.executable, "-m", "tui.cli", "--dtype", "float32", "trace", "Hi", "--steps", "1", "--format", "json"]
+    result = subprocess.run([*command, "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["prompt"] == "Hi" and record["dtype"] == "float32" and len(record["steps"]) == 1
+
+
+def test_options_before_a_subcommand_are_its_own(capsys, tiny_model_dir):
+    options = ["--model", str(tiny_model_dir), "--device", "cpu", "--choices", "3"]
+    assert main([*options, "trace", "The quick", "--steps", "2", "--format", "json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["prompt"] == "The quick" and record["choices"] == 3
+    assert main(["--device", "cpu", "replay", "no-such-trace.json"]) == 2  # replay's own refusal, not the app's
+    assert "no-such-trace.json: cannot read a tokenstep JSON trace" in capsys.readouterr().err
+
+
+def test_a_prompt_that_reads_like_a_subcommand_goes_after_two_dashes():
+    from tui.cli import command_and_arguments, run_trace_command
+
+    assert command_and_arguments(["--", "trace"]) == (None, ["--", "trace"])  # the app, on the prompt "trace"
+    assert command_and_arguments(["--chat", "--", "diff"]) == (None, ["--chat", "--", "diff"])
+    assert command_and_arguments(["--system", "trace", "--chat", "Hi"]) == (None, ["--system", "trace", "--chat", "Hi"])
+    assert command_and_arguments(["--chat", "trace", "Hi"]) == (run_trace_command, ["--chat", "Hi"])

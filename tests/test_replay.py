@@ -1,7 +1,12 @@
 """`tokenstep replay`: a saved trace run again says, step by step, whether the same things come out."""
 
 import json
+from dataclasses import replace
 
+import pytest
+
+from decoding.explorer import Explorer
+from decoding.settings import Strategy
 from tui.cli import main
 
 
@@ -58,3 +63,87 @@ def test_a_file_that_is_not_a_trace_gets_one_clear_line(capsys, tmp_path):
     path.write_text('{"hello": 1}')
     assert main(["replay", str(path)]) == 2
     assert "is not a tokenstep JSON trace" in capsys.readouterr().err
+
+
+# --- a strategy switched along the path (the app's palette, then `e`) ------------------------------
+
+
+def switched_export(engine, parts):
+    """The app's way: a strategy, some steps, another strategy (a switch or new settings), more
+    steps, then `e`. `parts`: (strategy, steps) in turn."""
+    explorer = Explorer(engine, parts[0][0])
+    explorer.new_prompt("The river flows")
+    for strategy, steps in parts:
+        explorer.apply_settings(strategy, explorer.session.choices)
+        for _ in range(steps):
+            explorer.step()
+    return explorer.trace_record()
+
+
+GREEDY_HOT = Strategy(temperature=1.5)  # `tokenstep --temperature 1.5`: greedy, until a switch to sampling
+SAMPLE_HOT = Strategy(kind="sample", temperature=1.5)
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize(
+    "parts, switched_at",
+    [
+        ([(GREEDY_HOT, 6), (SAMPLE_HOT, 4)], [1, 7]),  # the issue's: greedy, "Switch to sampling", e
+        ([(SAMPLE_HOT, 5), (GREEDY_HOT, 3)], [1, 6]),
+        ([(SAMPLE_HOT, 3), (GREEDY_HOT, 2), (SAMPLE_HOT, 3)], [4, 6]),  # the sampler goes on where it was
+        ([(replace(SAMPLE_HOT, seed=3), 4), (replace(SAMPLE_HOT, seed=8), 4)], [1, 5]),  # a new seed restarts it
+    ],
+)
+def test_an_export_made_around_a_strategy_switch_replays_every_step(capsys, embedded_engine, tmp_path, parts, switched_at):
+    record = switched_export(embedded_engine, parts)
+    steps = record["steps"]
+    assert [number for number, step in enumerate(steps, 1) if "strategy" in step] == switched_at
+    for number in switched_at:  # each says how it (and the steps after it) was made
+        made_under = parts[_part_of(parts, number)][0]
+        assert steps[number - 1]["strategy"] == made_under.generation_kwargs()
+        assert steps[number - 1]["seed"] == made_under.seed
+    path = tmp_path / "switched.json"
+    path.write_text(json.dumps(record))
+    code, out = replay(capsys, path)
+    assert code == 0 and f"all {len(steps)} steps agree" in out
+
+
+def _part_of(parts, number):
+    """Which of `parts` made step `number` (1-based)."""
+    end = 0
+    for index, (_, steps) in enumerate(parts):
+        end += steps
+        if number <= end:
+            return index
+    raise AssertionError(number)
+
+
+@pytest.mark.embedded
+def test_a_sampling_trace_made_by_the_command_still_replays(capsys, tmp_path):
+    common = ["--strategy", "sample", "--temperature", "1.5", "--seed", "5", "--device", "cpu", "--format", "json"]
+    assert main(["trace", "The river flows", "--steps", "6", *common]) == 0
+    path = tmp_path / "sampled.json"
+    path.write_text(capsys.readouterr().out)
+    assert not any("strategy" in step for step in json.loads(path.read_text())["steps"])  # one strategy throughout
+    code, out = replay(capsys, path)
+    assert code == 0 and "all 6 steps agree" in out
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"strategy": {"do_sample": "yes"}}, "trace.steps[1].strategy.do_sample: expected true or false"),
+        ({"strategy": {"do_sample": True}, "seed": -1}, "trace.steps[1].seed: expected a whole number"),
+        ({"strategy": {"do_sample": True, "temperature": 0}}, "The trace's step 2 strategy is not valid here"),
+        ({"strategy": {"num_beams": 3}}, "step 2 records beam search"),
+    ],
+)
+def test_a_step_strategy_that_is_not_one_is_refused_before_the_model_loads(capsys, tiny_model_dir, tmp_path, change, message):
+    path = saved_trace(capsys, tiny_model_dir, tmp_path, "--steps", "3")
+    record = json.loads(path.read_text())
+    record["steps"][1].update(change)
+    record["model"] = "no/such-model"  # never loaded: the trace is refused first
+    path.write_text(json.dumps(record))
+    assert main(["replay", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

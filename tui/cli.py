@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -151,7 +151,8 @@ def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prompt-file",
         type=Path,
-        help="read the prompt from a file (with --chat: a message, or a JSON list of {role, content} messages)",
+        help="read the prompt from a file (with --chat: the user's message, or, in a file that starts with [, "
+        "a JSON list of {role, content} messages)",
     )
     group.add_argument("--prefill", help="start the reply (or the continuation) with this text, forced token by token")
 
@@ -184,9 +185,10 @@ def _early_stopping(text: str) -> str:
     return text
 
 
-def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def build_parsers(add_help: bool = True) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     app = Parser(
         prog="tokenstep",
+        add_help=add_help,
         description="Step through a language model's text generation one token at a time. "
         "Also: `tokenstep trace`, `compare`, `replay` and `diff` (each with --help).",
     )
@@ -575,14 +577,31 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = COMMANDS.get(argv[0]) if argv else None
-    stdout, stderr = sys.stdout, sys.stderr
-    if command is not None:  # the app paints through Textual, which never prints our strings raw
-        sys.stdout, sys.stderr = EscapingStream(stdout), EscapingStream(stderr)
+def command_and_arguments(argv: list[str]) -> tuple[Callable[[Sequence[str]], int] | None, list[str]]:
+    """The subcommand the command line names (None: the app) and the arguments it takes. A
+    subcommand is the first word that is not an option or an option's value, so `tokenstep --dtype
+    float32 trace Hi` runs a trace with --dtype float32, as `tokenstep trace Hi --dtype float32` does."""
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]], argv[1:]
+    front = build_parsers(add_help=False)[0]  # the app's options, as they come before a prompt or a subcommand
+    front.add_argument("after_the_first_word", nargs=argparse.REMAINDER)
     try:
-        return command(argv[1:]) if command is not None else run_app_command(argv)
+        known, _ = front.parse_known_args(argv)
+    except UsageError:
+        return None, argv  # the app's parser says what is wrong
+    at = len(argv) - len(known.after_the_first_word) - 1  # where the first word stands
+    if known.prompt not in COMMANDS or "--" in argv[:at]:  # after `--` it is the prompt
+        return None, argv
+    return COMMANDS[known.prompt], argv[:at] + argv[at + 1 :]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        command, argv = command_and_arguments(list(sys.argv[1:] if argv is None else argv))
+        if command is not None:  # the app paints through Textual, which never prints our strings raw
+            sys.stdout, sys.stderr = EscapingStream(stdout), EscapingStream(stderr)
+        return command(argv) if command is not None else run_app_command(argv)
     except TokenstepError as error:
         print(f"tokenstep: {one_line(str(error))}", file=stderr)
         return 2
