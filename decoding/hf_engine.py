@@ -12,6 +12,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from decoding.kv_cache import block_cache
 from decoding.scores import Scores
 
 BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte-fallback tokens
@@ -40,7 +41,7 @@ class TransformersEngine:
         self.special_ids = _special_ids(tokenizer)
         self.end_of_turn_ids = frozenset(i for i in self.special_ids if tokenizer.convert_ids_to_tokens(i) in END_OF_TURN_TEXTS)
         self._token_bytes = token_bytes_of(tokenizer, _byte_decoder(tokenizer))
-        self._cache = DynamicCache(config=model.config)
+        self._cache = block_cache(model.config)
         self._prefill: tuple[int, tuple[int, ...], torch.Tensor] = (-1, (), torch.empty(0))  # (start, ids, hidden states)
         self.keep_layers = False  # the logit lens is shown: keep each feed's last position's layers
         self._layers: tuple[int, int, torch.Tensor] | None = None  # (position, token id, [layers + 1, hidden])
@@ -178,7 +179,7 @@ class TransformersEngine:
         if self._layers is not None and self._layers[0] >= length:
             self._layers = None  # of a position no longer held
         if length <= 0:
-            self._cache = DynamicCache(config=self.model.config)
+            self._cache = block_cache(self.model.config)
         elif length < self.cached_length:
             self._cache.crop(length - self.cached_length)  # a negative count: tokens to drop from the end
 
@@ -189,13 +190,14 @@ class TransformersEngine:
         return tail
 
     def attach(self, tail: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for index, (keys, values) in enumerate(tail):
-            self._cache.update(keys, values, index)
+        with torch.inference_mode():  # written in place into the cache's room, made under inference mode
+            for index, (keys, values) in enumerate(tail):
+                self._cache.update(keys, values, index)
 
     def fork(self) -> TransformersEngine:
         """The same model and tokenizer with a cache of its own: work that must not disturb this one's."""
         twin = copy.copy(self)
-        twin._cache = DynamicCache(config=self.model.config)
+        twin._cache = block_cache(self.model.config)
         return twin
 
     def side_by_side(self) -> SideBySide:
@@ -208,11 +210,11 @@ class SideBySide:
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
-        self._cache = DynamicCache(config=model.config)
+        self._cache = block_cache(model.config)
 
     def start(self, sequences: list[list[int]]) -> Scores:
         """Run whole sequences from scratch; the last position's logits, one row per sequence."""
-        self._cache = DynamicCache(config=self.model.config)
+        self._cache = block_cache(self.model.config)
         return Scores(self._run(sequences))
 
     def feed(self, token_ids: list[int]) -> Scores:
@@ -221,7 +223,8 @@ class SideBySide:
 
     def reorder(self, rows: list[int]) -> None:
         """Row i of the cache becomes old row rows[i] (a beam continues from its parent)."""
-        self._cache.reorder_cache(cast(torch.LongTensor, torch.tensor(rows, dtype=torch.long, device=self.model.device)))
+        with torch.inference_mode():  # rows are copied in place, within the room made under inference mode
+            self._cache.reorder_cache(cast(torch.LongTensor, torch.tensor(rows, dtype=torch.long, device=self.model.device)))
 
     def _run(self, ids: list[list[int]]) -> torch.Tensor:
         return _last_logits(self.model, self._cache, ids)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from decoding.prompt import Prompt
 from decoding.state import Beam, Candidate, Message, PairScore, PathToken, ProcessorReport, SecondView, TokenScore
-from decoding.tokens import is_unshown, json_escaped, one_line
+from decoding.tokens import RunningText, is_unshown, json_escaped, one_line
 
 FORMATS = ("table", "json", "csv", "markdown")
 INPUT_WIDTH = 48  # the Input column keeps the end of long inputs, where the action is
@@ -62,7 +62,7 @@ def trace_record(session: Session) -> dict[str, Any]:
     chosen (and in a chat, each later turn: its message, the template's text and its ids)."""
     engine, strategy = session.engine, session.strategy
     steps: list[dict[str, Any]] = []
-    ids = list(session.prompt_ids)
+    ids, inputs = list(session.prompt_ids), input_texts(session)
     # Replay starts under the strategy at the top (the one in force now); a token step made under
     # another says which (strategy, seed, constraint), and those after it were made under it too.
     strategy_before = strategy_fields(strategy)
@@ -77,7 +77,7 @@ def trace_record(session: Session) -> dict[str, Any]:
             steps.append(
                 {
                     **(made_under if changed else {}),
-                    "input_text": engine.decode(ids),
+                    "input_text": next(inputs),
                     "candidates": [_candidate_record(c) for c in panel.candidates],
                     "chosen": _chosen_record(step.token),
                     "entropy": panel.entropy,
@@ -113,6 +113,21 @@ def strategy_fields(strategy: Strategy) -> dict[str, Any]:
     if strategy.constraint is not None:
         fields["constraint"] = {"kind": strategy.constraint.kind, "source": strategy.constraint.source}
     return fields
+
+
+def input_texts(session: Session) -> Iterator[str]:
+    """What the model had read before each path token, as text: the prompt (and each chat turn)
+    decoded, then the tokens' bytes decoded as they come (decoding the whole input again at every
+    step took 0.2 s of a 1,000-step export)."""
+    engine, ids = session.engine, list(session.prompt_ids)
+    text, tail = engine.decode(ids), RunningText()
+    for step in session.steps:
+        ids += step.ids
+        if step.token is None:  # a turn: what the template framed, decoded after all before it
+            text, tail = engine.decode(ids), RunningText()
+            continue
+        yield text + tail.unfinished()
+        text += tail.push(step.token.raw)
 
 
 def _prompt_scores_record(session: Session) -> dict[str, Any]:

@@ -279,3 +279,22 @@ async def test_a_plain_message_in_a_prompt_file_opens_the_app_on_that_chat(tiny_
         await settle(pilot)
         assert app.session.prompt.messages == (Message("system", "Be brief."), Message("user", "Name a colour."))
         assert app.session.distribution is not None
+
+
+@pytest.mark.embedded
+def test_diff_of_a_two_turn_chat_follows_every_token(embedded_engine, tmp_path, capsys):
+    """A reply that ended, a second message, three more steps, exported (`e`): diff scores every
+    token of both replies on the second model, and stops nowhere."""
+    explorer = Explorer(embedded_engine)
+    explorer.new_chat([Message("user", "Name a colour.")])
+    first = step_to_the_end(explorer)
+    explorer.say("And another?")
+    for _ in range(3):
+        explorer.step()
+    trace = tmp_path / "chat.json"
+    trace.write_text(json.dumps(explorer.trace_record()))
+    assert main(["diff", str(trace), "--format", "json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    path = [row for row in record["tokens"] if row["part"] == "path"]
+    assert not record["note"]
+    assert len(path) == len(first) + 3 and all(row["second_logprob"] is not None for row in path)

@@ -15,6 +15,7 @@ import torch
 
 from decoding.explorer import Explorer
 from decoding.settings import Strategy
+from decoding.state import Message
 from tui.cli import main
 
 STEPS = 6
@@ -133,3 +134,20 @@ def test_a_record_after_the_fact_runs_no_model(tiny_engine, strategy):
     with counted() as work:
         record = explorer.trace_record()
     assert len(record["steps"]) == 12 and work.passes == []
+
+
+@pytest.mark.embedded
+def test_each_steps_input_text_is_its_input_decoded(embedded_engine):
+    """The record's inputs, built token by token, read as decoding each input whole would: through
+    characters split over tokens, control tokens and a chat's second turn."""
+    explorer = Explorer(embedded_engine, Strategy(kind="sample", temperature=1.5, seed=5), choices=3)
+    explorer.new_chat([Message("user", "Écris un mot en japonais: 東京 😀")])
+    for token_id in embedded_engine.encode_piece("東京 😀 café"):
+        explorer.force(token_id)
+    explorer.force(embedded_engine.encode_piece("<|im_end|>")[0])
+    explorer.say("Encore?")
+    for _ in range(8):
+        explorer.step()
+    session = explorer.session
+    inputs = [step["input_text"] for step in explorer.trace_record()["steps"] if "turn" not in step]
+    assert inputs == [embedded_engine.decode(session.ids_before(index)) for index in range(len(session.path))]
