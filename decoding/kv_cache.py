@@ -32,6 +32,7 @@ class BlockLayer(DynamicLayer):
         start = self.get_seq_length()
         end = start + key_states.shape[-2]
         if self._room is None or end > self._room[0].shape[-2] or self._room[0].shape[:-2] != key_states.shape[:-2]:
+            assert self.keys is not None and self.values is not None, "initialized above"
             self._room = (_grown(self.keys, key_states, start, end), _grown(self.values, value_states, start, end))
         keys, values = self._room
         keys[..., start:end, :] = key_states
