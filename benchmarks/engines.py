@@ -60,4 +60,13 @@ def run() -> list[Result]:
     ]
     rows += [["llama.cpp (Q4_1)", ours, ours / baseline], ["llama.cpp's own eval loop", baseline, 1.0]]
     table("Engines: tokens/s of the play loop, 64 tokens", ["engine", "tok/s", "vs llama.cpp loop"], rows)
-    return [Result("llama_engine", rows[2][2], ">=", 0.9)]
+    return [
+        Result(
+            "llama_engine",
+            ours / baseline,
+            ">=",
+            0.9,
+            measured=f"the play loop on the llama.cpp engine: {ours:.0f} tok/s",
+            baseline=f"llama.cpp's own eval loop: {baseline:.0f} tok/s",
+        )
+    ]

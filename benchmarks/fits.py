@@ -44,4 +44,13 @@ def run() -> list[Result]:
         ["refused after", "python -c 'import torch'", "ratio"],
         [[refused, torch_import, refused / torch_import]],
     )
-    return [Result("too_big_refused_s", refused, "<", 2.0)]
+    return [
+        Result(
+            "too_big_refused_s",
+            refused,
+            "<",
+            2.0,
+            measured=f"a model bigger than the memory refused after {refused:.2f} s",
+            baseline=f"`python -c 'import torch'`: {torch_import:.2f} s",
+        )
+    ]

@@ -60,7 +60,7 @@ def main() -> int:
         results += stepping.run(engine, label=f"_cuda_{dtype}")
         results += memory.run(engine, label=f"_cuda_{dtype}")
         results += reopen.run(engine, label=f"_cuda_{dtype}")
-    table("Summary", ["benchmark", "ratio", "target"], [[r.name, r.ratio, f"{r.op}{r.target:g}"] for r in results])
+    table("Summary", ["benchmark", "ratio", "target"], [[r.name, r.ratio, r.target_text] for r in results])
     print()
     for result in results:
         print(result.line())

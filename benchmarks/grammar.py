@@ -56,4 +56,13 @@ def run() -> list[Result]:
         ["constrained", "same tokens, no constraint", "ratio", "vocabulary setup ms", "compile ms"],
         [[1000 * ours / len(tokens), 1000 * baseline / len(tokens), ours / baseline, 1000 * vocabulary, 1000 * compile_once]],
     )
-    return [Result("grammar_step", ours / baseline, "<", 1.1)]
+    return [
+        Result(
+            "grammar_step",
+            ours / baseline,
+            "<",
+            1.1,
+            measured=f"a step under a JSON schema: {1000 * ours / len(tokens):.1f} ms (compiled once: {1000 * compile_once:.0f} ms)",
+            baseline=f"the same tokens without it: {1000 * baseline / len(tokens):.1f} ms",
+        )
+    ]

@@ -52,4 +52,13 @@ def run() -> list[Result]:
         ["ours (a chunk)", "rows a chunk", "every position's logits"],
         [[largest_chunk / 2**20, POSITION_CHUNK, full_logits.nbytes / 2**20]],
     )
-    return [Result("prompt_scores_vs_full_forward", ours / full, "<", 1.1)]
+    return [
+        Result(
+            "prompt_scores_vs_full_forward",
+            ours / full,
+            "<",
+            1.1,
+            measured=f"prefill and scores of a {len(ids)}-token prompt: {ours:.2f} s",
+            baseline=f"a forward pass returning every position's logits: {full:.2f} s",
+        )
+    ]

@@ -70,4 +70,13 @@ def run() -> list[Result]:
         ["100 nodes", "10,000 nodes", "ratio", "whole file at 10,000 (before)"],
         [[1000 * small, 1000 * large, large / small, 1000 * whole]],
     )
-    return [Result("save_10000_vs_100_nodes", large / small, "<", 1.5)]
+    return [
+        Result(
+            "save_10000_vs_100_nodes",
+            large / small,
+            "<",
+            1.5,
+            measured=f"a session save, 10,000 nodes: {1000 * large:.3f} ms (the whole file: {1000 * whole:.0f} ms)",
+            baseline=f"the same with 100 nodes: {1000 * small:.3f} ms",
+        )
+    ]

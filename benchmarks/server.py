@@ -55,9 +55,23 @@ def llama_results(binary: str) -> list[Result]:
         [[1000 * undo, 1000 * step, 1000 * pick]],
     )
     return [
-        Result("server_llama_rate", server_rate / local_rate, ">=", 0.7),
-        Result("server_undo", undo / step, "<", 0.2),
-        Result("server_pick_ms", 1000 * pick, "<", 16),
+        Result(
+            "server_llama_rate",
+            server_rate / local_rate,
+            ">=",
+            0.7,
+            measured=f"stepping llama-server on loopback: {server_rate:.0f} tok/s",
+            baseline=f"in-process llama.cpp: {local_rate:.0f} tok/s",
+        ),
+        Result(
+            "server_undo",
+            undo / step,
+            "<",
+            0.2,
+            measured=f"undo on llama-server: {1000 * undo:.1f} ms",
+            baseline=f"a step: {1000 * step:.1f} ms",
+        ),
+        Result("server_pick_ms", 1000 * pick, "<", 16, measured=f"a pick after work ahead on llama-server: {1000 * pick:.1f} ms"),
     ]
 
 
@@ -141,7 +155,16 @@ def vllm_results(python: str) -> list[Result]:
         ["tokenstep ms", "bare HTTP request ms", "ratio"],
         [[1000 * step, 1000 * request, step / request]],
     )
-    return [Result("server_vllm_overhead", step / request, "<", 1.1)]
+    return [
+        Result(
+            "server_vllm_overhead",
+            step / request,
+            "<",
+            1.1,
+            measured=f"a step on vLLM on loopback: {1000 * step:.1f} ms",
+            baseline=f"the bare HTTP request: {1000 * request:.1f} ms",
+        )
+    ]
 
 
 def seconds_per_bare_step(url: str, body: dict, ids: list[int]) -> float:

@@ -19,4 +19,13 @@ def run() -> list[Result]:
         undos.append(seconds(session.undo))
     step, undo = statistics.median(steps), statistics.median(undos)
     table("Undo at 1,000 tokens", ["undo ms", "forward step ms", "ratio"], [[1000 * undo, 1000 * step, undo / step]])
-    return [Result("undo_1000", undo / step, "<", 0.1)]
+    return [
+        Result(
+            "undo_1000",
+            undo / step,
+            "<",
+            0.1,
+            measured=f"undo at 1,000 tokens: {1000 * undo:.2f} ms",
+            baseline=f"a forward step: {1000 * step:.1f} ms",
+        )
+    ]
