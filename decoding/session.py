@@ -118,14 +118,10 @@ class Session:
     def ids_before(self, index: int) -> list[int]:
         """What the model had read when it offered path token `index`: the prompt, the tokens before
         it and any chat turns between them."""
-        ids, seen = list(self.prompt_ids), 0
-        for step in self.steps:
-            if step.token is not None:
-                if seen == index:
-                    return ids
-                seen += 1
-            ids += step.ids
-        raise IndexError(f"there is no path token {index}")
+        positions = [position for position, step in enumerate(self._steps) if step.token is not None]
+        if not 0 <= index < len(positions):
+            raise IndexError(f"there is no path token {index}")
+        return self._context_at(positions[index])
 
     @property
     def reply_ids(self) -> list[int]:
@@ -239,11 +235,9 @@ class Session:
         if not offered.strategy.reshapes:
             return None
         context = self._context_at(position) if context is None else context
-        if offered.held or offered.kept_report is not None:
-            return offered.report(context)
-        report = self.offered_at(position).report(context)
-        offered.keep(report)
-        return report
+        if not offered.held and offered.kept_report is None:
+            offered.keep(self.offered_at(position).report(context))
+        return offered.report(context)
 
     def _context_at(self, position: int) -> list[int]:
         """The ids the model had read before step `position`."""
