@@ -5,11 +5,15 @@ transformers' DynamicLayer appends a token by concatenation: every step copies t
 a fresh tensor and frees the old one. With malloc keeping freed memory for the next tensors (see
 `loading.reuse_freed_memory`), those freed copies, each a little smaller than the next, could not be
 reused: peak memory grew ~3.7 times the cache's own size per token. Here a step writes its token
-into room already there, and the layer is copied once per block.
+into room already there, and the layer is copied once per block. On the CPU that room is mapped
+from the kernel on its own rather than taken from malloc, so that a grown layer's old room goes
+back at once instead of staying in the heap as a hole no larger room fits (2.6 times the cache's
+size a token, measured on `tokenstep trace`).
 """
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import torch
@@ -47,8 +51,13 @@ class BlockLayer(DynamicLayer):
             super().reorder_cache(beam_idx)
             self._room = None
             return
+        beam_idx = beam_idx.to(self._room[0].device)
         for room in self._room:
-            room[:, :, :end, :] = room.index_select(0, beam_idx.to(room.device))[:, :, :end, :]
+            # A block at a time: the copy's scratch has one size for the whole search, so malloc
+            # reuses it rather than leaving a hole each time the room grows.
+            for start in range(0, end, BLOCK):
+                part = room[:, :, start : min(end, start + BLOCK), :]
+                part.copy_(part.index_select(0, beam_idx))
         keys, values = self._room
         self.keys, self.values = keys[..., :end, :], values[..., :end, :]
 
@@ -63,11 +72,18 @@ class BlockLayer(DynamicLayer):
 
 def _grown(held: torch.Tensor, new: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """Room for `end` positions rounded up to a block, holding the `start` positions already held."""
-    capacity = -(-end // BLOCK) * BLOCK
-    room = new.new_empty((*new.shape[:-2], capacity, new.shape[-1]))
+    shape = (*new.shape[:-2], -(-end // BLOCK) * BLOCK, new.shape[-1])
+    room = _mapped_empty(shape, new.dtype) if new.device.type == "cpu" else new.new_empty(shape)
     if start:
         room[..., :start, :] = held[..., :start, :]
     return room
+
+
+def _mapped_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor in memory of its own from the kernel, unmapped when the last view
+    of it goes (the tensor holds the mapping). Pages count as resident only once written."""
+    count = torch.Size(shape).numel()
+    return torch.frombuffer(mmap.mmap(-1, max(count * dtype.itemsize, 1)), dtype=dtype, count=count).view(shape)
 
 
 def block_cache(config: PretrainedConfig) -> DynamicCache:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -52,37 +52,46 @@ def processors_with(strategy: Strategy, grammar: LogitsProcessor | None) -> list
     return [*named[:at], ("grammar", grammar), *named[at:]]
 
 
-def apply_processors(strategy: Strategy, grammar: LogitsProcessor | None, input_ids: torch.LongTensor, scores: torch.FloatTensor):
-    for _, processor in processors_with(strategy, grammar):
-        scores = processor(input_ids, scores)
-    return scores
+Stages = list[tuple[str, torch.Tensor]]  # each processor's name and the scores it gave, in order
 
 
-def explain(
-    strategy: Strategy, input_ids: list[int], logits: torch.Tensor, token_ids: list[int], grammar: LogitsProcessor | None = None
-) -> ProcessorReport:
-    """Apply the strategy's processors one at a time to one position's logits and record, for the
-    candidates `token_ids`, what each did: the same calls, in the same order, as `build_processors`."""
-    ids = cast(torch.LongTensor, torch.tensor([input_ids], dtype=torch.long, device=logits.device))
-    scores = logits.clone()[None]
-    effects = []
+def run_processors(strategy: Strategy, grammar: LogitsProcessor | None, context: Sequence[int], scores: torch.Tensor) -> Stages:
+    """Apply the strategy's processors to one position's scores, in generate()'s order, keeping what
+    each gave: the last is what the strategy chooses from, the others explain it (see `explain_stages`)."""
+    ids = cast(torch.LongTensor, torch.tensor([list(context)], dtype=torch.long, device=scores.device))
+    stages, current = [], scores[None]
     for name, processor in processors_with(strategy, grammar):
-        after = processor(ids, cast(torch.FloatTensor, scores.clone()))
-        effects.append(_effect(name, scores[0], after[0], token_ids))
-        scores = after
+        current = processor(ids, cast(torch.FloatTensor, current.clone()))  # on a copy: some write in place
+        stages.append((name, current))
+    return [(name, after[0]) for name, after in stages]
+
+
+def explain_stages(stages: Stages, raw: torch.Tensor, token_ids: list[int]) -> ProcessorReport:
+    """What each processor did to the candidates `token_ids`, read from its stage: the probability of
+    each going in and coming out, what it ruled out among them and in all, and the mass ruled out.
+    Every stage at once, as rows of one matrix: this runs at every step."""
+    scores = torch.stack([raw, *(after for _, after in stages)])
+    probs, out = torch.softmax(scores, dim=-1), scores == float("-inf")
+    ruled_out = out[1:] & ~out[:-1]  # by each stage
+    masses, counts = torch.where(ruled_out, probs[:-1], 0.0).sum(dim=-1).tolist(), ruled_out.sum(dim=-1).tolist()
+    shown = torch.tensor(token_ids, dtype=torch.long, device=raw.device)
+    shown_probs, shown_scores, shown_out = probs[:, shown].tolist(), scores[:, shown].tolist(), out[:, shown].tolist()
+    effects = []
+    for i, (name, _) in enumerate(stages):
+        removed = [t for t, was, now in zip(token_ids, shown_out[i], shown_out[i + 1]) if now and not was]
+        effects.append(
+            ProcessorEffect(
+                mass_removed=masses[i],
+                name=name,
+                before=tuple(shown_probs[i]),
+                after=tuple(shown_probs[i + 1]),
+                removed=tuple(removed),
+                changed=tuple(
+                    t
+                    for t, before, after, now in zip(token_ids, shown_scores[i], shown_scores[i + 1], shown_out[i + 1])
+                    if before != after and not now
+                ),
+                removed_in_all=counts[i],
+            )
+        )
     return ProcessorReport(tuple(token_ids), tuple(effects))
-
-
-def _effect(name: str, before: torch.Tensor, after: torch.Tensor, token_ids: list[int]) -> ProcessorEffect:
-    ruled_out = (after == float("-inf")) & (before != float("-inf"))
-    changed = (after != before) & ~ruled_out
-    probs_before = torch.softmax(before, dim=-1)
-    return ProcessorEffect(
-        mass_removed=float(probs_before[ruled_out].sum()),
-        name=name,
-        before=tuple(probs_before[token_ids].tolist()),
-        after=tuple(torch.softmax(after, dim=-1)[token_ids].tolist()),
-        removed=tuple(t for t in token_ids if ruled_out[t]),
-        changed=tuple(t for t in token_ids if changed[t]),
-        removed_in_all=int(ruled_out.sum()),
-    )

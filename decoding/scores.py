@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import LogitsProcessor
 
 from decoding.distribution import rank_of, summarize
-from decoding.processors import apply_processors, explain
+from decoding.processors import Stages, explain_stages, run_processors
 from decoding.settings import Strategy
 from decoding.state import Distribution, ProcessorReport
 from decoding.tokens import TokenTexts
@@ -76,14 +75,15 @@ class NextToken:
         self._texts = texts
         self.grammar = grammar  # the session's grammar matcher, when its strategy has a constraint
         self._grammar_allows = grammar.allowed(context) if grammar is not None else None
-        # The processors read the sequence (n-gram blocking, repetition penalty): run them now, on a
-        # copy (some write in place), rather than keep the sequence for later.
-        reshapes = strategy.reshapes
-        self.processed: torch.Tensor | None = _processed(strategy, grammar, scores.values, context) if reshapes else None
+        # The processors read the sequence (n-gram blocking, repetition penalty): run them now rather
+        # than keep the sequence for later. What each gave is kept until the report is made from it,
+        # so that a record never runs them again.
+        self._stages: Stages | None = run_processors(strategy, grammar, context, scores.values) if strategy.reshapes else None
+        self.processed: torch.Tensor | None = self._stages[-1][1] if self._stages else None
         # Why the strategy has nothing to choose from ('' when it has): every token ruled out.
         self.nothing_left = ""
-        if self.processed is not None and not bool(torch.isfinite(self.processed).any()):
-            effects = explain(strategy, list(context), scores.values, [], grammar).effects
+        if self._stages and not bool(torch.isfinite(self._stages[-1][1]).any()):
+            effects = explain_stages(self._stages, scores.values, []).effects
             self.nothing_left = nothing_left_line(strategy, [effect.name for effect in effects if effect.removed_in_all])
         self._logprobs: torch.Tensor | None = None
         self._distribution: Distribution | None = None
@@ -99,20 +99,19 @@ class NextToken:
         offered = cls.__new__(cls)
         offered.scores, offered.strategy, offered.choices = Scores(torch.empty(0)), strategy, choices
         offered._texts, offered.grammar, offered._grammar_allows = texts, grammar, None
-        offered.processed = offered._logprobs = None
+        offered.processed = offered._logprobs = offered._stages = None
         offered._distribution, offered.held, offered.nothing_left = distribution, False, ""
         offered._report = None
         return offered
 
-    def release(self, context: Sequence[int]) -> None:
+    def release(self) -> None:
         """Keep the panel (its candidates and entropy) and what the processors did to it, and let the
         full-vocabulary tensors go: a past step holds a few KB instead of several vocabulary-sized
-        vectors, and a record of it needs no model work. `rescored` brings the tensors back.
-        `context`: the ids before this position."""
+        vectors, and a record of it needs no model work. `rescored` brings the tensors back."""
         self._distribution = self.distribution  # computed now, from the scores, and kept
-        self._report = self.report(context)
+        self._report = self.report()
         self.scores = Scores(self.scores.values.new_empty(0))
-        self.processed = self._logprobs = self._grammar_allows = None
+        self.processed = self._logprobs = self._grammar_allows = self._stages = None
         self.held = False
 
     def rescored(self, scores: Scores, context: Sequence[int]) -> NextToken:
@@ -175,15 +174,15 @@ class NextToken:
         """Keep a report made from this position's scores computed again (see Session.report_at)."""
         self._report = report
 
-    def report(self, context: Sequence[int]) -> ProcessorReport | None:
-        """What each processor did to the candidates (None when the strategy has none), made once.
-        `context`: the ids before this position."""
+    def report(self) -> ProcessorReport | None:
+        """What each processor did to the candidates (None when the strategy has none), made once from
+        the processors' stages, which then go."""
         if not self.strategy.reshapes:
             return None
         if self._report is None:
-            assert self.held, "a released position keeps its report"
+            assert self._stages is not None, "a released position keeps its report"
             candidates = [c.token_id for c in self.distribution.candidates]
-            self._report = explain(self.strategy, list(context), self.scores.values, candidates, self.grammar)
+            self._report, self._stages = explain_stages(self._stages, self.scores.values, candidates), None
         return self._report
 
     def _summarize(self) -> Distribution:
@@ -204,8 +203,3 @@ def nothing_left_line(strategy: Strategy, removers: Sequence[str]) -> str:
     names = [f"the {strategy.constraint.describe()}" if name == "grammar" and strategy.constraint else name for name in removers]
     ruled = f"{' and '.join(names)} rule{'s' if len(names) == 1 else ''}" if names else "the strategy rules"
     return f"No token is left to choose here: {ruled} out every one. Undo, force a token, or change the settings."
-
-
-def _processed(strategy: Strategy, grammar: LogitsProcessor | None, values: torch.Tensor, context: Sequence[int]) -> torch.Tensor:
-    input_ids = cast(torch.LongTensor, torch.tensor([list(context)], dtype=torch.long, device=values.device))
-    return apply_processors(strategy, grammar, input_ids, cast(torch.FloatTensor, values.clone()[None]))[0]

@@ -66,6 +66,7 @@ class Session:
         self._running_text = RunningText()
         self._ahead: dict[int, tuple[Scores, object]] = {}  # token id -> (its next scores, its cache entries)
         self._rng = torch.Generator()  # made again on the scores' device at each start
+        self._last_sampler_state: torch.Tensor | None = None  # see _sampler_state_now
         self.token_text = TokenTexts.of(engine)  # one token's own text, e.g. `<0xE2>` for a partial byte
         self.finished: str | None = None  # why no further token can be chosen: "eos" or "context limit"
         self.tree = Tree()  # every path walked from every prompt; the current path is tree.current's
@@ -222,22 +223,21 @@ class Session:
         positions = [position for position, step in enumerate(self._steps) if step.token is not None]
         index = len(positions) if index is None else index
         if index == len(positions):
-            return self.next.report(self.ids) if self.next is not None else None
+            return self.next.report() if self.next is not None else None
         if not 0 <= index < len(positions):
             return None
         return self.report_at(positions[index])
 
-    def report_at(self, position: int, context: Sequence[int] | None = None) -> ProcessorReport | None:
-        """The processors' report for step `position` (`context`: the ids before it, if at hand): kept
-        from when the step was made or released, else made once from its scores, fed again only
-        when they were let go without one (a path read in one pass)."""
+    def report_at(self, position: int) -> ProcessorReport | None:
+        """The processors' report for step `position`: kept from when the step was made or released,
+        else made once from its scores, fed again only when they were let go without one (a path
+        read in one pass)."""
         offered = self._steps[position].offered
         if not offered.strategy.reshapes:
             return None
-        context = self._context_at(position) if context is None else context
         if not offered.held and offered.kept_report is None:
-            offered.keep(self.offered_at(position).report(context))
-        return offered.report(context)
+            offered.keep(self.offered_at(position).report())
+        return offered.report()
 
     def _context_at(self, position: int) -> list[int]:
         """The ids the model had read before step `position`."""
@@ -294,7 +294,7 @@ class Session:
         assert offered is not None, "a chat has a prompt"
         scores = self.engine.feed([*unfed, *turn.ids])  # may raise: nothing has changed yet
         fed_from = self._next_fed_from if self.finished is None else None
-        self._steps.append(Step(None, offered, self._rng.get_state(), turn, self.finished, fed_from))
+        self._steps.append(Step(None, offered, self._sampler_state_now(), turn, self.finished, fed_from))
         self._running_text.push(turn.text.encode("utf-8"))
         self.finished = None
         self._ahead.clear()
@@ -336,7 +336,7 @@ class Session:
     def step(self) -> PathToken:
         """Choose the next token by the strategy and append it."""
         offered = self._can_choose()
-        rng_state = self._rng.get_state()
+        rng_state = self._sampler_state_now()
         try:
             return self._append(self._choose(offered), False, rng_state)
         except BaseException:
@@ -345,7 +345,7 @@ class Session:
 
     def strategy_choice(self) -> int:
         """The token `step()` would choose now, without choosing it (the sampler's state is kept)."""
-        rng_state = self._rng.get_state()
+        rng_state = self._sampler_state_now()
         try:
             return self._choose(self._can_choose())
         finally:
@@ -359,7 +359,7 @@ class Session:
         if self._grammar is not None and not self._grammar.allowed(self.ids)[token_id]:
             text = one_line(self.token_text(token_id))
             raise SessionError(f"The grammar cannot continue with {text!r} here ({self._grammar.state(self.ids)}).")
-        return self._append(token_id, True, self._rng.get_state())
+        return self._append(token_id, True, self._sampler_state_now())
 
     def undo(self) -> Step:
         """Take back the last token (or a chat's last turn): crop the cache (no recomputation) and
@@ -456,7 +456,7 @@ class Session:
     def _replay(self, node: Node) -> None:
         """Walk one recorded token again, as it was first run."""
         self._can_choose()
-        self._append(node.token_id, node.forced, self._rng.get_state(), replaying=True)
+        self._append(node.token_id, node.forced, self._sampler_state_now(), replaying=True)
         if node.rng is not None:
             self._restore_sampler(node)
 
@@ -466,7 +466,7 @@ class Session:
         offered = self._can_choose()
         start, fed_from = len(self.ids), self._next_fed_from
         steps: list[Step] = []
-        states, ending = [self._rng.get_state()], None
+        states, ending = [self._sampler_state_now()], None
         for index, node in enumerate(run):
             assert node.token is not None and node.panel is not None, "a run of tokens with their panels"
             if ending is not None:
@@ -544,7 +544,6 @@ class Session:
             end = min(end, self.keep_scores_from)
         if self._released >= end:
             return
-        ids, before = self.ids, len(self.prompt.ids) + sum(len(step.ids) for step in self._steps[: self._released])
         while self._released < end:
             step = self._steps[self._released]
             if (
@@ -553,8 +552,7 @@ class Session:
                 and step.offered.scores.complete
                 and step.offered is not self._next
             ):
-                step.offered.release(ids[:before])
-            before += len(step.ids)
+                step.offered.release()
             self._released += 1
 
     def _offer(self, scores: Scores) -> NextToken:
@@ -670,6 +668,15 @@ class Session:
         self.engine.crop(0)
         if ids:
             self.engine.feed(ids)
+
+    def _sampler_state_now(self) -> torch.Tensor:
+        """The sampler's state, as one tensor shared by the steps between two draws: a state is 5 KB,
+        and every step keeps the state before it (for undo), greedy or not."""
+        state = self._rng.get_state()
+        if self._last_sampler_state is not None and torch.equal(state, self._last_sampler_state):
+            return self._last_sampler_state
+        self._last_sampler_state = state
+        return state
 
     def _restore_sampler(self, node: Node) -> None:
         self._rng.set_state(self._sampler_state(node))

@@ -62,7 +62,7 @@ def trace_record(session: Session) -> dict[str, Any]:
     chosen (and in a chat, each later turn: its message, the template's text and its ids)."""
     engine, strategy = session.engine, session.strategy
     steps: list[dict[str, Any]] = []
-    ids, inputs = list(session.prompt_ids), input_texts(session)
+    inputs = input_texts(session)
     # Replay starts under the strategy at the top (the one in force now); a token step made under
     # another says which (strategy, seed, constraint), and those after it were made under it too.
     strategy_before = strategy_fields(strategy)
@@ -81,10 +81,9 @@ def trace_record(session: Session) -> dict[str, Any]:
                     "candidates": [_candidate_record(c) for c in panel.candidates],
                     "chosen": _chosen_record(step.token),
                     "entropy": panel.entropy,
-                    **_processors_record(session.report_at(position, ids)),
+                    **_processors_record(session.report_at(position)),
                 }
             )
-        ids += step.ids
     chat = {"messages": [_message_record(m) for m in session.prompt.messages]} if session.prompt.form == "chat" else {}
     return {
         "model": engine.model_id,

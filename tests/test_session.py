@@ -103,6 +103,17 @@ def test_sampling_undo_then_step_draws_the_same_token_again(tiny_engine):
     assert [session.step().token_id for _ in range(3)] == drawn[3:]
 
 
+def test_steps_without_a_draw_share_one_sampler_state(tiny_session, tiny_engine):
+    for _ in range(8):
+        tiny_session.step()
+    assert len({id(step.sampler_state) for step in tiny_session.steps}) == 1  # greedy: 5 KB once, not a step
+    sampling = Session(tiny_engine, Strategy(kind="sample", seed=5))
+    sampling.reset("The quick brown")
+    for _ in range(4):
+        sampling.step()
+    assert len({bytes(step.sampler_state.tolist()) for step in sampling.steps}) == 4  # each draw moves it on
+
+
 def test_undo_at_the_prompt_says_so(tiny_session):
     with pytest.raises(SessionError, match="Nothing to undo"):
         tiny_session.undo()
