@@ -32,7 +32,7 @@ def timed_app(model: str | None = None, **options):
     polling from the UI thread would itself slow the model's thread)."""
     from textual import on
 
-    from decoding.loading import LoadOptions
+    from decoding.engines.loading import LoadOptions
     from tui.app import TokenstepApp
     from tui.messages import CommandDone
 
@@ -112,7 +112,7 @@ def play_seconds(side: str, model: str) -> float:
 
 
 def loop_seconds(model: str | None) -> float:
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     session = Session(load(model=model))
     play_loop(session, PROMPT, 4)  # warm-up, as the app's first panel warms it
@@ -150,7 +150,7 @@ def play_results() -> list[Result]:
 
 
 def run() -> list[Result]:
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     results = play_results()
     session = Session(load())

@@ -9,7 +9,7 @@ LENGTHS = (10, 200, 1000)
 
 
 def run() -> list[Result]:
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     engine = load()
     session = Session(engine)

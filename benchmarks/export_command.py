@@ -19,8 +19,8 @@ REPEATS = 3
 
 def writing_seconds(record: dict, folder: Path) -> float:
     """Seconds to format the record and write the files, as `Explorer.export` does once it is built."""
-    from decoding.files import write_atomically
-    from decoding.trace import format_trace
+    from decoding.core.files import write_atomically
+    from decoding.records.trace import format_trace
 
     def write() -> None:
         for fmt, suffix in (("json", ".json"), ("csv", ".csv"), ("markdown", ".md")):
@@ -36,7 +36,7 @@ def timed_record(explorer) -> tuple[float, dict]:
 
 
 def run() -> list[Result]:
-    from decoding.explorer import Explorer
+    from decoding.explorer.explorer import Explorer
 
     explorer = Explorer(load(dtype="float32"), choices=10, max_new_tokens=STEPS)
     explorer.new_prompt(LIST_PROMPT)

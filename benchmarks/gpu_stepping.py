@@ -45,8 +45,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_stepping: no CUDA device here")
         return 2
-    from decoding.errors import LoadError
-    from decoding.loading import LoadOptions, load_engine
+    from decoding.core.errors import LoadError
+    from decoding.engines.loading import LoadOptions, load_engine
 
     try:
         load(device="cuda")  # the embedded model, if its package travelled

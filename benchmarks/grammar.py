@@ -25,9 +25,9 @@ MAX_STEPS = 48
 
 
 def run() -> list[Result]:
-    from decoding import grammar
-    from decoding.session import Session
-    from decoding.settings import Constraint, Strategy
+    from decoding.core import grammar
+    from decoding.search.session import Session
+    from decoding.core.settings import Constraint, Strategy
 
     engine = load()
     constraint = Constraint("json_schema", json.dumps(SCHEMA))

@@ -39,7 +39,7 @@ def lens_seconds(explorer) -> float:
 
 
 def run() -> list[Result]:
-    from decoding.explorer import Explorer
+    from decoding.explorer.explorer import Explorer
 
     explorer = Explorer(load())
     steps_seconds(explorer, ("lens",))  # warm-up

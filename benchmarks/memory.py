@@ -38,7 +38,7 @@ def used_mb(engine) -> float:
 
 
 def run(engine=None, label: str = "") -> list[Result]:
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     session = Session(engine or load())  # greedy
     session.reset(PROMPT)
@@ -72,8 +72,8 @@ BEAMS, BEAM_STEPS = 5, 256
 
 def beam_memory(engine, label: str) -> Result:
     """The same for a beam search: memory a step against its B beams' KV cache growth a step."""
-    from decoding.beam import BeamSearch
-    from decoding.settings import Strategy
+    from decoding.search.beam import BeamSearch
+    from decoding.core.settings import Strategy
 
     strategy = Strategy(kind="beam", num_beams=BEAMS, early_stopping="never")  # runs to its limit
     search = BeamSearch(engine, strategy, engine.encode(PROMPT), max_new_tokens=BEAM_STEPS + WARM_UP + 1)

@@ -32,10 +32,10 @@ def loaded_then_trimmed(load):
 
 
 if __name__ == "__main__":
-    import decoding.loading
+    import decoding.engines.loading
     from tui.cli import main
 
-    decoding.loading.load_engine = loaded_then_trimmed(decoding.loading.load_engine)
+    decoding.engines.loading.load_engine = loaded_then_trimmed(decoding.engines.loading.load_engine)
     code = main(sys.argv[1:])
     sys.stdout.flush()
     print(f"PEAK_RSS_KIB {status_kib('VmHWM')}", file=sys.stderr)

@@ -20,8 +20,8 @@ PROMPT_TOKENS = 1000
 
 
 def run() -> list[Result]:
-    from decoding.hf_engine import POSITION_CHUNK
-    from decoding.positions import prompt_scores
+    from decoding.engines.hf import POSITION_CHUNK
+    from decoding.search.positions import prompt_scores
 
     engine = load()
     ids = engine.encode(long_text(PROMPT_TOKENS, engine))

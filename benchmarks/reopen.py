@@ -21,8 +21,8 @@ TARGET_RATIO = 5 / 110  # the issue's 5 s, where the token-by-token walk took ~1
 
 def saved_session(engine, folder: Path) -> Path:
     """A session file whose path is 2,000 tokens of text, each node with a real panel."""
-    from decoding import session_file
-    from decoding.session import Session
+    from decoding.records import session_file
+    from decoding.search.session import Session
 
     session = Session(engine)
     session.reset(PROMPT)
@@ -39,8 +39,8 @@ def saved_session(engine, folder: Path) -> Path:
 
 
 def run(engine=None, label: str = "") -> list[Result]:
-    from decoding import session_file
-    from decoding.session import Session
+    from decoding.records import session_file
+    from decoding.search.session import Session
 
     engine = engine or load()
     with tempfile.TemporaryDirectory() as folder:

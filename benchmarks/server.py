@@ -17,7 +17,7 @@ STEPS = 48
 
 
 def step_rate(engine) -> float:
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     session = Session(engine)
     session.reset(PROMPT)
@@ -29,8 +29,8 @@ def step_rate(engine) -> float:
 
 
 def llama_results(binary: str) -> list[Result]:
-    from decoding.llama_engine import default_threads
-    from decoding.loading import LoadOptions, embedded_gguf, load_engine
+    from decoding.engines.llama import default_threads
+    from decoding.engines.loading import LoadOptions, embedded_gguf, load_engine
 
     port = servers.free_port()
     command = servers.llama_server_command(binary, embedded_gguf(), port, default_threads())
@@ -76,7 +76,7 @@ def llama_results(binary: str) -> list[Result]:
 
 
 def undo_and_step(engine) -> tuple[float, float]:
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     session = Session(engine)
     session.reset(PROMPT)
@@ -92,7 +92,7 @@ async def pick_latency(url: str) -> float:
     from app_play import until_idle
     from textual import on
 
-    from decoding.loading import LoadOptions
+    from decoding.engines.loading import LoadOptions
     from tui.app import TokenstepApp
     from tui.messages import CommandDone
 
@@ -125,7 +125,7 @@ async def pick_latency(url: str) -> float:
 
 
 def vllm_results(python: str) -> list[Result]:
-    from decoding.loading import LoadOptions, converted_gguf, embedded_gguf, load_engine
+    from decoding.engines.loading import LoadOptions, converted_gguf, embedded_gguf, load_engine
 
     port = servers.free_port()
     with servers.running(

@@ -31,7 +31,7 @@ def generate_tokens_per_second(engine, prompt: str) -> float:
 
 
 def run(engine=None, label: str = "") -> list[Result]:
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     engine = engine or load()
     session = Session(engine)

@@ -8,7 +8,7 @@ from common import Result, load, long_text, seconds, table
 
 
 def run() -> list[Result]:
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     engine = load()
     session = Session(engine)

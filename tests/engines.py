@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from decoding.engine import Runner
-from decoding.scores import Scores
+from decoding.core.engine import Runner
+from decoding.core.scores import Scores
 
 
 class Basic:

@@ -1,7 +1,7 @@
 """The beam view, the compare view and the processor view, driven with Pilot on the tiny model."""
 
-from decoding.beam import BeamSearch
-from decoding.settings import Strategy
+from decoding.core.settings import Strategy
+from decoding.search.beam import BeamSearch
 from tests.test_app import SIZE, make_app, panel_ids, settle
 from tui.widgets.beams import BeamPanel
 
@@ -109,8 +109,8 @@ async def wait_for(pilot, condition, rounds=600):
 
 
 async def test_c_compares_the_chapters_strategies_from_the_current_text(tiny_model_dir):
-    from decoding.compare import compare
-    from decoding.settings import CHAPTER_STRATEGIES, parse_strategies
+    from decoding.core.settings import CHAPTER_STRATEGIES, parse_strategies
+    from decoding.records.compare import compare
     from tui.compare_screen import CompareScreen
 
     app = make_app(tiny_model_dir)
@@ -142,18 +142,18 @@ async def test_c_compares_the_chapters_strategies_from_the_current_text(tiny_mod
 async def test_escape_cancels_a_comparison_and_the_explorer_goes_on(tiny_model_dir, monkeypatch):
     import time
 
-    import decoding.compare
+    import decoding.records.compare
     from tui.compare_screen import CompareScreen
 
     started = []
-    real_path = decoding.compare._path
+    real_path = decoding.records.compare._path
 
     def slow_path(*args):  # the tiny model is fast: make each strategy take a while
         started.append(True)
         time.sleep(0.3)
         return real_path(*args)
 
-    monkeypatch.setattr(decoding.compare, "_path", slow_path)
+    monkeypatch.setattr(decoding.records.compare, "_path", slow_path)
     app = make_app(tiny_model_dir)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -171,10 +171,10 @@ async def test_escape_cancels_a_comparison_and_the_explorer_goes_on(tiny_model_d
 
 def with_basic_engine(monkeypatch, tiny_engine):
     """The app loads the tiny model as an engine that can do only the basics (no second cache, no beams)."""
-    import decoding.loading
+    import decoding.engines.loading
     from tests.engines import Basic
 
-    monkeypatch.setattr(decoding.loading, "load_engine", lambda *args, **kwargs: Basic(tiny_engine))
+    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda *args, **kwargs: Basic(tiny_engine))
 
 
 async def test_a_comparison_that_cannot_run_says_why_in_the_view(tiny_model_dir, tiny_engine, monkeypatch):

@@ -14,8 +14,8 @@ from rich.style import Style
 from textual import events
 from textual.widget import Widget
 
-from decoding.loading import LoadOptions
-from decoding.settings import Strategy
+from decoding.core.settings import Strategy
+from decoding.engines.loading import LoadOptions
 from tests.test_app import SIZE, make_app, settle
 from tui.widgets.candidates import CandidatePanel
 from tui.widgets.text_view import TextView, heat_named

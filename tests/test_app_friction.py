@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from decoding.commands import Force
-from decoding.settings import Strategy
+from decoding.core.settings import Strategy
+from decoding.explorer.commands import Force
 from tests.test_app import SIZE, make_app, panel_ids, settle
 from tui.widgets.candidates import CandidatePanel
 from tui.widgets.tree_view import TreePanel
@@ -140,7 +140,7 @@ async def test_a_session_from_other_weights_with_the_same_tokenizer_opens_read_o
     import torch
     from transformers import AutoModelForCausalLM
 
-    from decoding import session_file
+    from decoding.records import session_file
 
     other = tmp_path / "fine-tuned"
     shutil.copytree(tiny_model_dir, other)
@@ -177,7 +177,7 @@ async def test_the_palette_screenshot_goes_where_exports_go(tiny_model_dir, tmp_
 
 
 async def test_no_failure_while_opening_leaves_the_spinner_waiting(tiny_model_dir, monkeypatch):
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     def broken(self, *args, **kwargs):
         raise ValueError("something no one foresaw")

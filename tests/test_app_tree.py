@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from decoding import session_file
+from decoding.records import session_file
 from tests.test_app import SIZE, make_app, settle
 from tui.widgets.tree_view import TreePanel
 
@@ -171,7 +171,7 @@ async def test_x_in_the_tree_deletes_a_branch_but_not_the_one_in_use(tiny_model_
 
 
 def test_the_command_opens_the_named_or_last_session_with_its_settings(tiny_model_dir, tmp_path, monkeypatch):
-    from decoding.settings import Strategy
+    from decoding.core.settings import Strategy
     from tui import cli
     from tui.app import TokenstepApp
 
@@ -183,9 +183,9 @@ def test_the_command_opens_the_named_or_last_session_with_its_settings(tiny_mode
     assert opened[-1].session_path.parent == tmp_path / "data" / "sessions" and opened[-1].saved is None
 
     path = tmp_path / "s.json"
-    from decoding import session_file
-    from decoding.loading import LoadOptions, load_engine
-    from decoding.session import Session
+    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.records import session_file
+    from decoding.search.session import Session
 
     engine = load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
     session = Session(engine, Strategy(kind="sample", top_p=0.5), choices=7)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from decoding.beam import BeamSearch
-from decoding.errors import SessionError, SettingsError
-from decoding.settings import Strategy
+from decoding.core.errors import SessionError, SettingsError
+from decoding.core.settings import Strategy
+from decoding.search.beam import BeamSearch
 
 CHAT = "<|im_start|>user\nWhat is 2+2? Answer in one word.<|im_end|>\n<|im_start|>assistant\n"
 
@@ -95,7 +95,7 @@ def test_old_beam_steps_let_their_scores_go_and_undo_to_them_runs_the_beams_agai
     """Past the last few steps a beam step keeps its beams but not their B vocabulary-sized rows;
     undoing to it runs the live beams again from the prompt, which gives their scores within rounding
     (1e-4 in log-probability) and the same beams, finished hypotheses and candidates."""
-    from decoding.beam import FULL_STEPS_KEPT
+    from decoding.search.beam import FULL_STEPS_KEPT
 
     search = BeamSearch(tiny_engine, Strategy(kind="beam", num_beams=3), tiny_engine.encode("hello world"), max_new_tokens=12)
     seen = []

@@ -9,11 +9,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from decoding.chat import PromptRequest
-from decoding.errors import SessionError
-from decoding.explorer import Explorer
-from decoding.settings import Strategy
-from decoding.state import Message
+from decoding.core.chat import PromptRequest
+from decoding.core.errors import SessionError
+from decoding.core.settings import Strategy
+from decoding.core.state import Message
+from decoding.explorer.explorer import Explorer
 from tests.test_app import SIZE, make_app, settle
 from tui.cli import main
 
@@ -223,9 +223,9 @@ def test_a_prompt_naming_a_control_token_reads_it_as_text(embedded_engine):
 
 
 def test_a_chat_session_reopens_mid_conversation_with_its_turns(tiny_chat_model_dir, tmp_path):
-    from decoding import session_file
-    from decoding.keeper import SessionKeeper
-    from decoding.loading import LoadOptions, load_engine
+    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.records import session_file
+    from decoding.records.keeper import SessionKeeper
 
     engine = load_engine(LoadOptions(model=str(tiny_chat_model_dir), device="cpu"))
     path = tmp_path / "chat.json"

@@ -5,12 +5,12 @@ from dataclasses import replace
 
 import pytest
 
-from decoding.beam import BeamSearch
-from decoding.compare import Cancelled, compare, repeated_ngrams
-from decoding.errors import SettingsError
-from decoding.prompt import recorded_prompt
-from decoding.session import Session
-from decoding.settings import CHAPTER_STRATEGIES, parse_strategies
+from decoding.core.errors import SettingsError
+from decoding.core.prompt import recorded_prompt
+from decoding.core.settings import CHAPTER_STRATEGIES, parse_strategies
+from decoding.records.compare import Cancelled, compare, repeated_ngrams
+from decoding.search.beam import BeamSearch
+from decoding.search.session import Session
 from tui.cli import main
 
 NEW_TOKENS = 6

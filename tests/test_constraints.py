@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decoding import grammar
-from decoding.errors import SessionError, SettingsError
-from decoding.grammar import compile_constraint, grammar_for
-from decoding.settings import MAX_CONSTRAINT_CHARS, Constraint, check_constraint, check_schema
+from decoding.core import grammar
+from decoding.core.errors import SessionError, SettingsError
+from decoding.core.grammar import compile_constraint, grammar_for
+from decoding.core.settings import MAX_CONSTRAINT_CHARS, Constraint, check_constraint, check_schema
 
 LOCAL_REFS = ["#", "#/$defs/item", "#/properties/a", "#/definitions/x/items"]
 OUTSIDE_REFS = [
@@ -257,7 +257,7 @@ PATTERN_PIECES += ["(", ")", "\\1", "(?:d)", ".", "\\.", "[^x]", "{2}"]
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from decoding.loading import LoadOptions, load_engine
+    from decoding.engines.loading import LoadOptions, load_engine
 
     return load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
 

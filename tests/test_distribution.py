@@ -7,11 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decoding.distribution import entropy, rank_of, summarize, top_ids
-from decoding.errors import SessionError
-from decoding.session import Session
-from decoding.settings import Constraint, Strategy
-from decoding.tokens import TokenTexts
+from decoding.core.distribution import entropy, rank_of, summarize, top_ids
+from decoding.core.errors import SessionError
+from decoding.core.settings import Constraint, Strategy
+from decoding.core.tokens import TokenTexts
+from decoding.search.session import Session
 
 
 def test_ties_are_ordered_by_token_id_so_row_zero_is_argmax():
@@ -120,7 +120,7 @@ def test_trace_ends_with_exit_status_2_and_one_line_where_no_token_is_left(tiny_
 
 
 def test_beam_search_with_every_token_suppressed_refuses_the_step(tiny_engine):
-    from decoding.beam import BeamSearch
+    from decoding.search.beam import BeamSearch
 
     strategy = Strategy(kind="beam", num_beams=2, suppress_tokens=every_id(tiny_engine))
     search = BeamSearch(tiny_engine, strategy, tiny_engine.encode("hello world"), max_new_tokens=4)

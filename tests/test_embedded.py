@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from decoding.explorer import Explorer
-from decoding.session import Session
-from decoding.settings import Strategy
-from decoding.trace import TracePlan, format_trace, run_trace
+from decoding.core.settings import Strategy
+from decoding.explorer.explorer import Explorer
+from decoding.explorer.trace_run import TracePlan, run_trace
+from decoding.records.trace import format_trace
+from decoding.search.session import Session
 
 pytestmark = pytest.mark.embedded
 PROMPT = "Transformers are the"

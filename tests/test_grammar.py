@@ -10,11 +10,11 @@ import jsonschema
 import pytest
 import torch
 
-from decoding import session_file
-from decoding.errors import SessionError
-from decoding.grammar import compile_constraint
-from decoding.session import Session
-from decoding.settings import Constraint, Strategy
+from decoding.core.errors import SessionError
+from decoding.core.grammar import compile_constraint
+from decoding.core.settings import Constraint, Strategy
+from decoding.records import session_file
+from decoding.search.session import Session
 
 FLAT = {
     "type": "object",
@@ -232,7 +232,7 @@ async def test_the_settings_screen_sets_a_constraint_and_refuses_a_bad_one_besid
 
 @pytest.mark.embedded
 def test_beam_search_under_a_schema_finishes_only_valid_json(embedded_engine):
-    from decoding.explorer import Explorer
+    from decoding.explorer.explorer import Explorer
 
     strategy = Strategy(kind="beam", num_beams=3, constraint=Constraint("json_schema", json.dumps(FLAT)))
     explorer = Explorer(embedded_engine, strategy, max_new_tokens=40)
@@ -274,7 +274,7 @@ def panel_lines(app):
 
 
 async def test_the_app_says_no_token_is_left_in_the_panel_and_at_a_step_and_goes_on(tiny_model_dir):
-    from decoding import commands
+    from decoding.explorer import commands
     from tests.test_app import SIZE, make_app, settle
     from tui.widgets.status import StatusLine
 
@@ -307,7 +307,7 @@ async def test_the_app_says_no_token_is_left_in_the_panel_and_at_a_step_and_goes
 
 
 async def test_a_grammar_that_matches_nothing_is_a_notice_and_the_app_stays_open(tiny_model_dir):
-    from decoding import commands
+    from decoding.explorer import commands
     from tests.test_app import SIZE, make_app, settle
 
     app = make_app(tiny_model_dir, strategy=Strategy(constraint=Constraint("regex", r"[^\s\S]")))

@@ -62,9 +62,9 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def cached_engine(tiny_engine, monkeypatch):
     """The command line's model loads answered by one tiny engine (each test runs many commands)."""
-    import decoding.loading
+    import decoding.engines.loading
 
-    monkeypatch.setattr(decoding.loading, "load_engine", lambda options, progress=None: tiny_engine)
+    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda options, progress=None: tiny_engine)
     return tiny_engine
 
 
@@ -73,7 +73,7 @@ def cached_engine(tiny_engine, monkeypatch):
 
 async def test_escape_sequences_in_prompt_model_and_files_are_shown_escaped_in_the_app(tiny_model_dir, tmp_path):
     """The prompt box, the text view, notifications, the tree, the status line and the loading label."""
-    from decoding import session_file
+    from decoding.records import session_file
 
     app = make_app(tiny_model_dir, prompt=HOSTILE, session_path=tmp_path / "s.json")
     notes = []
@@ -107,7 +107,7 @@ async def test_escape_sequences_in_prompt_model_and_files_are_shown_escaped_in_t
         assert app.explorer.keeper.foreign[1].startswith(HOSTILE)
         assert_terminal_safe(screen_bytes(app))
 
-    from decoding.loading import LoadOptions
+    from decoding.engines.loading import LoadOptions
     from tui.app import TokenstepApp
 
     failed = TokenstepApp(LoadOptions(model=str(tmp_path / HOSTILE), device="cpu"))
@@ -168,9 +168,9 @@ def assert_one_line(code: int, err: str) -> None:
     ],
 )
 def test_bad_options_get_one_line_before_anything_loads(args, message, monkeypatch):
-    import decoding.loading
+    import decoding.engines.loading
 
-    monkeypatch.setattr(decoding.loading, "load_engine", lambda *a, **k: pytest.fail("refused before loading"))
+    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda *a, **k: pytest.fail("refused before loading"))
     code, _, err = run_cli(*args)
     assert_one_line(code, err)
     assert message in err
@@ -303,9 +303,9 @@ def test_replaying_a_mutated_trace_gives_a_verdict_or_one_line(trace_record, tmp
 
 @pytest.fixture
 def session_record(tiny_engine, tmp_path_factory):
-    from decoding import session_file
-    from decoding.session import Session
-    from decoding.settings import Strategy
+    from decoding.core.settings import Strategy
+    from decoding.records import session_file
+    from decoding.search.session import Session
 
     session = Session(tiny_engine, Strategy(kind="sample", seed=3), choices=4)
     session.reset("hello world")
@@ -321,10 +321,10 @@ def session_record(tiny_engine, tmp_path_factory):
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_reopening_a_mutated_session_file_opens_it_or_refuses_it_and_leaves_it_alone(session_record, tiny_engine, tmp_path, data):
-    from decoding import session_file
-    from decoding.errors import SessionError
-    from decoding.keeper import SessionKeeper
-    from decoding.session import Session
+    from decoding.core.errors import SessionError
+    from decoding.records import session_file
+    from decoding.records.keeper import SessionKeeper
+    from decoding.search.session import Session
 
     path = tmp_path / "s.json"
     written = write(path, mutated(session_record, data))
@@ -353,7 +353,9 @@ def test_reopening_a_mutated_session_file_opens_it_or_refuses_it_and_leaves_it_a
 def test_the_fast_shape_check_accepts_exactly_what_the_walk_naming_places_accepts(session_record, trace_record, data):
     """Files are checked by the spec compiled into predicates, and walked again for the message only
     when that refuses: it must never let through what the walk would refuse, nor refuse what it accepts."""
-    from decoding import replay, schema, session_file
+    from decoding.core import schema
+    from decoding.explorer import replay
+    from decoding.records import session_file
 
     for record, spec in ((session_record, session_file.SESSION_SHAPE), (trace_record, replay.PATH_TRACE_SHAPE)):
         value = mutated(record, data)
@@ -387,8 +389,8 @@ def test_session_paths_that_are_not_regular_files_are_refused_without_blocking(t
 @pytest.fixture
 def session_with_changes(tiny_engine, tmp_path_factory):
     """A session file as the app leaves it: its first line, then a line for each save since."""
-    from decoding import session_file
-    from decoding.session import Session
+    from decoding.records import session_file
+    from decoding.search.session import Session
 
     session = Session(tiny_engine, choices=4)
     session.reset("hello world")
@@ -407,8 +409,8 @@ def session_with_changes(tiny_engine, tmp_path_factory):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_a_mutated_change_line_opens_or_is_refused_in_one_line_and_left_alone(session_with_changes, tmp_path, data):
-    from decoding import session_file
-    from decoding.errors import SessionError
+    from decoding.core.errors import SessionError
+    from decoding.records import session_file
 
     first, changes = session_with_changes
     which = data.draw(st.integers(0, len(changes) - 1))
@@ -432,8 +434,8 @@ def test_a_deeply_nested_session_file_is_refused_in_one_line(tmp_path):
 
 
 def test_saving_through_a_symlink_writes_its_target(tiny_session, tmp_path):
-    from decoding import session_file
-    from decoding.settings import Strategy
+    from decoding.core.settings import Strategy
+    from decoding.records import session_file
 
     target = tmp_path / "real.json"
     link = tmp_path / "link.json"
@@ -443,8 +445,8 @@ def test_saving_through_a_symlink_writes_its_target(tiny_session, tmp_path):
 
 
 def test_a_parent_cycle_or_an_id_beyond_the_vocabulary_is_refused(session_record, tmp_path):
-    from decoding import session_file
-    from decoding.errors import SessionError
+    from decoding.core.errors import SessionError
+    from decoding.records import session_file
 
     path = tmp_path / "s.json"
     cyclic = json.loads(json.dumps(session_record))
@@ -466,8 +468,8 @@ def test_a_parent_cycle_or_an_id_beyond_the_vocabulary_is_refused(session_record
 def test_a_bert_folder_is_refused_before_loading(tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
-    from decoding.errors import LoadError
-    from decoding.loading import LoadOptions, load_engine
+    from decoding.core.errors import LoadError
+    from decoding.engines.loading import LoadOptions, load_engine
 
     BertForMaskedLM(
         BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, vocab_size=50)
@@ -501,7 +503,7 @@ def test_compare_says_when_the_context_limit_cut_a_continuation_short(cached_eng
 def test_truncated_model_files_are_refused_in_one_line(tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
-    from decoding.loading import embedded_gguf
+    from decoding.engines.loading import embedded_gguf
 
     monkeypatch.setenv("TOKENSTEP_CACHE", str(tmp_path / "cache"))
     truncated = tmp_path / "cut.gguf"
@@ -572,10 +574,10 @@ def assert_in_range(saved) -> None:
 def test_a_session_file_with_hostile_numbers_opens_in_range_or_is_refused_in_one_line_untouched(
     session_record, tiny_engine, tmp_path, data
 ):
-    from decoding import session_file
-    from decoding.errors import SessionError
-    from decoding.explorer import Explorer
-    from decoding.keeper import SessionKeeper
+    from decoding.core.errors import SessionError
+    from decoding.explorer.explorer import Explorer
+    from decoding.records import session_file
+    from decoding.records.keeper import SessionKeeper
 
     path = tmp_path / "s.json"
     write(path, with_hostile_numbers(session_record, data))
@@ -599,8 +601,8 @@ def test_a_change_line_with_hostile_numbers_or_a_torn_tail_of_any_bytes_is_read_
 ):
     """A torn tail (the bytes after the last newline, valid UTF-8 or not) is left out with a note;
     a whole line with a hostile number is refused in one line; the file is never changed."""
-    from decoding import session_file
-    from decoding.errors import SessionError
+    from decoding.core.errors import SessionError
+    from decoding.records import session_file
 
     first, changes = session_with_changes
     hostile = data.draw(st.booleans())
@@ -629,11 +631,13 @@ def test_a_change_line_with_hostile_numbers_or_a_torn_tail_of_any_bytes_is_read_
 @pytest.fixture
 def chat_trace_and_engine(tiny_chat_model_dir, monkeypatch):
     """A two-turn chat's trace, and the command line's model loads answered by its tiny chat model."""
-    import decoding.loading
-    from decoding.explorer import Explorer
-    from decoding.state import Message
+    import decoding.engines.loading
+    from decoding.core.state import Message
+    from decoding.explorer.explorer import Explorer
 
-    engine = decoding.loading.load_engine(decoding.loading.LoadOptions(model=str(tiny_chat_model_dir), device="cpu"))
+    engine = decoding.engines.loading.load_engine(
+        decoding.engines.loading.LoadOptions(model=str(tiny_chat_model_dir), device="cpu")
+    )
     explorer = Explorer(engine, choices=4)
     explorer.new_chat([Message("user", "hello")])
     explorer.step()
@@ -643,7 +647,7 @@ def chat_trace_and_engine(tiny_chat_model_dir, monkeypatch):
     record = explorer.trace_record()
     assert [("turn" in step) for step in record["steps"]] == [False, False, True, False]
     record["model"] = str(tiny_chat_model_dir)
-    monkeypatch.setattr(decoding.loading, "load_engine", lambda options, progress=None: engine.fork())
+    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda options, progress=None: engine.fork())
     return record, engine
 
 
@@ -770,7 +774,7 @@ def test_a_file_that_reads_as_regular_but_gives_nothing_without_waiting_is_one_l
     would take the kernel's messages from whoever reads them)."""
     import stat as stat_module
 
-    import decoding.files
+    import decoding.core.files
 
     fifo = tmp_path / "kmsg"
     os.mkfifo(fifo)
@@ -781,7 +785,7 @@ def test_a_file_that_reads_as_regular_but_gives_nothing_without_waiting_is_one_l
         info = real_fstat(descriptor)
         return os.stat_result((stat_module.S_IFREG | 0o644, *tuple(info)[1:]))
 
-    monkeypatch.setattr(decoding.files.os, "fstat", as_regular)
+    monkeypatch.setattr(decoding.core.files.os, "fstat", as_regular)
     try:
         for command in ("diff", "replay"):
             code, _, err = run_cli(command, str(fifo))

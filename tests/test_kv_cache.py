@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from decoding import kv_cache
-from decoding.kv_cache import block_cache
+from decoding.engines import kv_cache
+from decoding.engines.kv_cache import block_cache
 
 
 @pytest.fixture

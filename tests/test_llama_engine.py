@@ -4,10 +4,10 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from decoding.errors import LoadError  # noqa: E402
-from decoding.loading import LoadOptions, load_engine  # noqa: E402
-from decoding.session import Session  # noqa: E402
-from decoding.settings import Strategy  # noqa: E402
+from decoding.core.errors import LoadError  # noqa: E402
+from decoding.core.settings import Strategy  # noqa: E402
+from decoding.engines.loading import LoadOptions, load_engine  # noqa: E402
+from decoding.search.session import Session  # noqa: E402
 
 pytestmark = pytest.mark.embedded
 PROMPT = "Transformers are the"
@@ -95,8 +95,8 @@ def test_trace_names_the_engine(capsys):
 
 
 def test_a_chat_renders_from_the_ggufs_own_template_to_the_same_ids(llama_engine, embedded_engine):
-    from decoding.prompt import chat_prompt
-    from decoding.state import Message
+    from decoding.core.prompt import chat_prompt
+    from decoding.core.state import Message
 
     messages = [Message("system", "Be brief."), Message("user", "What is a transformer?")]
     ours, theirs = chat_prompt(llama_engine, messages), chat_prompt(embedded_engine, messages)

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from decoding import loading
-from decoding.errors import LoadError
-from decoding.loading import LoadOptions, cache_root, load_engine
+from decoding.core.errors import LoadError
+from decoding.engines import loading
+from decoding.engines.loading import LoadOptions, cache_root, load_engine
 
 
 def test_a_missing_folder_or_gguf_is_named_in_the_message(tmp_path):
@@ -143,7 +143,7 @@ def header_only_model(tiny_model_dir, folder: Path, rows: int, columns: int) -> 
 
 REUSED_MEMORY_PROBE = """
 import resource, sys, torch
-from decoding import loading
+from decoding.engines import loading
 if sys.argv[1] == "reuse":
     loading.reuse_freed_memory()
 def faults_for_a_pass():  # a pass's temporaries: twelve tensors of 4, 8 and 12 MB, written, then freed
@@ -203,7 +203,7 @@ CHAPTER_PROMPT = "Transformers are the"
 
 
 def greedy_tokens(engine, count: int = 8) -> list[int]:
-    from decoding.session import Session
+    from decoding.search.session import Session
 
     session = Session(engine)
     session.reset(CHAPTER_PROMPT)
@@ -212,8 +212,8 @@ def greedy_tokens(engine, count: int = 8) -> list[int]:
 
 @pytest.mark.embedded
 def test_8bit_on_the_cpu_chooses_float32s_first_8_greedy_tokens_in_a_third_of_the_memory(embedded_engine):
-    from decoding import session_file
-    from decoding.explorer import model_line
+    from decoding.explorer.explorer import model_line
+    from decoding.records import session_file
 
     int8 = load_engine(LoadOptions(device="cpu", load_in="8bit"))
     assert greedy_tokens(int8) == greedy_tokens(embedded_engine)
@@ -232,7 +232,7 @@ def test_4bit_loads_as_nf4_and_steps(embedded_engine):
 
 @pytest.mark.embedded
 def test_layers_beyond_the_memory_cap_go_to_disk_and_the_status_line_says_where(embedded_engine):
-    from decoding.explorer import model_line
+    from decoding.explorer.explorer import model_line
 
     offloaded = load_engine(LoadOptions(device="cpu", device_map="auto", max_memory={"cpu": "250MB"}))
     line = model_line(offloaded)

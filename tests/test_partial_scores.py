@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decoding.errors import SessionError, SettingsError
-from decoding.explorer import Explorer
-from decoding.settings import Strategy
+from decoding.core.errors import SessionError, SettingsError
+from decoding.core.settings import Strategy
+from decoding.explorer.explorer import Explorer
 from tests.engines import Basic, TopOnly
 
 N = 8
@@ -27,7 +27,7 @@ def full(tiny_engine):
 
 @pytest.fixture
 def partial(tiny_model_dir):
-    from decoding.loading import LoadOptions, load_engine
+    from decoding.engines.loading import LoadOptions, load_engine
 
     explorer = Explorer(TopOnly(load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu")), N), choices=5)
     explorer.new_prompt("The quick brown")
@@ -61,7 +61,7 @@ def test_a_token_forced_inside_or_outside_the_n_gets_its_true_probability(full, 
 
 
 def test_without_a_way_to_score_one_token_forcing_outside_the_n_is_refused(tiny_model_dir):
-    from decoding.loading import LoadOptions, load_engine
+    from decoding.engines.loading import LoadOptions, load_engine
     from tests.engines import top_only
 
     class TopOnlyNoScoring(Basic):
@@ -126,7 +126,7 @@ def test_the_fast_reduction_of_many_rows_equals_a_plain_one(rows, vocab, seed, c
     """The prompt's rows are reduced a few at a time with tricks (a sign pass, in-place entropy);
     the result is what a plain per-row computation gives: ties (coarse values) rank the lower ids
     first, -inf counts nothing, the greedy token is the first of equal maxima."""
-    from decoding.positions import score_rows
+    from decoding.search.positions import score_rows
 
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(rows, vocab, generator=generator) * 4

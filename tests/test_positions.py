@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from decoding.session import Session
+from decoding.search.session import Session
 from tui.cli import main
 
 pytestmark = pytest.mark.embedded
@@ -44,7 +44,7 @@ def test_the_prompts_scores_equal_an_independent_full_forward(embedded_engine):
     assert_scores_match(session.score_prompt(), ids, independent_logprobs(embedded_engine, ids))
     # and the same from a pass of its own, on ids the engine did not just read
     other = ids[:-7]
-    from decoding.positions import prompt_scores
+    from decoding.search.positions import prompt_scores
 
     assert_scores_match(prompt_scores(embedded_engine, other), other, independent_logprobs(embedded_engine, other))
 
@@ -126,7 +126,7 @@ def test_llama_cpp_gives_every_tokens_bytes_as_transformers_does(embedded_engine
     """llama-cpp-python's own detokenizer cuts a piece at 32 bytes; tokens longer than that (the
     embedded vocabulary has them) must still read whole."""
     pytest.importorskip("llama_cpp")
-    from decoding.loading import LoadOptions, load_engine
+    from decoding.engines.loading import LoadOptions, load_engine
 
     llama = load_engine(LoadOptions(engine="llama"))
     ids = range(embedded_engine.vocab_size)
@@ -138,7 +138,7 @@ def scaled_head_engine(tiny_model_dir, folder, architecture):
     """A tiny Granite (its logits divided by `logits_scaling`) or Gemma 2 (soft-capped) engine."""
     from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
 
-    from decoding.loading import LoadOptions, load_engine
+    from decoding.engines.loading import LoadOptions, load_engine
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     shape = dict(

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from decoding.session import Session
-from decoding.settings import Strategy
+from decoding.core.settings import Strategy
+from decoding.search.session import Session
 from tests.test_app import SIZE, make_app, settle
 from tui.cli import main
 from tui.widgets.processors import ProcessorPanel

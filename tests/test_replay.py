@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from decoding.explorer import Explorer
-from decoding.settings import Strategy
+from decoding.core.settings import Strategy
+from decoding.explorer.explorer import Explorer
 from tui.cli import main
 
 

@@ -11,12 +11,12 @@ import threading
 import pytest
 import torch
 
-from decoding.errors import LoadError, TokenstepError
-from decoding.explorer import Explorer
-from decoding.loading import LoadOptions, converted_gguf, embedded_gguf, load_engine
-from decoding.second import SecondModel, check_same_tokenizer
-from decoding.session import Session
-from decoding.settings import Strategy
+from decoding.core.errors import LoadError, TokenstepError
+from decoding.core.settings import Strategy
+from decoding.engines.loading import LoadOptions, converted_gguf, embedded_gguf, load_engine
+from decoding.explorer.explorer import Explorer
+from decoding.search.second import SecondModel, check_same_tokenizer
+from decoding.search.session import Session
 from tests import servers
 from tests.test_hostile import run_cli
 from tests.test_positions import llama_fed_one_at_a_time
@@ -30,7 +30,7 @@ def llama_server_url():
     binary = os.environ.get("LLAMA_SERVER")
     if not binary:
         pytest.skip("$LLAMA_SERVER is not set: `make test` builds llama-server and sets it")
-    from decoding.llama_engine import default_threads
+    from decoding.engines.llama import default_threads
 
     port = servers.free_port()
     command = servers.llama_server_command(binary, embedded_gguf(), port, default_threads())
@@ -275,7 +275,7 @@ def test_a_server_that_is_down_or_speaks_another_dialect_is_one_clear_line():
 
 
 def test_a_server_that_stops_answering_leaves_the_path_and_the_step_can_be_retried(llama_server_url, monkeypatch):
-    import decoding.server_engine
+    import decoding.engines.server.engine
 
     served = server_engine(llama_server_url)
     session = Session(served)
@@ -286,7 +286,7 @@ def test_a_server_that_stops_answering_leaves_the_path_and_the_step_can_be_retri
     real = served.http.ask
 
     def down(*args, **kwargs):
-        raise decoding.server_engine.ServerError("http://127.0.0.1:9 cannot be reached (refused): is the server running?")
+        raise decoding.engines.server.engine.ServerError("http://127.0.0.1:9 cannot be reached (refused): is the server running?")
 
     served.http.ask = down
     with pytest.raises(TokenstepError, match="cannot be reached"):

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from decoding import server_reply as reply
-from decoding.errors import LoadError, TokenstepError
-from decoding.loading import LoadOptions, load_engine, switched_model
-from decoding.server_http import REQUEST_SECONDS, SECONDS_VARIABLE, Http, ServerError, _reply, server_address
-from decoding.session import Session
+from decoding.core.errors import LoadError, TokenstepError
+from decoding.engines.loading import LoadOptions, load_engine, switched_model
+from decoding.engines.server import reply
+from decoding.engines.server.http import REQUEST_SECONDS, SECONDS_VARIABLE, Http, ServerError, _reply, server_address
+from decoding.search.session import Session
 from tests import servers
 from tests.servers import ByteServer
 from tests.test_hostile import assert_terminal_safe, run_cli, screen_bytes

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from decoding.errors import SessionError, SettingsError
-from decoding.session import Session
-from decoding.settings import Strategy
+from decoding.core.errors import SessionError, SettingsError
+from decoding.core.settings import Strategy
+from decoding.search.session import Session
 
 
 def generate(engine, session, n, **kwargs):
@@ -209,7 +209,7 @@ def test_strategy_choice_predicts_step_without_drawing(tiny_engine):
 
 @pytest.mark.parametrize("rank", [0, 2, 4])
 def test_a_pick_looked_ahead_needs_no_model_work_and_is_bit_identical(tiny_model_dir, rank):
-    from decoding.loading import LoadOptions, load_engine
+    from decoding.engines.loading import LoadOptions, load_engine
 
     plain = Session(load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu")))
     ahead = Session(load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu")))
@@ -248,7 +248,7 @@ def test_old_steps_keep_their_panels_only_and_undo_to_them_is_exact(tiny_engine,
     """Past the last few steps, each keeps its panel but not its full-vocabulary scores; undoing to
     it feeds the token before it again, which gives the very same scores (the same pass, on the same
     cached prefix), so panels, processed scores and the next choices are as they were."""
-    from decoding.session import FULL_STEPS_KEPT
+    from decoding.search.session import FULL_STEPS_KEPT
 
     session = Session(tiny_engine, strategy)
     session.reset("hello world")

@@ -1,7 +1,7 @@
 import pytest
 
-from decoding.errors import SettingsError
-from decoding.settings import Strategy
+from decoding.core.errors import SettingsError
+from decoding.core.settings import Strategy
 
 
 @pytest.mark.parametrize(

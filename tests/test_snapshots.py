@@ -5,7 +5,7 @@ Update them after an intended change with `make test PYTEST_ARGS="--snapshot-upd
 
 from textual.widgets import Input
 
-from decoding.loading import LoadOptions
+from decoding.engines.loading import LoadOptions
 from tests.test_app import SIZE, make_app, settle
 from tui.app import TokenstepApp
 
@@ -29,7 +29,7 @@ def test_main_screen_after_steps_and_a_forced_pick(snap_compare, tiny_model_dir)
 
 
 def test_main_screen_under_top_k_sampling(snap_compare, tiny_model_dir):
-    from decoding.settings import Strategy
+    from decoding.core.settings import Strategy
 
     app = make_app(tiny_model_dir, strategy=Strategy(kind="sample", top_k=3, temperature=0.8))
     assert snap_compare(app, terminal_size=SIZE, run_before=still)
@@ -50,7 +50,7 @@ def test_failed_load_screen(snap_compare):
 
 
 def test_beam_view_with_a_forced_token(snap_compare, tiny_model_dir):
-    from decoding.settings import Strategy
+    from decoding.core.settings import Strategy
 
     async def run_before(pilot):
         await still(pilot)
@@ -62,7 +62,7 @@ def test_beam_view_with_a_forced_token(snap_compare, tiny_model_dir):
 
 
 def test_processor_view_under_a_reshaping_strategy(snap_compare, tiny_model_dir):
-    from decoding.settings import Strategy
+    from decoding.core.settings import Strategy
 
     async def run_before(pilot):
         await still(pilot)
@@ -88,7 +88,7 @@ def test_tree_panel_with_two_prompts_and_a_fork(snap_compare, tiny_model_dir):
 
 
 def test_chat_view_with_two_turns(snap_compare, tiny_chat_model_dir):
-    from decoding.chat import PromptRequest
+    from decoding.core.chat import PromptRequest
 
     async def run_before(pilot):
         await still(pilot)
@@ -140,7 +140,7 @@ def test_logit_lens_panel(snap_compare, tiny_model_dir):
 
 
 def test_candidates_under_a_grammar(snap_compare, tiny_model_dir):
-    from decoding.settings import Constraint, Strategy
+    from decoding.core.settings import Constraint, Strategy
 
     async def run_before(pilot):
         await still(pilot)

@@ -3,7 +3,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from decoding.tokens import RunningText, bytes_to_text, escape_controls, one_line, token_label
+from decoding.core.tokens import RunningText, bytes_to_text, escape_controls, one_line, token_label
 
 
 def test_partial_utf8_bytes_show_as_hex():

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from decoding import session_file
-from decoding.errors import SessionError
-from decoding.session import Session
-from decoding.settings import Strategy
+from decoding.core.errors import SessionError
+from decoding.core.settings import Strategy
+from decoding.records import session_file
+from decoding.search.session import Session
 
 
 def test_undo_keeps_the_branch_and_another_choice_opens_a_sibling(tiny_session):
@@ -172,8 +172,8 @@ def test_only_a_deleted_branch_is_lost_and_never_the_current_path(tiny_session, 
 
 
 def test_branch_text_shows_whole_characters_and_bytes_still_waiting():
-    from decoding.state import PathToken
-    from decoding.tree import Tree
+    from decoding.core.state import PathToken
+    from decoding.search.tree import Tree
 
     def token(token_id, raw, piece):
         return PathToken(token_id, f"<0x{raw[0]:02X}>" if not piece else piece, 0.5, -0.7, 0, False, raw=raw, piece=piece)
@@ -267,10 +267,10 @@ def test_a_save_cut_short_is_left_out_and_a_damaged_line_refused(tiny_session, t
 
 KILLED_WRITER = """
 import sys
-from decoding import session_file
-from decoding.loading import LoadOptions, load_engine
-from decoding.session import Session
-from decoding.settings import Strategy
+from decoding.records import session_file
+from decoding.engines.loading import LoadOptions, load_engine
+from decoding.search.session import Session
+from decoding.core.settings import Strategy
 
 session = Session(load_engine(LoadOptions(model=sys.argv[1], device="cpu")))
 session.reset("hello world")
@@ -334,7 +334,7 @@ def test_a_reopened_path_is_read_in_one_pass_and_agrees_with_a_token_by_token_wa
     is shorter: the causal fast path); past steps show their saved panels, the next scores equal a
     token-by-token walk's within the README's tolerance, and the sampler goes on as it would have;
     so do the scores of steps undone into (from the cache the pass filled)."""
-    from decoding.session import FULL_STEPS_KEPT
+    from decoding.search.session import FULL_STEPS_KEPT
 
     strategy = Strategy(kind="sample", seed=11, top_k=30)
     made = Session(tiny_engine, strategy)
@@ -384,7 +384,7 @@ def saved_twice(session, path):
 def test_a_last_line_torn_inside_a_character_opens_without_it_and_says_so(tiny_session, tmp_path):
     """kill -9 in the middle of an append can cut a UTF-8 character in two: the file still opens,
     less that one save, with a note for the person; the next save writes the file whole again."""
-    from decoding.keeper import SessionKeeper
+    from decoding.records.keeper import SessionKeeper
 
     path = tmp_path / "s.json"
     held = saved_twice(tiny_session, path)
@@ -433,8 +433,8 @@ def test_a_number_out_of_range_or_an_empty_panel_is_refused_before_any_view(tiny
 
 def comb(depth):
     """A tree that forks at every level: a side branch of one token beside each step of the path."""
-    from decoding.state import PathToken
-    from decoding.tree import Tree
+    from decoding.core.state import PathToken
+    from decoding.search.tree import Tree
 
     tree = Tree()
     tree.add_root("p", [1])
@@ -462,7 +462,7 @@ def test_a_session_of_20000_nodes_opens_in_seconds_and_a_path_beyond_the_context
     is fed, and the exploration goes on in a new file (the file is left as it is)."""
     import time
 
-    from decoding.keeper import SessionKeeper
+    from decoding.records.keeper import SessionKeeper
 
     session = Session(tiny_engine, choices=2)
     session.reset("hello world")

@@ -13,9 +13,9 @@ from itertools import zip_longest
 import pytest
 import torch
 
-from decoding.explorer import Explorer
-from decoding.settings import Strategy
-from decoding.state import Message
+from decoding.core.settings import Strategy
+from decoding.core.state import Message
+from decoding.explorer.explorer import Explorer
 from tui.cli import main
 
 STEPS = 6

@@ -24,13 +24,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.notifications import SeverityLevel
 from textual.widgets import Footer, Input, Label, TextArea
 
-from decoding import commands
-from decoding.chat import PromptRequest
-from decoding.errors import TokenstepError
-from decoding.loading import EMBEDDED_NAME, LoadOptions, switched_model
-from decoding.settings import Strategy
-from decoding.state import Snapshot, Timing
-from decoding.tokens import escape_controls, one_line
+from decoding.core.chat import PromptRequest
+from decoding.core.errors import TokenstepError
+from decoding.core.settings import Strategy
+from decoding.core.state import Snapshot, Timing
+from decoding.core.tokens import escape_controls, one_line
+from decoding.engines.loading import EMBEDDED_NAME, LoadOptions, switched_model
+from decoding.explorer import commands
 from tui import messages
 from tui.actions import bindings
 from tui.ask_screen import AskScreen
@@ -48,10 +48,10 @@ from tui.widgets.status import StatusLine
 from tui.widgets.text_view import HEATS, TextView, heat_named, next_heat
 
 if TYPE_CHECKING:  # torch loads on the model thread, after the first paint
-    from decoding.explorer import Explorer, View
-    from decoding.prompt import Prompt
-    from decoding.session import Session
-    from decoding.session_file import SavedSession
+    from decoding.core.prompt import Prompt
+    from decoding.explorer.explorer import Explorer, View
+    from decoding.records.session_file import SavedSession
+    from decoding.search.session import Session
 
 Clock = Callable[[], float]
 # The model thread gives up the GIL for every torch kernel and must take it back after; while the UI
@@ -215,7 +215,7 @@ class TokenstepApp(App[int]):
             self._add_second(explorer, self.second_options)
         start = self.clock()  # the first panel, computed on this thread while it is warm; keys wait
         try:
-            from decoding.grammar import compile_notes
+            from decoding.core.grammar import compile_notes
 
             with compile_notes(lambda text: self.post_message(messages.LoadProgress(text))):
                 explorer.open(self._first_prompt(explorer, request))
@@ -232,8 +232,8 @@ class TokenstepApp(App[int]):
 
     def _add_second(self, explorer: Explorer, options: LoadOptions) -> None:
         """Load the second model; one that fails is said, and the app goes on with the first alone."""
-        from decoding.loading import load_engine
-        from decoding.second import SecondModel
+        from decoding.engines.loading import load_engine
+        from decoding.search.second import SecondModel
 
         self.post_message(messages.LoadProgress(f"loading the second model, {_named(options)}"))
         try:
@@ -255,11 +255,11 @@ class TokenstepApp(App[int]):
             return None
 
     def _new_explorer(self, options: LoadOptions, settings: Settings) -> Explorer:
-        from decoding.loading import collector_paused, load_engine
+        from decoding.engines.loading import collector_paused, load_engine
 
         with collector_paused():  # torch is imported here, after the first paint
-            from decoding.explorer import Explorer
-            from decoding.keeper import SessionKeeper
+            from decoding.explorer.explorer import Explorer
+            from decoding.records.keeper import SessionKeeper
 
             engine = load_engine(options, lambda text: self.post_message(messages.LoadProgress(text)))
         keeper = SessionKeeper(self.session_path, self.saved, lambda text: self.post_message(messages.CommandFailed(text)))
@@ -607,7 +607,7 @@ class TokenstepApp(App[int]):
                 return
             self.action_stop()
             if self.session_path is not None:  # the old file keeps the old model's tree
-                from decoding.session_file import new_session_path
+                from decoding.records.session_file import new_session_path
 
                 try:
                     self.session_path = new_session_path()

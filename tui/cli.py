@@ -16,12 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from decoding.chat import PromptRequest
-from decoding.diff import DIFF_FORMATS
-from decoding.errors import TokenstepError
-from decoding.files import read_text_file
-from decoding.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, check_fits_early, recorded_model
-from decoding.settings import (
+from decoding.core.chat import PromptRequest
+from decoding.core.errors import TokenstepError
+from decoding.core.files import read_text_file
+from decoding.core.settings import (
     CHAPTER_STRATEGIES,
     STRATEGY_KINDS,
     Constraint,
@@ -31,8 +29,10 @@ from decoding.settings import (
     parse_strategies,
     strategy_from_options,
 )
-from decoding.state import Message
-from decoding.tokens import escape_controls, one_line
+from decoding.core.state import Message
+from decoding.core.tokens import escape_controls, one_line
+from decoding.engines.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, check_fits_early, recorded_model
+from decoding.explorer.diff import DIFF_FORMATS
 
 DEFAULT_PROMPT = "Transformers are the"
 
@@ -159,7 +159,7 @@ def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
 
 def prompt_request(args: argparse.Namespace, default: str = "") -> PromptRequest:
     """The prompt the options ask for, checked as far as it can be before a model loads."""
-    from decoding.chat import read_prompt_file
+    from decoding.core.chat import read_prompt_file
 
     if args.system is not None and not args.chat:
         raise TokenstepError("--system goes with --chat (a system message starts a conversation).")
@@ -332,7 +332,7 @@ def parse_picks(text: str, choices: int) -> list[int]:
 
 
 def run_trace_command(argv: Sequence[str]) -> int:
-    from decoding.trace import TracePlan
+    from decoding.explorer.trace_run import TracePlan
 
     args = build_parsers()[1].parse_args(argv)
     request = prompt_request(args)
@@ -349,9 +349,10 @@ def run_trace_command(argv: Sequence[str]) -> int:
     if args.lens and (strategy.is_beam or args.format != "json"):
         raise TokenstepError("--lens follows one path into the JSON trace: use it with --format json and without beam search.")
 
-    from decoding.explorer import Explorer
-    from decoding.loading import load_engine
-    from decoding.trace import format_trace, run_trace
+    from decoding.engines.loading import load_engine
+    from decoding.explorer.explorer import Explorer
+    from decoding.explorer.trace_run import run_trace
+    from decoding.records.trace import format_trace
 
     engine = load_engine(options, _progress_on_terminal)
     plan = TracePlan(request.build(engine), args.steps, picks, args.prefill or "", lens=args.lens)
@@ -381,8 +382,8 @@ def build_replay_parser() -> argparse.ArgumentParser:
 
 
 def run_replay_command(argv: Sequence[str]) -> int:
-    from decoding.files import read_json_file
-    from decoding.replay import (
+    from decoding.core.files import read_json_file
+    from decoding.explorer.replay import (
         checked_trace,
         format_checks,
         load_options,
@@ -400,10 +401,10 @@ def run_replay_command(argv: Sequence[str]) -> int:
     strategy = strategy_of(record)
     options = load_options(record, model=args.model, device=args.device, dtype=args.dtype, url=args.url, api_key=args.api_key)
 
-    from decoding.loading import load_engine
+    from decoding.engines.loading import load_engine
 
     engine = load_engine(options, _progress_on_terminal)
-    from decoding.explorer import Explorer
+    from decoding.explorer.explorer import Explorer
 
     steps = record["max_new_tokens"] if beam else len(record["steps"])
     explorer = Explorer(engine, strategy, record.get("choices", 10), max_new_tokens=steps)
@@ -433,8 +434,8 @@ def build_diff_parser() -> argparse.ArgumentParser:
 
 
 def run_diff_command(argv: Sequence[str]) -> int:
-    from decoding.files import read_json_file
-    from decoding.replay import checked_trace, load_options
+    from decoding.core.files import read_json_file
+    from decoding.explorer.replay import checked_trace, load_options
 
     args = build_diff_parser().parse_args(argv)
     record = checked_trace(read_json_file(args.trace, "a tokenstep JSON trace"), str(args.trace))
@@ -443,10 +444,10 @@ def run_diff_command(argv: Sequence[str]) -> int:
         record, model=args.model, engine=args.engine, device=args.device, dtype=args.dtype, url=args.url, api_key=args.api_key
     )
 
-    from decoding.diff import diff_record, format_diff
-    from decoding.explorer import Explorer
-    from decoding.loading import load_engine
-    from decoding.second import SecondModel
+    from decoding.engines.loading import load_engine
+    from decoding.explorer.diff import diff_record, format_diff
+    from decoding.explorer.explorer import Explorer
+    from decoding.search.second import SecondModel
 
     first = load_engine(first_options, _progress_on_terminal)
     second = load_engine(second_options, _progress_on_terminal)
@@ -464,8 +465,8 @@ def run_compare_command(argv: Sequence[str]) -> int:
     strategies = [replace(s, constraint=constraint) for s in parse_strategies(args.strategies, seed=args.seed)]
     options = load_options_from(args)
 
-    from decoding.compare import compare, comparison_record, format_comparison
-    from decoding.loading import load_engine
+    from decoding.engines.loading import load_engine
+    from decoding.records.compare import compare, comparison_record, format_comparison
 
     engine = load_engine(options, _progress_on_terminal)
     prompt = request.build(engine)
@@ -494,7 +495,7 @@ def run_app_command(argv: Sequence[str]) -> int:
         raise TokenstepError(f"--look-ahead must be 0 or more (got {args.look_ahead}).")
     if args.max_new_tokens < 1:
         raise TokenstepError(f"--max-new-tokens must be at least 1 (got {args.max_new_tokens}).")
-    from decoding import session_file
+    from decoding.records import session_file
     from tui.app import TokenstepApp
 
     second = second_options_from(args)

@@ -17,8 +17,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, ProgressBar, Static
 
-from decoding.compare import COMPARE_NEW_TOKENS, cut_short_notes
-from decoding.tokens import escape_controls, one_line
+from decoding.core.tokens import escape_controls, one_line
+from decoding.records.compare import COMPARE_NEW_TOKENS, cut_short_notes
 from tui.messages import ComparisonDone, ComparisonFailed, ComparisonProgress
 
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from decoding.commands import Command
-from decoding.state import Timing
+from decoding.core.state import Timing
+from decoding.explorer.commands import Command
 
 if TYPE_CHECKING:
-    from decoding.explorer import Explorer, View
+    from decoding.explorer.explorer import Explorer, View
 
 
 @dataclass

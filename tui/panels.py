@@ -1,7 +1,7 @@
-"""The side panels, registered in one place: the core computes each one's value (decoding.panels) while
+"""The side panels, registered in one place: the core computes each one's value (decoding.explorer.panels) while
 it is open, and its widget shows it with `show(value, view)`.
 
-To add a panel: a function in `decoding.panels.PANELS`, a widget, and one line here.
+To add a panel: a function in `decoding.explorer.panels.PANELS`, a widget, and one line here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tui.widgets.tree_view import TreePanel
 
 @dataclass(frozen=True)
 class PanelSpec:
-    name: str  # the core's panel (decoding.panels.PANELS) and the widget's id
+    name: str  # the core's panel (decoding.explorer.panels.PANELS) and the widget's id
     key: str  # toggles it
     label: str  # footer and palette
     help: str

@@ -12,9 +12,9 @@ from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
-from decoding.errors import TokenstepError
-from decoding.files import read_text_file
-from decoding.settings import (
+from decoding.core.errors import TokenstepError
+from decoding.core.files import read_text_file
+from decoding.core.settings import (
     CONSTRAINT_KINDS,
     STRATEGY_KINDS,
     Constraint,

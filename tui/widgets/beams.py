@@ -9,8 +9,8 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
-from decoding.state import Beam, BeamSnapshot
-from decoding.tokens import one_line
+from decoding.core.state import Beam, BeamSnapshot
+from decoding.core.tokens import one_line
 
 NUMBERS_WIDTH = 4 + 3 * 10  # the rank column and three numbers
 

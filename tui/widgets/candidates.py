@@ -15,8 +15,8 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from decoding.state import Candidate, Distribution, PathToken
-from decoding.tokens import token_label
+from decoding.core.state import Candidate, Distribution, PathToken
+from decoding.core.tokens import token_label
 
 BAR_WIDTH = 10
 REMOVED_STYLE = "dim strike"

@@ -11,12 +11,12 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from decoding.panels import Lens
-from decoding.tokens import token_label
+from decoding.core.tokens import token_label
+from decoding.search.lens import Lens
 from tui.widgets.text_view import tint
 
 if TYPE_CHECKING:
-    from decoding.explorer import View
+    from decoding.explorer.explorer import View
 
 
 CELL_WIDTH = 14  # "100.00% #12345"

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.widgets import Static
 
-from decoding.state import Distribution, ProcessorReport
+from decoding.core.state import Distribution, ProcessorReport
 
 if TYPE_CHECKING:
-    from decoding.explorer import View
+    from decoding.explorer.explorer import View
 
 SHORT_NAMES = {
     "repetition_penalty": "rep.pen.",

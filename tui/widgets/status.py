@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from decoding.state import BeamSnapshot, SecondView, Snapshot, Timing
+from decoding.core.state import BeamSnapshot, SecondView, Snapshot, Timing
 
 
 class StatusLine(Static):

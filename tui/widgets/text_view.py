@@ -18,8 +18,8 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from decoding.state import PairScore, Segment, Snapshot, TokenScore
-from decoding.tokens import escape_controls
+from decoding.core.state import PairScore, Segment, Snapshot, TokenScore
+from decoding.core.tokens import escape_controls
 
 FORCED_STYLE = "underline reverse"
 SCAFFOLD_STYLE = "dim italic"

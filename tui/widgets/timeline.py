@@ -11,10 +11,10 @@ from textual.app import RenderResult
 from textual.timer import Timer
 from textual_plotext import PlotextPlot
 
-from decoding.panels import Timeline
+from decoding.explorer.panels import Timeline
 
 if TYPE_CHECKING:
-    from decoding.explorer import View
+    from decoding.explorer.explorer import View
 
 # A plot costs ~40 ms of Python on the UI thread, which the model's thread waits on for the GIL: drawn at
 # every play frame (4 a second) it slowed play by a quarter. While playing it is drawn every 2 seconds,

@@ -15,14 +15,14 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import Static
 
-from decoding.commands import DeleteBranch, Jump
-from decoding.panels import TreeRows
-from decoding.tokens import one_line
-from decoding.tree import Branch
+from decoding.core.tokens import one_line
+from decoding.explorer.commands import DeleteBranch, Jump
+from decoding.explorer.panels import TreeRows
+from decoding.search.tree import Branch
 from tui.messages import RunCommand
 
 if TYPE_CHECKING:
-    from decoding.explorer import View
+    from decoding.explorer.explorer import View
 
 
 class TreePanel(Static, can_focus=True):

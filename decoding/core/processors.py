@@ -1,0 +1,100 @@
+"""Build a strategy's processors from transformers' own classes, in the order `generate()` applies them."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import cast
+
+import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from decoding.core.settings import Strategy
+from decoding.core.state import ProcessorEffect, ProcessorReport
+
+_BUILDERS: dict[str, Callable[[Strategy], LogitsProcessor]] = {
+    "repetition_penalty": lambda s: RepetitionPenaltyLogitsProcessor(penalty=s.repetition_penalty),
+    "no_repeat_ngram_size": lambda s: NoRepeatNGramLogitsProcessor(s.no_repeat_ngram_size),
+    "suppress_tokens": lambda s: SuppressTokensLogitsProcessor(list(s.suppress_tokens)),
+    "temperature": lambda s: TemperatureLogitsWarper(s.temperature),
+    # min_tokens_to_keep=1 is what generate() uses for a single sequence.
+    "top_k": lambda s: TopKLogitsWarper(top_k=s.top_k, min_tokens_to_keep=1),
+    "top_p": lambda s: TopPLogitsWarper(top_p=s.top_p, min_tokens_to_keep=1),
+}
+
+
+# What a processor is called as: transformers' LogitsProcessors, and a grammar's matcher.
+Processor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
+
+WARPERS = ("temperature", "top_k", "top_p")  # generate() adds these after the processors passed to it
+
+
+@functools.lru_cache(maxsize=32)
+def build_processors(strategy: Strategy) -> LogitsProcessorList:
+    """The list `GenerationMixin._get_logits_processor` builds for these settings (one sequence).
+    Built once per strategy: these processors keep no state between calls."""
+    return LogitsProcessorList(_BUILDERS[name](strategy) for name in strategy.active_processors())
+
+
+def processors_with(strategy: Strategy, grammar: Processor | None) -> list[tuple[str, Processor]]:
+    """The strategy's processors by name, with a grammar where generate() puts a processor passed to it
+    (`logits_processor=[...]`): after its own processors, before the warpers."""
+    named = list(zip(strategy.active_processors(), build_processors(strategy)))
+    if grammar is None:
+        return named
+    at = next((i for i, (name, _) in enumerate(named) if name in WARPERS), len(named))
+    return [*named[:at], ("grammar", grammar), *named[at:]]
+
+
+Stages = list[tuple[str, torch.Tensor]]  # each processor's name and the scores it gave, in order
+
+
+def run_processors(strategy: Strategy, grammar: Processor | None, context: Sequence[int], scores: torch.Tensor) -> Stages:
+    """Apply the strategy's processors to one position's scores, in generate()'s order, keeping what
+    each gave: the last is what the strategy chooses from, the others explain it (see `explain_stages`)."""
+    ids = cast(torch.LongTensor, torch.tensor([list(context)], dtype=torch.long, device=scores.device))
+    stages, current = [], scores[None]
+    for name, processor in processors_with(strategy, grammar):
+        current = processor(ids, cast(torch.FloatTensor, current.clone()))  # on a copy: some write in place
+        stages.append((name, current))
+    return [(name, after[0]) for name, after in stages]
+
+
+def explain_stages(stages: Stages, raw: torch.Tensor, token_ids: list[int]) -> ProcessorReport:
+    """What each processor did to the candidates `token_ids`, read from its stage: the probability of
+    each going in and coming out, what it ruled out among them and in all, and the mass ruled out.
+    Every stage at once, as rows of one matrix: this runs at every step."""
+    scores = torch.stack([raw, *(after for _, after in stages)])
+    probs, out = torch.softmax(scores, dim=-1), scores == float("-inf")
+    ruled_out = out[1:] & ~out[:-1]  # by each stage
+    masses, counts = torch.where(ruled_out, probs[:-1], 0.0).sum(dim=-1).tolist(), ruled_out.sum(dim=-1).tolist()
+    shown = torch.tensor(token_ids, dtype=torch.long, device=raw.device)
+    shown_probs, shown_scores, shown_out = probs[:, shown].tolist(), scores[:, shown].tolist(), out[:, shown].tolist()
+    effects = []
+    for i, (name, _) in enumerate(stages):
+        removed = [t for t, was, now in zip(token_ids, shown_out[i], shown_out[i + 1]) if now and not was]
+        effects.append(
+            ProcessorEffect(
+                mass_removed=masses[i],
+                name=name,
+                before=tuple(shown_probs[i]),
+                after=tuple(shown_probs[i + 1]),
+                removed=tuple(removed),
+                changed=tuple(
+                    t
+                    for t, before, after, now in zip(token_ids, shown_scores[i], shown_scores[i + 1], shown_out[i + 1])
+                    if before != after and not now
+                ),
+                removed_in_all=counts[i],
+            )
+        )
+    return ProcessorReport(tuple(token_ids), tuple(effects))

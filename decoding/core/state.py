@@ -1,0 +1,232 @@
+"""The values that cross from the core to a view: frozen, plain Python, no torch.
+
+A view (the terminal app) imports these without pulling in torch, so it can paint before the model loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from decoding.core.settings import Strategy
+from decoding.core.tokens import token_label
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A possible next token. `prob`/`logprob` are the raw model's; `processed_prob` is after the
+    strategy's processors (None when the strategy leaves the distribution as it is)."""
+
+    token_id: int
+    text: str  # the token's own text; bytes that are only part of a character show as <0xE2>
+    prob: float
+    logprob: float
+    rank: int  # 0-based, in the whole raw distribution (ties broken by token id)
+    processed_prob: float | None = None
+    removed: bool = False  # a processor (top-k, top-p, n-gram blocking...) ruled it out
+    special: bool = False  # a control token (<|im_end|>): shown by its name, in its own style
+    ends: bool = False  # choosing it ends the generation (or a chat's turn)
+    removed_by: str = ""  # "grammar" when the constraint forbids it
+
+    @property
+    def label(self) -> str:
+        """The text with whitespace visible and controls escaped, safe for any terminal."""
+        return token_label(self.text)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """The candidates on offer at one position, and how spread the distribution is."""
+
+    candidates: tuple[Candidate, ...]  # best first; row 0 is always the greedy (raw argmax) token
+    entropy: float  # of the raw distribution, in nats; on partial scores a lower bound
+    processed_entropy: float | None  # after the processors, when they reshape it
+    known: int | None = None  # partial scores: how many tokens the engine returned; None: all of them
+    covered: float = 1.0  # the probability mass the known tokens hold
+    nothing_left: str = ""  # why the strategy has no token to choose here ('' when it has), one line
+
+    @property
+    def complete(self) -> bool:
+        return self.known is None
+
+
+@dataclass(frozen=True)
+class PathToken:
+    """A token on the chosen path, with what the raw model thought of it."""
+
+    token_id: int
+    text: str
+    prob: float
+    logprob: float
+    rank: int | None  # 0-based, in the whole raw distribution; None: beyond the top N an engine returned
+    forced: bool  # picked by the person rather than by the strategy
+    processed_prob: float | None = None  # under the strategy's processors, when they reshape
+    raw: bytes = field(default=b"", repr=False)  # the bytes it stands for (may be part of a character)
+    piece: str = field(default="", repr=False)  # its share of the running text: the characters it completes
+    special: bool = False  # a control token (<|im_end|>), not text that reads like one
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """What a model thought of one token of the text, at the position before it."""
+
+    logprob: float | None  # None: beyond the top N a partial engine returned, and not told apart
+    rank: int | None  # 0-based, ties by id; None: beyond the top N a partial engine returned
+    entropy: float  # of the distribution it was drawn from, in nats (a lower bound on partial scores)
+    greedy: int  # the model's own most likely token there
+
+    @property
+    def prob(self) -> float | None:
+        return None if self.logprob is None else math.exp(self.logprob)
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """Two models at one position of the same ids: what each thought of the token there."""
+
+    first: TokenScore
+    second: TokenScore
+    kl: float | None  # KL(first || second) of their next-token distributions, nats; None on partial scores
+
+    @property
+    def difference(self) -> float | None:
+        """The second model's log-probability of the token minus the first's."""
+        if self.first.logprob is None or self.second.logprob is None:
+            return None
+        return self.second.logprob - self.first.logprob
+
+    @property
+    def agree(self) -> bool:
+        """Whether the two models' most likely tokens there are the same."""
+        return self.first.greedy == self.second.greedy
+
+
+@dataclass(frozen=True)
+class SecondView:
+    """A second model along the same ids: its scores of the prompt's and the path's tokens."""
+
+    model: str
+    prompt: tuple[PairScore | None, ...]  # aligned with the prompt's ids (the first has none)
+    path: tuple[PairScore | None, ...]  # aligned with the path's tokens
+    note: str = ""  # why it stopped following, if it did (its context is shorter, say)
+
+    @property
+    def first_divergence(self) -> int | None:
+        """The first path token where the two models' most likely choices differ (None: nowhere yet)."""
+        return next((index for index, pair in enumerate(self.path) if pair is not None and not pair.agree), None)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a chat: its role (system, user or assistant) and what it says."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a prompt's text: a message's own words, or the chat template's scaffolding around
+    them (role markers, control tokens), which a view dims."""
+
+    text: str
+    scaffold: bool = False
+
+
+@dataclass(frozen=True)
+class TurnMark:
+    """A chat turn fed after path token `before - 1`: the next user message, framed by the template."""
+
+    before: int  # how many path tokens come before it
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a view shows, frozen: safe to hand from the model's thread to the UI."""
+
+    prompt: str
+    path: tuple[PathToken, ...]
+    pieces: tuple[str, ...]  # each path token's share of the running text (whole characters)
+    distribution: Distribution | None
+    finished: str | None
+    strategy: Strategy
+    choices: int
+    prompt_segments: tuple[Segment, ...] = ()  # the prompt, its chat scaffolding apart (empty: the prompt as it is)
+    turns: tuple[TurnMark, ...] = ()  # chat turns fed between path tokens
+    chat: bool = False  # the prompt is a conversation rendered by the model's chat template
+    panels: tuple[Distribution, ...] = ()  # the candidates on offer before each path token (stored)
+    prompt_pieces: tuple[str, ...] = ()  # each prompt token's share of the prompt's text
+    prompt_scores: tuple[TokenScore | None, ...] | None = None  # each prompt token's score; None: not scored (yet)
+    cursor: int | None = None  # the past path token being looked at; None: the live end of the path
+    second: SecondView | None = None  # a second model along the same path
+    constraint: str | None = None  # a grammar's state: "in progress", "may end here", "complete"
+
+    def path_score(self, index: int) -> TokenScore:
+        """Path token `index` as a TokenScore (its stored panel gives the entropy and the greedy token)."""
+        token, panel = self.path[index], self.panels[index]
+        return TokenScore(token.logprob, token.rank, panel.entropy, panel.candidates[0].token_id)
+
+    @property
+    def sequence_logprob(self) -> float:
+        return sum(token.logprob for token in self.path)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How fast the last command ran, for a status line."""
+
+    latency_ms: float | None = None  # the last step's model time
+    tokens_per_s: float | None = None  # while playing
+
+
+@dataclass(frozen=True)
+class Beam:
+    """One beam-search hypothesis: a continuation of the prefix the search started from."""
+
+    token_ids: tuple[int, ...]
+    text: str  # the continuation, decoded as one sequence
+    logprob: float  # sum of its tokens' log-probabilities under the raw model
+    score: float  # what beam search ranks by: the sum of its tokens' processed log-probabilities
+    penalised: float  # score / length ** length_penalty (generate()'s sequences_scores for a finished one)
+    forced: int = 0  # how many of its tokens a person forced
+
+
+@dataclass(frozen=True)
+class BeamSnapshot:
+    """A beam search between steps, frozen for a view."""
+
+    prefix: str  # the text the search continues (prompt and path when it started)
+    beams: tuple[Beam, ...]  # live beams, best score first
+    candidates: tuple[Distribution, ...]  # candidates[i]: the next-token candidates of beams[i]
+    finished: tuple[Beam, ...]  # finished hypotheses, best penalised score first
+    steps: int
+    ended: str | None  # why the search is over, in words; None while it can go on
+    strategy: Strategy
+    max_new_tokens: int
+
+    @property
+    def best(self) -> Beam | None:
+        """What generate() would return now: the best finished hypothesis (at the end, always one)."""
+        return self.finished[0] if self.finished else None
+
+
+@dataclass(frozen=True)
+class ProcessorEffect:
+    """What one processor did to a step's candidates (`ProcessorReport.token_ids`, in that order)."""
+
+    name: str  # GenerationConfig's name for it: temperature, top_k, top_p, repetition_penalty, ...
+    before: tuple[float, ...]  # each candidate's probability going in (softmax of the scores so far)
+    after: tuple[float, ...]  # and coming out
+    removed: tuple[int, ...]  # candidates it ruled out (score set to -inf)
+    changed: tuple[int, ...]  # candidates whose score it changed otherwise (a penalty, a rescaling)
+    removed_in_all: int  # tokens of the whole vocabulary it ruled out
+    mass_removed: float = 0.0  # the probability (going in) of the tokens it ruled out
+
+
+@dataclass(frozen=True)
+class ProcessorReport:
+    """The strategy's processors applied one by one to one step's scores, in generate()'s order."""
+
+    token_ids: tuple[int, ...]  # the candidates followed: the step's panel
+    effects: tuple[ProcessorEffect, ...]
