@@ -26,8 +26,8 @@ MAX_STEPS = 48
 
 def run() -> list[Result]:
     from decoding.core import grammar
-    from decoding.search.session import Session
     from decoding.core.settings import Constraint, Strategy
+    from decoding.search.session import Session
 
     engine = load()
     constraint = Constraint("json_schema", json.dumps(SCHEMA))

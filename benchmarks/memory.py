@@ -72,8 +72,8 @@ BEAMS, BEAM_STEPS = 5, 256
 
 def beam_memory(engine, label: str) -> Result:
     """The same for a beam search: memory a step against its B beams' KV cache growth a step."""
-    from decoding.search.beam import BeamSearch
     from decoding.core.settings import Strategy
+    from decoding.search.beam import BeamSearch
 
     strategy = Strategy(kind="beam", num_beams=BEAMS, early_stopping="never")  # runs to its limit
     search = BeamSearch(engine, strategy, engine.encode(PROMPT), max_new_tokens=BEAM_STEPS + WARM_UP + 1)

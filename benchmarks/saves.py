@@ -44,6 +44,7 @@ def seconds_a_save(engine, sizes: tuple[int, ...], folder: Path) -> list[float]:
     """The median seconds a save takes for each tree size, the trees saved in turns (so that a slow
     spell of the machine falls on all of them alike)."""
     from decoding.records import session_file
+
     sessions = [grown_tree(engine, nodes) for nodes in sizes]
     writers = [session_file.SessionWriter(folder / f"{nodes}.json", engine) for nodes in sizes]
     taken: list[list[float]] = [[] for _ in sizes]
@@ -58,6 +59,7 @@ def seconds_a_save(engine, sizes: tuple[int, ...], folder: Path) -> list[float]:
 
 def run() -> list[Result]:
     from decoding.records import session_file
+
     engine = load()
     with tempfile.TemporaryDirectory() as folder:
         small, large = seconds_a_save(engine, (100, 10_000), Path(folder))

@@ -3,7 +3,16 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from decoding.core.tokens import RunningText, bytes_to_text, escape_controls, one_line, token_label
+from decoding.core.tokens import (
+    RunningText,
+    bytes_to_text,
+    escape_controls,
+    escape_unshown,
+    is_unshown,
+    json_escaped,
+    one_line,
+    token_label,
+)
 
 
 def test_partial_utf8_bytes_show_as_hex():
@@ -49,3 +58,9 @@ def test_a_character_split_over_tokens_belongs_to_the_token_that_completes_it():
     text.pop()  # undo the middle byte...
     assert text.push(euro[1:]) == "€"  # ...and complete the character instead
     assert text.push(b"!") == "!" and text.unfinished() == ""
+
+
+@given(st.text(st.one_of(st.characters(), st.characters(categories=["Cs", "Cc", "Cf"])), max_size=200))
+def test_escaping_checks_every_character_that_is_not_printable_ascii(text):
+    one_by_one = "".join(json_escaped(ch) if is_unshown(ch) or ch in "\u2028\u2029" else ch for ch in text)
+    assert escape_unshown(text, json_escaped, also="\u2028\u2029") == one_by_one

@@ -65,6 +65,11 @@ class Scores:
         return self.values.shape[-1] if self.complete else int(torch.isfinite(self.values).sum())
 
 
+# What a released position holds instead of its scores: one value for all, as a small allocation kept
+# by every step would pin the freed memory around it.
+NO_SCORES = Scores(torch.empty(0))
+
+
 class NextToken:
     """The next token at one position under one strategy, each part computed once on first use."""
 
@@ -103,7 +108,7 @@ class NextToken:
         """A past position known by its saved panel alone (a path read in one pass): released from
         the start, `rescored` once its scores are needed."""
         offered = cls.__new__(cls)
-        offered.scores, offered.strategy, offered.choices = Scores(torch.empty(0)), strategy, choices
+        offered.scores, offered.strategy, offered.choices = NO_SCORES, strategy, choices
         offered._texts, offered.grammar, offered._grammar_allows = texts, grammar, None
         offered.processed = offered._logprobs = offered._stages = None
         offered._distribution, offered.held, offered.nothing_left = distribution, False, ""
@@ -116,7 +121,7 @@ class NextToken:
         vectors, and a record of it needs no model work. `rescored` brings the tensors back."""
         self._distribution = self.distribution  # computed now, from the scores, and kept
         self._report = self.report()
-        self.scores = Scores(self.scores.values.new_empty(0))
+        self.scores = NO_SCORES
         self.processed = self._logprobs = self._grammar_allows = self._stages = None
         self.held = False
 

@@ -230,3 +230,24 @@ class ProcessorReport:
 
     token_ids: tuple[int, ...]  # the candidates followed: the step's panel
     effects: tuple[ProcessorEffect, ...]
+
+
+@dataclass(frozen=True)
+class LensLayer:
+    top: tuple[tuple[int, str, float], ...]  # (token id, text, probability), best first
+    ranks: tuple[int, ...]  # each tracked token's 0-based rank at this layer
+    probs: tuple[float, ...]  # and its probability
+
+
+@dataclass(frozen=True)
+class Lens:
+    """Per layer (row 0: the embeddings) the top tokens, and the tracked tokens' probability and rank:
+    the chosen token first (the strategy's choice, or the token chosen at a past step), then the
+    candidates of the panel, in the panel's order."""
+
+    step: int | None  # the past step looked at (0-based), None: the next token
+    tracked: tuple[tuple[int, str], ...]  # (token id, text)
+    layers: tuple[LensLayer, ...]
+    settles_at: int | None  # the first layer from which the final top-1 stays top-1
+    note: str = ""  # why there is no lens
+    pending: bool = False  # to be computed once the step's panel is out (a view keeps the last one)

@@ -6,6 +6,7 @@ No raw control character or escape sequence from a model ever reaches the termin
 from __future__ import annotations
 
 import codecs
+import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -91,6 +92,9 @@ def _escape_char(ch: str) -> str:
 
 
 UNSHOWN_CATEGORIES = ("Cc", "Cf", "Cs")
+# Every character outside printable ASCII: only these need a look at their category, so text that is
+# mostly ASCII (a trace's JSON, a token's text) is checked at the regex engine's speed.
+_OUTSIDE_PRINTABLE_ASCII = re.compile(r"[^\t\n\x20-\x7e]")
 
 
 def is_unshown(ch: str) -> bool:
@@ -100,9 +104,14 @@ def is_unshown(ch: str) -> bool:
     return unicodedata.category(ch) in UNSHOWN_CATEGORIES and ch not in "\n\t"
 
 
+def escape_unshown(text: str, escape: Callable[[str], str], also: str = "") -> str:
+    """`text` with each unshown character (and each of `also`) replaced by `escape(ch)`."""
+    return _OUTSIDE_PRINTABLE_ASCII.sub(lambda m: escape(m[0]) if is_unshown(m[0]) or m[0] in also else m[0], text)
+
+
 def escape_controls(text: str) -> str:
     """Keep newlines and tabs; write every other control or format character as a `\\x1b`-style escape."""
-    return "".join(_escape_char(ch) if is_unshown(ch) else ch for ch in text)
+    return escape_unshown(text, _escape_char)
 
 
 def token_label(text: str, *, visible_spaces: bool = True) -> str:

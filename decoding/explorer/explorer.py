@@ -21,7 +21,7 @@ from decoding.core.errors import SessionError, TokenstepError
 from decoding.core.files import write_atomically
 from decoding.core.prompt import Prompt, chat_prompt, check_room, check_size, checked_text
 from decoding.core.settings import CHAPTER_STRATEGIES, Strategy, parse_strategies
-from decoding.core.state import BeamSnapshot, Message, Snapshot
+from decoding.core.state import BeamSnapshot, Lens, Message, Snapshot
 from decoding.core.tokens import one_line
 from decoding.explorer.panels import PANELS
 from decoding.records import session_file
@@ -29,7 +29,7 @@ from decoding.records.compare import COMPARE_NEW_TOKENS, compare, comparison_rec
 from decoding.records.keeper import SessionKeeper
 from decoding.records.trace import beam_trace_record, format_trace, second_model_record, trace_record
 from decoding.search.beam import BeamSearch
-from decoding.search.lens import Lens, no_lens, session_lens
+from decoding.search.lens import no_lens, session_lens
 from decoding.search.second import SecondModel, check_same_tokenizer
 from decoding.search.session import Session
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from decoding.core.state import ProcessorReport
-from decoding.records.keeper import SessionKeeper
-from decoding.search.beam import BeamSearch
-from decoding.search.lens import Lens
-from decoding.search.second import SecondModel
-from decoding.search.session import Session
+from decoding.core.state import Lens, ProcessorReport
 from decoding.search.tree import Branch
+
+if TYPE_CHECKING:  # views import the panels' values before torch loads
+    from decoding.records.keeper import SessionKeeper
+    from decoding.search.beam import BeamSearch
+    from decoding.search.second import SecondModel
+    from decoding.search.session import Session
 
 
 class Explored(Protocol):

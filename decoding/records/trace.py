@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from decoding.core.state import Beam, Candidate, Message, PairScore, PathToken, ProcessorReport, SecondView, TokenScore
-from decoding.core.tokens import RunningText, is_unshown, json_escaped, one_line
+from decoding.core.tokens import RunningText, escape_unshown, json_escaped, one_line
 
 FORMATS = ("table", "json", "csv", "markdown")
 INPUT_WIDTH = 48  # the Input column keeps the end of long inputs, where the action is
@@ -300,7 +300,17 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def terminal_safe_json(record: dict[str, Any]) -> str:
-    """JSON keeps non-ASCII text readable; what json leaves raw and a terminal must not see (DEL, C1
+    """The record as JSON, a line a field, and a line an item where a field holds records (a trace's
+    steps, a comparison's rows): each line in json's compact form, which its C encoder writes (an
+    indented dump runs the pure-Python encoder, which took milliseconds a step and a copy of every
+    value). Non-ASCII text stays readable; what json leaves raw and a terminal must not see (DEL, C1
     controls, bidi overrides, lone surrogates) is written as a \\u escape, the same text to a JSON reader."""
-    text = json.dumps(record, ensure_ascii=False, indent=2)
-    return "".join(json_escaped(ch) if is_unshown(ch) or ch in "\u2028\u2029" else ch for ch in text)
+    text = "{\n" + ",\n".join(_json_field(key, value) for key, value in record.items()) + "\n}" if record else "{}"
+    return escape_unshown(text, json_escaped, also="\u2028\u2029")
+
+
+def _json_field(key: str, value: Any) -> str:
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        items = ",\n".join(f"    {json.dumps(item, ensure_ascii=False)}" for item in value)
+        return f"  {json.dumps(key)}: [\n{items}\n  ]"
+    return f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}"

@@ -9,39 +9,18 @@ module reduces those rows to what the panel and the trace show.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from decoding.core.engine import ReadsLayers
 from decoding.core.errors import SessionError
+from decoding.core.state import Lens, LensLayer
 
 if TYPE_CHECKING:
     from decoding.search.session import Session
 
 LENS_TOP = 5  # tokens shown per layer
-
-
-@dataclass(frozen=True)
-class LensLayer:
-    top: tuple[tuple[int, str, float], ...]  # (token id, text, probability), best first
-    ranks: tuple[int, ...]  # each tracked token's 0-based rank at this layer
-    probs: tuple[float, ...]  # and its probability
-
-
-@dataclass(frozen=True)
-class Lens:
-    """Per layer (row 0: the embeddings) the top tokens, and the tracked tokens' probability and rank:
-    the chosen token first (the strategy's choice, or the token chosen at a past step), then the
-    candidates of the panel, in the panel's order."""
-
-    step: int | None  # the past step looked at (0-based), None: the next token
-    tracked: tuple[tuple[int, str], ...]  # (token id, text)
-    layers: tuple[LensLayer, ...]
-    settles_at: int | None  # the first layer from which the final top-1 stays top-1
-    note: str = ""  # why there is no lens
-    pending: bool = False  # to be computed once the step's panel is out (a view keeps the last one)
 
 
 def no_lens(note: str, step: int | None = None) -> Lens:

@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from decoding.core.state import Lens
 from decoding.core.tokens import token_label
-from decoding.search.lens import Lens
 from tui.widgets.text_view import tint
 
 if TYPE_CHECKING:
