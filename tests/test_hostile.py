@@ -7,6 +7,7 @@ Property-based (hypothesis) over the command line's options and over mutated tra
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -544,7 +545,8 @@ def with_hostile_numbers(record, data, times=2):
         parent = record
         for key in path[:-1]:
             parent = parent[key]
-        parent[path[-1]] = data.draw(HOSTILE_VALUES)
+        # a copy: a later replacement may write inside a drawn list, which must not change the strategy's own
+        parent[path[-1]] = copy.deepcopy(data.draw(HOSTILE_VALUES))
     return record
 
 
