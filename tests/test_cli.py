@@ -49,6 +49,23 @@ def test_json_trace_is_a_full_record(capsys, tiny_model_dir):
     assert all(step["chosen"]["rank"] == 0 and not step["chosen"]["forced"] for step in record["steps"])
 
 
+def test_the_json_a_trace_writes_as_it_goes_is_the_json_of_its_whole_record(capsys, tiny_model_dir, tmp_path):
+    """`trace` writes its steps as it makes them (a long path's record is never whole in memory):
+    the text is the same as the export's JSON of the same path, a line a step."""
+    from decoding.core.settings import Strategy
+    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.explorer.explorer import Explorer
+    from decoding.explorer.trace_run import TracePlan, run_trace
+    from decoding.records.trace import terminal_safe_json
+
+    out = trace(capsys, tiny_model_dir, "--format", "json", "--steps", "3", "--repetition-penalty", "1.3")
+    engine = load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
+    whole = run_trace(Explorer(engine, Strategy(repetition_penalty=1.3), 5), TracePlan("The quick brown", 3))
+    assert out == terminal_safe_json(whole) + "\n"
+    lines = out.splitlines()
+    assert all(line.startswith('    {"input_text"') for line in lines[lines.index('  "steps": [') + 1 :][:3])
+
+
 def test_picks_force_ranks_then_the_strategy_goes_on(capsys, tiny_model_dir):
     record = json.loads(trace(capsys, tiny_model_dir, "--format", "json", "--steps", "4", "--picks", "2,1"))
     chosen = [step["chosen"] for step in record["steps"]]

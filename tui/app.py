@@ -584,8 +584,8 @@ class TokenstepApp(App[int]):
     def action_switch(self, kind: str) -> None:
         self.enqueue(commands.Switch(kind))
 
-    def action_settings(self, field: str = "temperature") -> None:
-        """The settings, `field` focused."""
+    def action_settings(self, field: str | None = None) -> None:
+        """The settings, `field` focused (the first if None)."""
         current = self.snapshot
         settings = Settings(current.strategy, current.choices) if current else Settings(self.strategy, self.choices)
 

@@ -19,6 +19,7 @@ from typing import NoReturn
 from decoding.core.chat import PromptRequest
 from decoding.core.errors import TokenstepError
 from decoding.core.files import read_text_file
+from decoding.core.samplers import SAMPLERS, Sampler, in_order
 from decoding.core.settings import (
     CHAPTER_STRATEGIES,
     STRATEGY_KINDS,
@@ -94,12 +95,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("strategy (transformers' GenerationConfig names)")
     group.add_argument("--strategy", default="greedy", choices=STRATEGY_KINDS)
-    group.add_argument("--temperature", type=float, default=1.0, help="> 0; sampling only (default 1.0)")
-    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off (default)")
-    group.add_argument("--top-p", type=float, default=1.0, help="keep the smallest set with this much probability; 1 = off")
+    _add_sampler_options(group, in_order(sampling_only=True))
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    group.add_argument("--repetition-penalty", type=float, default=1.0, help="> 0; 1 = off (default)")
-    group.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeating n-grams of this size; 0 = off")
+    _add_sampler_options(group, in_order(sampling_only=False))
     group.add_argument("--num-beams", type=int, default=5, help="beams kept by --strategy beam (default 5)")
     group.add_argument(
         "--length-penalty", type=float, default=1.0, help="beam: finished scores are divided by length ** this (default 1)"
@@ -112,6 +110,11 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
         type=_early_stopping,
         help="beam: stop once num_beams hypotheses have finished; `--early-stopping never` searches on as long as one could improve",
     )
+
+
+def _add_sampler_options(group: argparse._ArgumentGroup, samplers: list[Sampler]) -> None:
+    for sampler in samplers:
+        group.add_argument(sampler.option, type=sampler.kind, default=sampler.off, help=sampler.help)
 
 
 def _add_constraint_options(parser: argparse.ArgumentParser) -> None:
@@ -258,12 +261,8 @@ def build_compare_parser() -> argparse.ArgumentParser:
 def strategy_from(args: argparse.Namespace) -> Strategy:
     strategy = strategy_from_options(
         kind=args.strategy,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
+        **{name: getattr(args, name) for name in SAMPLERS},
         seed=args.seed,
-        repetition_penalty=args.repetition_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
         num_beams=args.num_beams,
         length_penalty=args.length_penalty,
         early_stopping=args.early_stopping,
@@ -352,13 +351,18 @@ def run_trace_command(argv: Sequence[str]) -> int:
     from decoding.engines.loading import load_engine
     from decoding.explorer.explorer import Explorer
     from decoding.explorer.trace_run import run_trace
-    from decoding.records.trace import format_trace
+    from decoding.records.trace import format_trace, json_chunks
 
     engine = load_engine(options, _progress_on_terminal)
     plan = TracePlan(request.build(engine), args.steps, picks, args.prefill or "", lens=args.lens)
     # Beam search runs for at most --steps new tokens, as generate(max_new_tokens=steps) would.
     explorer = Explorer(engine, strategy, args.choices, max_new_tokens=plan.steps + len(engine.encode_piece(plan.prefill)))
-    print(format_trace(run_trace(explorer, plan), args.format))
+    if args.format != "json":
+        print(format_trace(run_trace(explorer, plan), args.format))
+        return 0
+    for chunk in json_chunks(run_trace(explorer, plan, steps_as_written=True)):  # a long path's JSON is never whole
+        sys.stdout.write(chunk)
+    print()
     return 0
 
 

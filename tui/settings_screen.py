@@ -14,6 +14,7 @@ from textual.widgets import Button, Input, Label, Select
 
 from decoding.core.errors import TokenstepError
 from decoding.core.files import read_text_file
+from decoding.core.samplers import Sampler, in_order
 from decoding.core.settings import (
     CONSTRAINT_KINDS,
     STRATEGY_KINDS,
@@ -25,18 +26,22 @@ from decoding.core.settings import (
 )
 from tui.widgets.fields import Field
 
-# (field, label, parser): each text field of the form and how its text becomes a value.
-FIELDS = [
-    ("temperature", "temperature (1 = off)", float),
-    ("top_k", "top-k (0 = off)", int),
-    ("top_p", "top-p (0 < p ≤ 1)", float),
-    ("seed", "seed", int),
-    ("repetition_penalty", "repetition penalty (1 = off)", float),
-    ("no_repeat_ngram_size", "no-repeat n-gram size (0 = off)", int),
-    ("num_beams", "beams (beam search)", int),
-    ("length_penalty", "length penalty (beam search)", float),
-    ("choices", "candidates shown", int),
-]
+
+def text_fields() -> list[tuple[str, str, type]]:
+    """(setting, label, parser): each text field of the form and how its text becomes a value. The
+    samplers come from their registry: the warpers beside the seed, then the other processors."""
+
+    def of(samplers: list[Sampler]) -> list[tuple[str, str, type]]:
+        return [(sampler.name, sampler.label, sampler.kind) for sampler in samplers]
+
+    return [
+        *of(in_order(sampling_only=True)),
+        ("seed", "seed", int),
+        *of(in_order(sampling_only=False)),
+        ("num_beams", "beams (beam search)", int),
+        ("length_penalty", "length penalty (beam search)", float),
+        ("choices", "candidates shown", int),
+    ]
 
 
 CONSTRAINT_CHOICES = [("none", "none"), *((kind, kind) for kind in CONSTRAINT_KINDS)]
@@ -53,10 +58,11 @@ class Settings:
 class SettingsScreen(ModalScreen[Settings | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="settings.cancel")]
 
-    def __init__(self, current: Settings, field: str = "temperature") -> None:
-        """`field`: the one focused at first (enter applies at once)."""
+    def __init__(self, current: Settings, field: str | None = None) -> None:
+        """`field`: the one focused at first (enter applies at once); the first one if None."""
         super().__init__()
-        self.current, self.first_field = current, field
+        self.fields = text_fields()
+        self.current, self.first_field = current, field or self.fields[0][0]
 
     def compose(self) -> ComposeResult:
         values = {**self.current.strategy.as_dict(), "choices": self.current.choices}
@@ -68,7 +74,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
                     [(kind, kind) for kind in STRATEGY_KINDS], value=values["kind"], allow_blank=False, id="kind", compact=True
                 )
                 yield Label("", classes="error", id="kind-error")
-                for name, label, _ in FIELDS:
+                for name, label, _ in self.fields:
                     yield Label(label)
                     yield Field(str(values[name]), id=name, select_on_focus=False, compact=True)
                     yield Label("", classes="error", id=f"{name}-error")
@@ -118,7 +124,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
             "suppress_tokens": current["suppress_tokens"],
         }
         problems: dict[str, str] = {}
-        for name, _, parse in FIELDS:
+        for name, _, parse in self.fields:
             try:
                 values[name] = parse(self.query_one(f"#{name}", Input).value.strip())
             except ValueError:
@@ -130,7 +136,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         problems = {**field_problems(SimpleNamespace(**values)), **problems}
         if "choices" not in problems and (problem := choices_problem(values["choices"])):
             problems["choices"] = problem
-        for name, _, _ in FIELDS:
+        for name, _, _ in self.fields:
             self.query_one(f"#{name}-error", Label).update(problems.get(name, ""))
         self.query_one("#constraint-error", Label).update(problems.get("constraint", ""))
         if not problems:

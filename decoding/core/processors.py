@@ -7,42 +7,27 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    SuppressTokensLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
+from decoding.core.samplers import SAMPLERS
 from decoding.core.settings import Strategy
 from decoding.core.state import ProcessorEffect, ProcessorReport
 
-_BUILDERS: dict[str, Callable[[Strategy], LogitsProcessor]] = {
-    "repetition_penalty": lambda s: RepetitionPenaltyLogitsProcessor(penalty=s.repetition_penalty),
-    "no_repeat_ngram_size": lambda s: NoRepeatNGramLogitsProcessor(s.no_repeat_ngram_size),
-    "suppress_tokens": lambda s: SuppressTokensLogitsProcessor(list(s.suppress_tokens)),
-    "temperature": lambda s: TemperatureLogitsWarper(s.temperature),
-    # min_tokens_to_keep=1 is what generate() uses for a single sequence.
-    "top_k": lambda s: TopKLogitsWarper(top_k=s.top_k, min_tokens_to_keep=1),
-    "top_p": lambda s: TopPLogitsWarper(top_p=s.top_p, min_tokens_to_keep=1),
-}
-
-
 # What a processor is called as: transformers' LogitsProcessors, and a grammar's matcher.
 Processor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
-
-WARPERS = ("temperature", "top_k", "top_p")  # generate() adds these after the processors passed to it
 
 
 @functools.lru_cache(maxsize=32)
 def build_processors(strategy: Strategy) -> LogitsProcessorList:
     """The list `GenerationMixin._get_logits_processor` builds for these settings (one sequence).
     Built once per strategy: these processors keep no state between calls."""
-    return LogitsProcessorList(_BUILDERS[name](strategy) for name in strategy.active_processors())
+    return LogitsProcessorList(_build(name, strategy) for name in strategy.active_processors())
+
+
+def _build(name: str, strategy: Strategy) -> LogitsProcessor:
+    if name == "suppress_tokens":
+        return SuppressTokensLogitsProcessor(list(strategy.suppress_tokens))
+    return SAMPLERS[name].build(getattr(strategy, name))
 
 
 def processors_with(strategy: Strategy, grammar: Processor | None) -> list[tuple[str, Processor]]:
@@ -51,7 +36,7 @@ def processors_with(strategy: Strategy, grammar: Processor | None) -> list[tuple
     named = list(zip(strategy.active_processors(), build_processors(strategy)))
     if grammar is None:
         return named
-    at = next((i for i, (name, _) in enumerate(named) if name in WARPERS), len(named))
+    at = next((i for i, (name, _) in enumerate(named) if name in SAMPLERS and SAMPLERS[name].sampling_only), len(named))
     return [*named[:at], ("grammar", grammar), *named[at:]]
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from types import SimpleNamespace
 from typing import Any
 
 from decoding.core.errors import SettingsError
 from decoding.core.json_text import JsonError, parse_json
+from decoding.core.samplers import MAX_COUNT, SAMPLERS, Sampler, in_order, is_number, is_whole
 from decoding.core.tokens import one_line
 
 STRATEGY_KINDS = ("greedy", "sample", "beam")
@@ -24,17 +25,9 @@ MAX_BEAMS = 64
 MAX_CHOICES = 100
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))  # (an int of 400 digits overflows isfinite)
-
-
 def choices_problem(choices: Any) -> str | None:
     """What is wrong with a number of candidates to show, without the option's name; None if nothing."""
-    if _is_int(choices) and 1 <= choices <= MAX_CHOICES:
+    if is_whole(choices) and 1 <= choices <= MAX_CHOICES:
         return None
     return f"must be at least 1 and at most {MAX_CHOICES}"
 
@@ -156,30 +149,37 @@ def _check_reference(keyword: str, target: Any) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Strategy:
-    """How the next token is chosen. Defaults switch every processor off (plain greedy).
+    """How the next token is chosen. Defaults switch every sampler off (plain greedy).
 
-    `top_k=0`, `top_p=1.0`, `temperature=1.0`, `repetition_penalty=1.0` and `no_repeat_ngram_size=0`
-    mean "off", exactly as in `GenerationConfig`. `num_beams`, `length_penalty` and `early_stopping`
-    apply to beam search only; `suppress_tokens` lists ids never chosen (`tokenstep compare` uses it
-    to keep end-of-sequence out, so every strategy writes exactly N tokens).
+    Each sampler of decoding.core.samplers is a setting too, read as an attribute (`strategy.top_k`) and
+    given by name (`Strategy(kind="sample", top_k=50)`); its "off" value is `GenerationConfig`'s.
+    `num_beams`, `length_penalty` and `early_stopping` apply to beam search only; `suppress_tokens`
+    lists ids never chosen (`tokenstep compare` uses it to keep end-of-sequence out, so every
+    strategy writes exactly N tokens).
     """
 
     kind: str = "greedy"
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
     seed: int = 0
     num_beams: int = 5
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     suppress_tokens: tuple[int, ...] = ()
     constraint: Constraint | None = None  # a grammar the output must follow (a processor of its own)
+    samplers: tuple[tuple[str, Any], ...] = ()  # the samplers switched on, (name, value) in the registry's order
 
-    def __post_init__(self) -> None:
+    def __init__(self, samplers: tuple[tuple[str, Any], ...] = (), **settings: Any) -> None:
+        values = dict(samplers)
+        for field in fields(self):
+            if field.name != "samplers":
+                object.__setattr__(self, field.name, settings.pop(field.name, field.default))
+        unknown = [name for name in settings if name not in SAMPLERS]
+        if unknown:
+            raise SettingsError(f"no setting is called {', '.join(map(repr, unknown))}: known are {', '.join(setting_names())}")
+        values.update(settings)
+        on = tuple((s.name, values[s.name]) for s in SAMPLERS.values() if s.name in values and s.is_on(values[s.name]))
+        object.__setattr__(self, "samplers", on)
         if isinstance(self.suppress_tokens, list):  # as JSON and generate() write it
             object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens))
         if isinstance(self.constraint, dict):  # as a session file writes it
@@ -189,6 +189,13 @@ class Strategy:
         problems = field_problems(self)
         if problems:
             raise SettingsError(problems_text(self, problems))
+
+    def __getattr__(self, name: str) -> Any:
+        """A sampler's value (its "off" value when it is not switched on)."""
+        sampler = SAMPLERS.get(name)
+        if sampler is None or name.startswith("__"):
+            raise AttributeError(name)
+        return next((value for on, value in self.__dict__.get("samplers", ()) if on == name), sampler.off)
 
     @property
     def do_sample(self) -> bool:
@@ -203,33 +210,26 @@ class Strategy:
         """True when some processor changes the model's distribution before the choice."""
         return bool(self.active_processors()) or self.constraint is not None
 
+    def _applied(self) -> list[Sampler]:
+        """The samplers switched on that apply, in generate()'s order: processors, then (when sampling) warpers."""
+        order = [*in_order(sampling_only=False), *(in_order(sampling_only=True) if self.do_sample else [])]
+        return [sampler for sampler in order if sampler.is_on(getattr(self, sampler.name))]
+
     def active_processors(self) -> list[str]:
         """Names of the processors this strategy applies, in the order `generate()` applies them."""
-        active = []
-        if self.repetition_penalty != 1.0:
-            active.append("repetition_penalty")
-        if self.no_repeat_ngram_size > 0:
-            active.append("no_repeat_ngram_size")
-        if self.suppress_tokens:
-            active.append("suppress_tokens")
-        if self.do_sample:
-            if self.temperature != 1.0:
-                active.append("temperature")
-            if self.top_k > 0:
-                active.append("top_k")
-            if self.top_p < 1.0:
-                active.append("top_p")
-        return active
+        applied = self._applied()
+        names = [sampler.name for sampler in applied]
+        if self.suppress_tokens:  # after generate()'s own processors, before the warpers
+            names.insert(sum(not sampler.sampling_only for sampler in applied), "suppress_tokens")
+        return names
 
     def generation_kwargs(self) -> dict[str, Any]:
-        """The `generate()` / `GenerationConfig` arguments that give this strategy."""
-        kwargs: dict[str, Any] = {
-            "do_sample": self.do_sample,
-            "repetition_penalty": self.repetition_penalty,
-            "no_repeat_ngram_size": self.no_repeat_ngram_size,
-        }
+        """The `generate()` / `GenerationConfig` arguments that give this strategy: every processor's
+        value, and the warpers' when sampling."""
+        kwargs: dict[str, Any] = {"do_sample": self.do_sample}
+        kwargs.update((s.name, getattr(self, s.name)) for s in in_order(sampling_only=False))
         if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+            kwargs.update((s.name, getattr(self, s.name)) for s in in_order(sampling_only=True))
         if self.is_beam:
             kwargs.update(num_beams=self.num_beams, length_penalty=self.length_penalty, early_stopping=self.early_stopping)
         if self.suppress_tokens:
@@ -237,7 +237,15 @@ class Strategy:
         return kwargs
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every setting by name (each sampler's too), as session files write them."""
+        settings = {field.name: getattr(self, field.name) for field in fields(self) if field.name != "samplers"}
+        constraint = asdict(self.constraint) if isinstance(self.constraint, Constraint) else self.constraint
+        return {
+            "kind": settings.pop("kind"),
+            **{name: getattr(self, name) for name in SAMPLERS},
+            **settings,
+            "constraint": constraint,
+        }
 
     def with_changes(self, **changes: Any) -> Strategy:
         """A copy with some settings changed; raises SettingsError (and changes nothing) if invalid."""
@@ -252,17 +260,8 @@ class Strategy:
                 parts.append(f"lp={self.length_penalty:g}")
             if self.early_stopping is not False:
                 parts.append(f"early={self.early_stopping}")
-        if self.do_sample:
-            if self.temperature != 1.0:
-                parts.append(f"T={self.temperature:g}")
-            if self.top_k:
-                parts.append(f"top-k={self.top_k}")
-            if self.top_p < 1.0:
-                parts.append(f"top-p={self.top_p:g}")
-        if self.repetition_penalty != 1.0:
-            parts.append(f"rep={self.repetition_penalty:g}")
-        if self.no_repeat_ngram_size:
-            parts.append(f"no-repeat-{self.no_repeat_ngram_size}gram")
+        shown = [*(in_order(sampling_only=True) if self.do_sample else []), *in_order(sampling_only=False)]
+        parts.extend(s.tag(getattr(self, s.name)) for s in shown if s.is_on(getattr(self, s.name)))
         if self.do_sample:
             parts.append(f"seed={self.seed}")
         if self.constraint is not None:
@@ -270,44 +269,37 @@ class Strategy:
         return " ".join(parts)
 
 
-# Where each number is safe: beyond these the float32 arithmetic of the processors overflows (a
-# temperature of 1e-40 turns logits into inf, a length penalty of 1100 overflows `length ** penalty`).
-TEMPERATURE_RANGE = (0.01, 100.0)
-PENALTY_RANGE = (0.01, 100.0)
+def setting_names() -> list[str]:
+    """Every setting of a strategy, as `Strategy(...)` takes them and `as_dict` writes them."""
+    return ["kind", *SAMPLERS, *(field.name for field in fields(Strategy) if field.name not in ("kind", "samplers"))]
+
+
+# Where each number is safe: beyond these the float32 arithmetic overflows (a length penalty of 1100
+# overflows `length ** penalty`).
 LENGTH_PENALTY_RANGE = (-10.0, 10.0)
 MAX_SEED = 2**64 - 1  # what torch.manual_seed takes
-MAX_COUNT = 2**31 - 1  # top_k, n-gram sizes: larger would mean nothing
 
 
 def _between(value: Any, low: float, high: float) -> bool:
-    return _is_number(value) and low <= value <= high
+    return is_number(value) and low <= value <= high
 
 
 def field_problems(s: Strategy | Any) -> dict[str, str]:
-    """What is wrong with each setting of `s` (any object with Strategy's fields), by field name.
+    """What is wrong with each setting of `s` (any object with Strategy's settings as attributes), by name.
 
-    Each text says what the field must be, without its name: the command line puts the option's
+    Each text says what the setting must be, without its name: the command line puts the option's
     name before it, the settings screen shows it beside the field.
     """
-    t_low, t_high = TEMPERATURE_RANGE
-    p_low, p_high = PENALTY_RANGE
     l_low, l_high = LENGTH_PENALTY_RANGE
     checks = {
         "kind": (s.kind in STRATEGY_KINDS, f"must be one of {', '.join(STRATEGY_KINDS)}"),
-        "temperature": (_between(s.temperature, t_low, t_high), f"must be a number from {t_low:g} to {t_high:g}; 1 is off"),
-        "top_k": (_is_int(s.top_k) and 0 <= s.top_k <= MAX_COUNT, "must be a whole number, 0 or more; 0 is off"),
-        "top_p": (_is_number(s.top_p) and 0 < s.top_p <= 1, "must be greater than 0 and at most 1; 1 is off"),
-        "repetition_penalty": (
-            _between(s.repetition_penalty, p_low, p_high),
-            f"must be a number from {p_low:g} to {p_high:g}; 1 is off",
-        ),
-        "no_repeat_ngram_size": (
-            _is_int(s.no_repeat_ngram_size) and 0 <= s.no_repeat_ngram_size <= MAX_COUNT,
-            "must be a whole number, 0 or more; 0 is off",
-        ),
-        "seed": (_is_int(s.seed) and 0 <= s.seed <= MAX_SEED, f"must be a whole number from 0 to {MAX_SEED}"),
+        **{
+            sampler.name: (sampler.valid(getattr(s, sampler.name, sampler.off)), sampler.requirement)
+            for sampler in SAMPLERS.values()
+        },
+        "seed": (is_whole(s.seed) and 0 <= s.seed <= MAX_SEED, f"must be a whole number from 0 to {MAX_SEED}"),
         "num_beams": (
-            _is_int(s.num_beams) and 2 <= s.num_beams <= MAX_BEAMS,
+            is_whole(s.num_beams) and 2 <= s.num_beams <= MAX_BEAMS,
             f"must be a whole number from 2 to {MAX_BEAMS}; one beam is greedy search",
         ),
         "length_penalty": (
@@ -319,7 +311,7 @@ def field_problems(s: Strategy | Any) -> dict[str, str]:
             "must be false, true or never",
         ),
         "suppress_tokens": (
-            isinstance(s.suppress_tokens, tuple) and all(_is_int(t) and 0 <= t <= MAX_COUNT for t in s.suppress_tokens),
+            isinstance(s.suppress_tokens, tuple) and all(is_whole(t) and 0 <= t <= MAX_COUNT for t in s.suppress_tokens),
             "must be token ids",
         ),
         "constraint": (
@@ -351,7 +343,7 @@ def option_name(field: str) -> str:
 
 def strategy_from_options(**values: Any) -> Strategy:
     """A Strategy from command-line values; a refusal names the options as they were typed."""
-    probe = SimpleNamespace(**{**asdict(Strategy()), **values})
+    probe = SimpleNamespace(**{**Strategy().as_dict(), **values})
     problems = field_problems(probe)
     if problems:
         raise SettingsError(problems_text(probe, problems, option_name))
@@ -377,7 +369,7 @@ def parse_strategies(text: str, **common: Any) -> list[Strategy]:
 def _parse_strategy(spec: str, common: dict[str, Any]) -> Strategy:
     kind, *pairs = spec.split(":")
     settings: dict[str, Any] = {**common, "kind": kind}
-    known = set(Strategy.__dataclass_fields__) - {"kind", "suppress_tokens"}
+    known = set(setting_names()) - {"kind", "suppress_tokens"}
     for pair in pairs:
         name, equals, value = pair.partition("=")
         if not equals or name not in known:

@@ -215,7 +215,7 @@ class BeamSnapshot:
 class ProcessorEffect:
     """What one processor did to a step's candidates (`ProcessorReport.token_ids`, in that order)."""
 
-    name: str  # GenerationConfig's name for it: temperature, top_k, top_p, repetition_penalty, ...
+    name: str  # its name in the sampler registry (decoding.core.samplers), or suppress_tokens, grammar
     before: tuple[float, ...]  # each candidate's probability going in (softmax of the scores so far)
     after: tuple[float, ...]  # and coming out
     removed: tuple[int, ...]  # candidates it ruled out (score set to -inf)

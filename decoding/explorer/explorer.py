@@ -316,11 +316,12 @@ class Explorer:
         results = compare(engine.fork(), self.session.ids, strategies, new_tokens, should_stop, progress)
         return comparison_record(self.session.text, new_tokens, results)
 
-    def trace_record(self) -> dict:
-        """The current path (or the beam search so far) as a `tokenstep trace` record."""
+    def trace_record(self, steps_as_written: bool = False) -> dict:
+        """The current path (or the beam search so far) as a `tokenstep trace` record (see
+        `trace_record` for `steps_as_written`)."""
         if self.beam is not None:
             return beam_trace_record(self.beam)
-        record = trace_record(self.session)
+        record = trace_record(self.session, steps_as_written)
         if self.second is not None:
             self.catch_up()
             record["second_model"] = second_model_record(self.second.view(self.session))

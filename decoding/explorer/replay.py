@@ -7,7 +7,7 @@ is put back on the recorded path (the recorded token is forced), so later steps 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from decoding.core.chat import Turn, messages_of, next_turn
@@ -15,7 +15,7 @@ from decoding.core.engine import Engine
 from decoding.core.errors import SessionError, SettingsError
 from decoding.core.prompt import chat_prompt, plain_prompt, recorded_prompt
 from decoding.core.schema import LOG_PROBABILITY, PROBABILITY, TOKEN_ID, Items, ShapeError, Whole, check
-from decoding.core.settings import MAX_CHOICES, Strategy
+from decoding.core.settings import MAX_CHOICES, Strategy, setting_names
 from decoding.engines.loading import LoadOptions, recorded_model
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def strategy_of(record: dict[str, Any], what: str = "strategy") -> Strategy:
     arguments, beside it its `seed` and `constraint`."""
     kwargs = dict(record.get("strategy") or {})
     kind = "beam" if kwargs.get("num_beams", 1) > 1 else "sample" if kwargs.get("do_sample") else "greedy"
-    known = {f.name for f in fields(Strategy)} - {"kind", "seed"}
+    known = set(setting_names()) - {"kind", "seed"}
     settings = {name: value for name, value in kwargs.items() if name in known}
     try:
         return Strategy(kind=kind, seed=record.get("seed", 0), constraint=record.get("constraint"), **settings)

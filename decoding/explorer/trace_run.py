@@ -21,10 +21,10 @@ class TracePlan:
     lens: bool = False  # each step's logit lens in the record
 
 
-def run_trace(explorer: Explorer, plan: TracePlan) -> dict[str, Any]:
+def run_trace(explorer: Explorer, plan: TracePlan, steps_as_written: bool = False) -> dict[str, Any]:
     """Start `explorer` at the plan's prompt (and its prefill), take its steps (at most: the
     generation may end first), and return the full JSON-ready record: the path's, or under beam
-    search the search's."""
+    search the search's. `steps_as_written`: a path's steps made as `json_chunks` writes them."""
     explorer.new_prompt(plan.prompt)
     if plan.prefill:
         explorer.force_text(plan.prefill)
@@ -35,7 +35,7 @@ def run_trace(explorer: Explorer, plan: TracePlan) -> dict[str, Any]:
             explorer.pick(plan.picks[index])
         else:
             explorer.step()
-    record = explorer.trace_record()
+    record = explorer.trace_record(steps_as_written and not plan.lens)  # the lens adds to each step's record
     if plan.lens:
         from decoding.search.lens import add_lens  # torch: only when asked for
 

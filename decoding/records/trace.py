@@ -23,33 +23,13 @@ if TYPE_CHECKING:  # the command line reads options and formats before torch is 
     from decoding.search.session import Session
 
 
-def trace_record(session: Session) -> dict[str, Any]:
+def trace_record(session: Session, steps_as_written: bool = False) -> dict[str, Any]:
     """The session's current path as a trace record: what was on offer at each step and what was
-    chosen (and in a chat, each later turn: its message, the template's text and its ids)."""
+    chosen (and in a chat, each later turn: its message, the template's text and its ids).
+    `steps_as_written`: the steps as an iterator, each made as `json_chunks` writes it, so that a
+    long path's record never sits in memory whole."""
     engine, strategy = session.engine, session.strategy
-    steps: list[dict[str, Any]] = []
-    inputs = input_texts(session)
-    # Replay starts under the strategy at the top (the one in force now); a token step made under
-    # another says which (strategy, seed, constraint), and those after it were made under it too.
-    strategy_before = strategy_fields(strategy)
-    for position, step in enumerate(session.steps):
-        if step.turn is not None:
-            turn = step.turn
-            steps.append({"turn": {"messages": [_message_record(turn.message)], "text": turn.text, "ids": list(turn.ids)}})
-        elif step.token is not None:
-            panel = step.offered.distribution
-            made_under = strategy_fields(step.offered.strategy)
-            changed, strategy_before = made_under != strategy_before, made_under
-            steps.append(
-                {
-                    **(made_under if changed else {}),
-                    "input_text": next(inputs),
-                    "candidates": [_candidate_record(c) for c in panel.candidates],
-                    "chosen": _chosen_record(step.token),
-                    "entropy": panel.entropy,
-                    **_processors_record(session.report_at(position)),
-                }
-            )
+    steps = _step_records(session)
     chat = {"messages": [_message_record(m) for m in session.prompt.messages]} if session.prompt.form == "chat" else {}
     return {
         "model": engine.model_id,
@@ -64,12 +44,35 @@ def trace_record(session: Session) -> dict[str, Any]:
         **chat,
         "choices": session.choices,
         **_prompt_scores_record(session),
-        "steps": steps,
+        "steps": steps if steps_as_written else list(steps),
         "generated_ids": session.generated_ids,
         "generated_text": session.generated_text,
         "sequence_logprob": session.sequence_logprob,
         "finished": session.finished,
     }
+
+
+def _step_records(session: Session) -> Iterator[dict[str, Any]]:
+    inputs = input_texts(session)
+    # Replay starts under the strategy at the top (the one in force now); a token step made under
+    # another says which (strategy, seed, constraint), and those after it were made under it too.
+    strategy_before = strategy_fields(session.strategy)
+    for position, step in enumerate(session.steps):
+        if step.turn is not None:
+            turn = step.turn
+            yield {"turn": {"messages": [_message_record(turn.message)], "text": turn.text, "ids": list(turn.ids)}}
+        elif step.token is not None:
+            panel = step.offered.distribution
+            made_under = strategy_fields(step.offered.strategy)
+            changed, strategy_before = made_under != strategy_before, made_under
+            yield {
+                **(made_under if changed else {}),
+                "input_text": next(inputs),
+                "candidates": [_candidate_record(c) for c in panel.candidates],
+                "chosen": _chosen_record(step.token),
+                "entropy": panel.entropy,
+                **_processors_record(session.report_at(position)),
+            }
 
 
 def strategy_fields(strategy: Strategy) -> dict[str, Any]:
@@ -305,12 +308,36 @@ def terminal_safe_json(record: dict[str, Any]) -> str:
     indented dump runs the pure-Python encoder, which took milliseconds a step and a copy of every
     value). Non-ASCII text stays readable; what json leaves raw and a terminal must not see (DEL, C1
     controls, bidi overrides, lone surrogates) is written as a \\u escape, the same text to a JSON reader."""
-    text = "{\n" + ",\n".join(_json_field(key, value) for key, value in record.items()) + "\n}" if record else "{}"
-    return escape_unshown(text, json_escaped, also="\u2028\u2029")
+    return "".join(json_chunks(record))
 
 
-def _json_field(key: str, value: Any) -> str:
-    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-        items = ",\n".join(f"    {json.dumps(item, ensure_ascii=False)}" for item in value)
-        return f"  {json.dumps(key)}: [\n{items}\n  ]"
-    return f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}"
+def json_chunks(record: dict[str, Any]) -> Iterator[str]:
+    """`terminal_safe_json`'s text in pieces of a line or so, for writing as they come: a field that
+    holds an iterator of records (a trace's steps as written) is read an item at a time."""
+    if not record:
+        yield "{}"
+        return
+    yield "{\n"
+    for index, (key, value) in enumerate(record.items()):
+        if index:
+            yield ",\n"
+        for chunk in _field_chunks(key, value):
+            yield escape_unshown(chunk, json_escaped, also="\u2028\u2029")
+    yield "\n}"
+
+
+def _field_chunks(key: str, value: Any) -> Iterator[str]:
+    name = f"  {json.dumps(key)}: "
+    records = isinstance(value, Iterator) or (isinstance(value, list) and value and all(isinstance(i, dict) for i in value))
+    if not records:
+        yield name + json.dumps(value, ensure_ascii=False)
+        return
+    items = iter(value)
+    first = next(items, None)
+    if first is None:
+        yield name + "[]"
+        return
+    yield f"{name}[\n    {json.dumps(first, ensure_ascii=False)}"
+    for item in items:
+        yield f",\n    {json.dumps(item, ensure_ascii=False)}"
+    yield "\n  ]"

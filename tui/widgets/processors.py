@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.widgets import Static
 
+from decoding.core.samplers import SAMPLERS
 from decoding.core.state import Distribution, ProcessorReport
 
 if TYPE_CHECKING:
     from decoding.explorer.explorer import View
 
-SHORT_NAMES = {
-    "repetition_penalty": "rep.pen.",
-    "no_repeat_ngram_size": "n-gram",
-    "suppress_tokens": "suppress",
-    "temperature": "temp.",
-    "top_k": "top-k",
-    "top_p": "top-p",
-}
+
+def short_name(processor: str) -> str:
+    """A processor's name as a column shows it: a sampler's own short name, else its name."""
+    sampler = SAMPLERS.get(processor)
+    return sampler.short if sampler else {"suppress_tokens": "suppress"}.get(processor, processor)
+
+
 COLUMN = 10
 NOTE_WIDTH = 48  # the narrowest a note is wrapped to: as wide as the candidate panel
 
@@ -38,7 +38,7 @@ def processor_table(report: ProcessorReport, distribution: Distribution) -> Text
     labels = {c.token_id: c.label for c in distribution.candidates}
     header = Text(f"{'token':<14}" + "model".rjust(COLUMN), style="bold")
     for effect in report.effects:
-        header.append(SHORT_NAMES.get(effect.name, effect.name)[:COLUMN].rjust(COLUMN))
+        header.append(short_name(effect.name)[:COLUMN].rjust(COLUMN))
     lines = [header]
     for row, token_id in enumerate(report.token_ids):
         line = Text(f"{labels.get(token_id, str(token_id))[:13]:<14}")
@@ -49,7 +49,7 @@ def processor_table(report: ProcessorReport, distribution: Distribution) -> Text
                 line.append_text(_cell(""))
             elif token_id in effect.removed:
                 removed_by = effect.name
-                line.append_text(_cell(f"✗ {SHORT_NAMES.get(effect.name, effect.name)}", "red"))
+                line.append_text(_cell(f"✗ {short_name(effect.name)}", "red"))
             else:
                 mark = ""
                 if token_id in effect.changed:
@@ -57,8 +57,7 @@ def processor_table(report: ProcessorReport, distribution: Distribution) -> Text
                 line.append_text(_cell(f"{mark}{100 * effect.after[row]:.2f}%", "magenta" if mark else ""))
         lines.append(line)
     ruled_out = ", ".join(
-        f"{SHORT_NAMES.get(e.name, e.name)} {e.removed_in_all} ({100 * e.mass_removed:.1f}% of the probability)"
-        for e in report.effects
+        f"{short_name(e.name)} {e.removed_in_all} ({100 * e.mass_removed:.1f}% of the probability)" for e in report.effects
     )
     notes = [f"ruled out in the whole vocabulary: {ruled_out}"]
     if not distribution.complete:  # a server's top N: the processors ran here, on them
