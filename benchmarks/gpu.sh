@@ -3,7 +3,7 @@
 # Run from the repository root on a machine with a CUDA build of torch; no network needed:
 #     bash benchmarks/gpu.sh
 # Missing Python packages can travel as wheels in .whl/ (transformers 5 and what it needs; see
-# README "Benchmarks"): they are installed to /tmp/site first. Without the embedded model's package,
+# docs/measuring.md): they are installed to /tmp/site first. Without the embedded model's package,
 # a model of SmolLM2-135M's shape with random weights is timed instead (same speed, no download).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -53,7 +53,7 @@ def test_siblings_wrap_around_and_a_new_prompt_is_a_new_root(tiny_session):
 
 def assert_same_within_rounding(ours, theirs):
     """Two panels of the same position, one read in one pass: the same candidates in the same order,
-    probabilities within the README's tolerance."""
+    probabilities within the tolerance docs/sessions.md gives."""
     assert [c.token_id for c in ours.candidates] == [c.token_id for c in theirs.candidates]
     assert all(abs(a.logprob - b.logprob) < 1e-4 for a, b in zip(ours.candidates, theirs.candidates))
 
@@ -332,7 +332,7 @@ def test_a_kill_at_any_moment_loses_at_most_the_save_in_flight(tiny_model_dir, t
 def test_a_reopened_path_is_read_in_one_pass_and_agrees_with_a_token_by_token_walk(tiny_engine, tmp_path, prompt):
     """Reopening feeds the prompt and then the whole path at once (with the prompt again when that
     is shorter: the causal fast path); past steps show their saved panels, the next scores equal a
-    token-by-token walk's within the README's tolerance, and the sampler goes on as it would have;
+    token-by-token walk's within the tolerance docs/sessions.md gives, and the sampler goes on as it would have;
     so do the scores of steps undone into (from the cache the pass filled)."""
     from decoding.search.session import FULL_STEPS_KEPT
 
@@ -357,7 +357,7 @@ def test_a_reopened_path_is_read_in_one_pass_and_agrees_with_a_token_by_token_wa
     assert feeds == [prompt_length, path_pass]  # the prompt, then the whole path in one pass
     assert fast.path == exact.path == made.path and fast.panels == made.panels
     difference = (fast.next.logprobs - exact.next.logprobs).abs().max()
-    assert difference < 1e-4  # README: "within 1e-4"
+    assert difference < 1e-4  # docs/sessions.md: "within 1e-4"
     assert [c.token_id for c in fast.distribution.candidates] == [c.token_id for c in exact.distribution.candidates]
     assert [fast.step().token_id for _ in range(5)] == [exact.step().token_id for _ in range(5)]
     for _ in range(5 + FULL_STEPS_KEPT + 3):  # into the steps read in one pass: their scores made again

@@ -416,7 +416,7 @@ class Session:
         """Go to any node of the tree: the shared start of the two paths stays cached, the rest is read
         in one pass per run of tokens (a turn of a chat is a pass of its own). Past steps show their
         saved panels; the scores after the pass may differ from a token-by-token run's by rounding
-        (README gives the tolerance). `exact_replay`: token by token, as the path was first made, so
+        (docs/sessions.md gives the tolerance). `exact_replay`: token by token, as the path was first made, so
         every distribution is the same to the bit."""
         target = self.tree.path(node_id)
         root, nodes = target[0], target[1:]
