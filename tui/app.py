@@ -25,11 +25,11 @@ from textual.notifications import SeverityLevel
 from textual.widgets import Footer, Input, Label, TextArea
 
 from decoding.core.chat import PromptRequest
-from decoding.core.errors import TokenstepError
+from decoding.core.errors import TokenstepError, said
 from decoding.core.settings import Strategy
 from decoding.core.state import Snapshot, Timing
 from decoding.core.tokens import escape_controls, one_line
-from decoding.engines.loading import EMBEDDED_NAME, LoadOptions, switched_model
+from decoding.engines.loading import LoadOptions, named, switched_model
 from decoding.explorer import commands
 from tui import messages
 from tui.actions import bindings
@@ -181,7 +181,7 @@ class TokenstepApp(App[int]):
 
     def _model_name(self) -> str:
         options = self.load_options
-        return f"{_named(options)} ({options.engine}, device {options.device}, dtype {options.dtype})"
+        return f"{named(options)} ({options.engine}, device {options.device}, dtype {options.dtype})"
 
     # --- the model thread -------------------------------------------------------------------------
 
@@ -193,7 +193,7 @@ class TokenstepApp(App[int]):
             try:
                 job()
             except Exception as error:  # each job says its own failures; this thread must outlive any
-                self.post_message(messages.CommandFailed(f"The model thread: {_said(error)}"))
+                self.post_message(messages.CommandFailed(f"The model thread: {said(error)}"))
 
     def load(self, options: LoadOptions, settings: Settings, request: PromptRequest | None, prefill: str | None = None) -> None:
         """Load the model on the model thread, then open the exploration at the prompt asked for
@@ -209,40 +209,32 @@ class TokenstepApp(App[int]):
             self.post_message(messages.LoadFailed(str(error)))
             return
         except Exception as error:  # a model that breaks transformers: say so, keep the app
-            self.post_message(messages.LoadFailed(f"The model could not be loaded: {_said(error)}"))
+            self.post_message(messages.LoadFailed(f"The model could not be loaded: {said(error)}"))
             return
         if self.second_options is not None:
-            self._add_second(explorer, self.second_options)
+            from decoding.explorer.opening import add_second_model
+
+            if (left_out := add_second_model(explorer, self.second_options, self._progress)) is not None:
+                self.post_message(messages.CommandFailed(f"The second model is left out: {left_out}"))
         start = self.clock()  # the first panel, computed on this thread while it is warm; keys wait
         try:
             from decoding.core.grammar import compile_notes
 
-            with compile_notes(lambda text: self.post_message(messages.LoadProgress(text))):
+            with compile_notes(self._progress):
                 explorer.open(self._first_prompt(explorer, request))
             if prefill:
                 explorer.force_text(prefill)
         except Exception as error:  # a prompt the model cannot take, a session folder that fails: the app still opens
-            self.post_message(messages.CommandFailed(_said(error)))
+            self.post_message(messages.CommandFailed(said(error)))
         try:
             view = explorer.view(self.open_panels)
         except Exception as error:
-            self.post_message(messages.LoadFailed(f"The model loaded, but its first panel failed: {_said(error)}"))
+            self.post_message(messages.LoadFailed(f"The model loaded, but its first panel failed: {said(error)}"))
             return
         self.post_message(messages.Loaded(explorer, view, Timing(latency_ms=1000 * (self.clock() - start))))
 
-    def _add_second(self, explorer: Explorer, options: LoadOptions) -> None:
-        """Load the second model; one that fails is said, and the app goes on with the first alone."""
-        from decoding.engines.loading import load_engine
-        from decoding.search.second import SecondModel
-
-        self.post_message(messages.LoadProgress(f"loading the second model, {_named(options)}"))
-        try:
-            engine = load_engine(options, lambda text: self.post_message(messages.LoadProgress(f"second model: {text}")))
-            name = f"{engine.model_id if options.engine == 'server' else _named(options)} ({engine.name})"
-            explorer.add_second(SecondModel(engine, name), f"--model {explorer.engine.model_id}", f"--second-model {name}")
-        except Exception as error:  # the first model's exploration never depends on the second
-            explorer.second_left_out = _said(error)  # said where the second model would show, too
-            self.post_message(messages.CommandFailed(f"The second model is left out: {_said(error)}"))
+    def _progress(self, text: str) -> None:
+        self.post_message(messages.LoadProgress(text))
 
     def _first_prompt(self, explorer: Explorer, request: PromptRequest | None) -> Prompt | None:
         """The prompt to open at; a chat the model cannot take is said and skipped (a message follows)."""
@@ -255,18 +247,20 @@ class TokenstepApp(App[int]):
             return None
 
     def _new_explorer(self, options: LoadOptions, settings: Settings) -> Explorer:
-        from decoding.engines.loading import collector_paused, load_engine
+        from decoding.explorer.opening import open_explorer  # torch is imported here, after the first paint
+        from decoding.records.keeper import SessionKeeper
 
-        with collector_paused():  # torch is imported here, after the first paint
-            from decoding.explorer.explorer import Explorer
-            from decoding.records.keeper import SessionKeeper
-
-            engine = load_engine(options, lambda text: self.post_message(messages.LoadProgress(text)))
         keeper = SessionKeeper(self.session_path, self.saved, lambda text: self.post_message(messages.CommandFailed(text)))
         self.saved = None  # reopened once
-        explorer = Explorer(engine, settings.strategy, settings.choices, max_new_tokens=self.max_new_tokens, keeper=keeper)
-        explorer.session.exact_replay = self.exact_replay
-        return explorer
+        return open_explorer(
+            options,
+            settings.strategy,
+            settings.choices,
+            max_new_tokens=self.max_new_tokens,
+            progress=self._progress,
+            keeper=keeper,
+            exact_replay=self.exact_replay,
+        )
 
     def _run(self, explorer: Explorer, command: commands.Command, job: commands.Job) -> None:
         """On the model thread: one command, then the news for the screen."""
@@ -277,13 +271,13 @@ class TokenstepApp(App[int]):
             self.post_message(messages.CommandFailed(str(error)))
         except Exception as error:  # out of GPU memory and the like: the path is left as it was
             if not command.work_ahead:  # failed work ahead is simply not there when asked for
-                self.post_message(messages.CommandFailed(f"{command.name} failed: {_said(error)}"))
+                self.post_message(messages.CommandFailed(f"{command.name} failed: {said(error)}"))
         try:
             if not command.work_ahead:
                 explorer.save()
                 self.post_message(messages.Updated(explorer.view(self.open_panels), timing))
         except Exception as error:
-            self.post_message(messages.CommandFailed(f"{command.name}: the screen could not be updated: {_said(error)}"))
+            self.post_message(messages.CommandFailed(f"{command.name}: the screen could not be updated: {said(error)}"))
         finally:
             self.post_message(messages.CommandDone())  # always: the next command must never wait forever
 
@@ -667,13 +661,3 @@ class TokenstepApp(App[int]):
     @on(CandidatePanel.RowSelected)
     def row_clicked(self, event: CandidatePanel.RowSelected) -> None:
         self.action_pick(event.row)
-
-
-def _named(options: LoadOptions) -> str:
-    """The model that options name: a server's address, a model, or the embedded one."""
-    return (options.url or "") if options.engine == "server" else options.model or EMBEDDED_NAME
-
-
-def _said(error: Exception) -> str:
-    """An error for a notification: our own errors say what to do; others are named."""
-    return str(error) if isinstance(error, TokenstepError) else f"{type(error).__name__}: {error}"

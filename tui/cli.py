@@ -348,15 +348,14 @@ def run_trace_command(argv: Sequence[str]) -> int:
     if args.lens and (strategy.is_beam or args.format != "json"):
         raise TokenstepError("--lens follows one path into the JSON trace: use it with --format json and without beam search.")
 
-    from decoding.engines.loading import load_engine
-    from decoding.explorer.explorer import Explorer
+    from decoding.explorer.opening import open_explorer
     from decoding.explorer.trace_run import run_trace
     from decoding.records.trace import format_trace, json_chunks
 
-    engine = load_engine(options, _progress_on_terminal)
-    plan = TracePlan(request.build(engine), args.steps, picks, args.prefill or "", lens=args.lens)
     # Beam search runs for at most --steps new tokens, as generate(max_new_tokens=steps) would.
-    explorer = Explorer(engine, strategy, args.choices, max_new_tokens=plan.steps + len(engine.encode_piece(plan.prefill)))
+    limit = lambda engine: args.steps + len(engine.encode_piece(args.prefill or ""))  # noqa: E731
+    explorer = open_explorer(options, strategy, args.choices, max_new_tokens=limit, progress=_progress_on_terminal)
+    plan = TracePlan(request.build(explorer.engine), args.steps, picks, args.prefill or "", lens=args.lens)
     if args.format != "json":
         print(format_trace(run_trace(explorer, plan), args.format))
         return 0
@@ -405,13 +404,11 @@ def run_replay_command(argv: Sequence[str]) -> int:
     strategy = strategy_of(record)
     options = load_options(record, model=args.model, device=args.device, dtype=args.dtype, url=args.url, api_key=args.api_key)
 
-    from decoding.engines.loading import load_engine
-
-    engine = load_engine(options, _progress_on_terminal)
-    from decoding.explorer.explorer import Explorer
+    from decoding.explorer.opening import open_explorer
 
     steps = record["max_new_tokens"] if beam else len(record["steps"])
-    explorer = Explorer(engine, strategy, record.get("choices", 10), max_new_tokens=steps)
+    explorer = open_explorer(options, strategy, record.get("choices", 10), max_new_tokens=steps, progress=_progress_on_terminal)
+    engine = explorer.engine
     checks = replay_beam(explorer, record) if beam else replay_path(explorer, record)
     note = prompt_difference(engine, record)
     print(format_checks(checks, args.tolerance, "score" if beam else "probability", note))
@@ -450,12 +447,14 @@ def run_diff_command(argv: Sequence[str]) -> int:
 
     from decoding.engines.loading import load_engine
     from decoding.explorer.diff import diff_record, format_diff
-    from decoding.explorer.explorer import Explorer
+    from decoding.explorer.opening import open_explorer
     from decoding.search.second import SecondModel
 
-    first = load_engine(first_options, _progress_on_terminal)
+    steps = len(record["steps"]) + 1
+    explorer = open_explorer(
+        first_options, choices=record.get("choices", 10), max_new_tokens=steps, progress=_progress_on_terminal
+    )
     second = load_engine(second_options, _progress_on_terminal)
-    explorer = Explorer(first, choices=record.get("choices", 10), max_new_tokens=len(record["steps"]) + 1)
     print(format_diff(diff_record(explorer, SecondModel(second, second.model_id), record), args.format))
     return 0
 

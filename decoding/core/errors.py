@@ -15,3 +15,8 @@ class SettingsError(TokenstepError):
 
 class SessionError(TokenstepError):
     """A step, force, undo or reset the session cannot do (end of sequence, context limit, bad id...)."""
+
+
+def said(error: Exception) -> str:
+    """An error in one line for a person: our own errors say what to do; others are named."""
+    return str(error) if isinstance(error, TokenstepError) else f"{type(error).__name__}: {error}"

@@ -210,6 +210,11 @@ def resolve_dtype(name: str, device: str):
     return torch.float32
 
 
+def named(options: LoadOptions) -> str:
+    """The model that options name: a server's address, a model, or the embedded one."""
+    return (options.url or "") if options.engine == "server" else options.model or EMBEDDED_NAME
+
+
 @contextmanager
 def collector_paused():
     """Pause Python's cyclic garbage collector while torch, transformers and a model load, then
