@@ -7,11 +7,8 @@ is touched from that thread, and no decoding decision is taken here (they live i
 
 from __future__ import annotations
 
-import queue
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -31,6 +28,7 @@ from decoding.core.state import Snapshot, Timing
 from decoding.core.tokens import escape_controls, one_line
 from decoding.engines.loading import LoadOptions, named, switched_model
 from decoding.explorer import commands
+from decoding.explorer.runner import Runner
 from tui import messages
 from tui.actions import bindings
 from tui.ask_screen import AskScreen
@@ -59,6 +57,28 @@ Clock = Callable[[], float]
 # 0.93-0.99 of the session's own loop where 5 ms gave 0.82-0.88 (`python benchmarks/run.py app_play`).
 SWITCH_INTERVAL_SECONDS = 0.001
 ENDED_NOTES = {"eos": "end of sequence: ⌫ takes it back", "context limit": "the context is full: ⌫ takes a token back"}
+
+
+class RunnerNews:
+    """The runner's news, told on the model thread, as messages to the app's own thread."""
+
+    def __init__(self, app: App) -> None:
+        self.post = app.post_message
+
+    def updated(self, view: View, timing: Timing | None) -> None:
+        self.post(messages.Updated(view, timing))
+
+    def failed(self, text: str) -> None:
+        self.post(messages.CommandFailed(text))
+
+    def notice(self, text: str) -> None:
+        self.post(messages.Notice(text))
+
+    def highlight_beam(self, rank: int) -> None:
+        self.post(messages.BeamHighlight(rank))
+
+    def done(self) -> None:
+        self.post(messages.CommandDone())
 
 
 class TokenstepApp(App[int]):
@@ -91,25 +111,23 @@ class TokenstepApp(App[int]):
         self.request = prompt if isinstance(prompt, PromptRequest) else PromptRequest(prompt)
         self.prefill, self.max_new_tokens = prefill, max_new_tokens
         self.chat_mode, self.system = self.request.chat, self.request.system  # the box takes chat messages
-        self.look_ahead = look_ahead  # candidates whose next panel is computed while the person reads
         self.exact_replay = exact_replay  # reopen and jump token by token
         self.export_dir = export_dir or Path.cwd()
         self.clock = clock
         self.session_path, self.saved = session_path, saved
-        self.explorer: Explorer | None = None  # handed to the model thread; never used on this one
         self.view: View | None = None
         self.timing = Timing()
         self.highlighted_beam = 0
         self.open_panels: frozenset[str] = frozenset()  # read by the model thread to compute them
-        self.queue: deque[commands.Command] = deque()
         self.pacer = FramePacer()  # how often play's frames come
-        self.running: commands.Command | None = None
-        self._job: commands.Job | None = None  # the running command's
         self.loading = False  # a model is being loaded (its Loaded or LoadFailed is still to come)
-        self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()  # the model thread's work
-        # A daemon of its own, not a Textual worker (the event loop's executor, which exiting waits for):
-        # quitting never waits on a model command (see tui.cli.exit_without_waiting).
-        self.model_thread = threading.Thread(target=self._serve_model_thread, name="tokenstep-model", daemon=True)
+        self.runner = Runner(
+            RunnerNews(self),
+            clock,
+            look_ahead=look_ahead,
+            open_panels=lambda: self.open_panels,
+            frame_seconds=lambda: self.pacer.seconds,
+        )
         self._prompts_shown: dict[str, str] = {}  # the prompt box's text -> the prompt it stands for
         self._unsent = ""  # the last message sent, put back in the box if it is refused
         self.heat = HEATS[0].name  # how the text is tinted (h cycles)
@@ -131,7 +149,32 @@ class TokenstepApp(App[int]):
     @property
     def idle(self) -> bool:
         """No model work running or waiting."""
-        return not self.loading and self.running is None and not self.queue
+        return not self.loading and self.runner.idle
+
+    @property
+    def explorer(self) -> Explorer | None:
+        """The exploration, once loaded: the model thread's, never used on this one."""
+        return self.runner.explorer
+
+    @property
+    def running(self) -> commands.Command | None:
+        return self.runner.running
+
+    @property
+    def playing(self) -> bool:
+        return self.runner.playing
+
+    @property
+    def look_ahead(self) -> int:
+        """Candidates whose next panel is computed while the person reads."""
+        return self.runner.look_ahead
+
+    @look_ahead.setter
+    def look_ahead(self, candidates: int) -> None:
+        self.runner.look_ahead = candidates
+
+    def enqueue(self, command: commands.Command) -> None:
+        self.runner.enqueue(command)
 
     # --- set-up -----------------------------------------------------------------------------------
 
@@ -169,37 +212,23 @@ class TokenstepApp(App[int]):
     def on_ready(self) -> None:
         # Sent after the first frame is painted: importing torch holds the GIL for a second or more,
         # so started any earlier it would keep the first frame off the screen.
-        self.model_thread.start()
+        self.runner.start()
         self.load(self.load_options, Settings(self.strategy, self.choices), self.request, self.prefill)
 
     def on_unmount(self) -> None:
-        if self._job is not None:
-            self._job.cancelled.set()
-        if self.explorer is not None:
-            self.explorer.interrupt_waits(second_too=True)  # a request in flight ends now, not at its deadline
-        self._inbox.put(None)  # the model thread ends after what it is doing
+        self.runner.close()
 
     def _model_name(self) -> str:
         options = self.load_options
         return f"{named(options)} ({options.engine}, device {options.device}, dtype {options.dtype})"
 
-    # --- the model thread -------------------------------------------------------------------------
-
-    def _serve_model_thread(self) -> None:
-        """Every model command, loading included, runs on this one thread for the app's life: torch's
-        thread pools and caches belong to the thread that calls it, and a new thread per command ran
-        play ~20 % slower (`python benchmarks/run.py app_play`)."""
-        while (job := self._inbox.get()) is not None:
-            try:
-                job()
-            except Exception as error:  # each job says its own failures; this thread must outlive any
-                self.post_message(messages.CommandFailed(f"The model thread: {said(error)}"))
+    # --- loading, on the model thread -----------------------------------------------------------
 
     def load(self, options: LoadOptions, settings: Settings, request: PromptRequest | None, prefill: str | None = None) -> None:
         """Load the model on the model thread, then open the exploration at the prompt asked for
         (or the saved tree), and force `prefill`."""
         self.loading = True
-        self._inbox.put(partial(self._load, options, settings, request, prefill))
+        self.runner.submit(partial(self._load, options, settings, request, prefill))
 
     def _load(self, options: LoadOptions, settings: Settings, request: PromptRequest | None, prefill: str | None) -> None:
         """On the model thread. Every failure ends in a message: the spinner never waits forever."""
@@ -262,77 +291,9 @@ class TokenstepApp(App[int]):
             exact_replay=self.exact_replay,
         )
 
-    def _run(self, explorer: Explorer, command: commands.Command, job: commands.Job) -> None:
-        """On the model thread: one command, then the news for the screen."""
-        timing = None
-        try:
-            timing = command.run(explorer, job)
-        except TokenstepError as error:
-            self.post_message(messages.CommandFailed(str(error)))
-        except Exception as error:  # out of GPU memory and the like: the path is left as it was
-            if not command.work_ahead:  # failed work ahead is simply not there when asked for
-                self.post_message(messages.CommandFailed(f"{command.name} failed: {said(error)}"))
-        try:
-            if not command.work_ahead:
-                explorer.save()
-                self.post_message(messages.Updated(explorer.view(self.open_panels), timing))
-        except Exception as error:
-            self.post_message(messages.CommandFailed(f"{command.name}: the screen could not be updated: {said(error)}"))
-        finally:
-            self.post_message(messages.CommandDone())  # always: the next command must never wait forever
-
-    def _job_for(self, explorer: Explorer) -> commands.Job:
-        return commands.Job(
-            clock=self.clock,
-            frame=lambda timing: self.post_message(messages.Updated(explorer.view(self.open_panels), timing)),
-            frame_seconds=lambda: self.pacer.seconds,
-            notice=lambda text: self.post_message(messages.Notice(text)),
-            highlight_beam=lambda rank: self.post_message(messages.BeamHighlight(rank)),
-        )
-
-    # --- the command queue: one model command at a time, in the order asked -----------------------
-
-    def enqueue(self, command: commands.Command) -> None:
-        if self.running is not None and self.running.work_ahead:
-            self._pause()  # the person's command goes first; the pass in flight finishes
-        self.queue = deque(queued for queued in self.queue if not queued.work_ahead)
-        self.queue.append(command)
-        self._pump()
-
-    def _pump(self) -> None:
-        if self.running is None and self.queue and self.explorer is not None:
-            self.running = self.queue.popleft()
-            self._job = self._job_for(self.explorer)
-            self._inbox.put(partial(self._run, self.explorer, self.running, self._job))
-
-    @property
-    def playing(self) -> bool:
-        return isinstance(self.running, commands.Play)
-
-    def _pause(self) -> None:
-        """Stop the running command between two model passes (the state it reached is shown)."""
-        if self._job is not None:
-            self._job.cancelled.set()
-
-    def _pause_then(self, command: commands.Command) -> None:
-        if self.playing:
-            self._pause()
-        self.enqueue(command)
-
     @on(messages.CommandDone)
     def _command_done(self) -> None:
-        finished, self.running, self._job = self.running, None, None
-        if finished is not None:  # else a second delivery of the same news
-            self._next_command(after_work_ahead=finished.work_ahead)
-
-    def _next_command(self, after_work_ahead: bool) -> None:
-        """Run what is queued; with nothing queued, the work a view can wait for (the prompt's scores,
-        the second model's), then work ahead (once: not again after work ahead)."""
-        if not self.queue and not after_work_ahead:
-            self.queue.append(commands.CatchUp())
-            if self.look_ahead:
-                self.queue.append(commands.LookAhead(self.look_ahead))
-        self._pump()
+        self.runner.command_done()
 
     # --- news from the model thread ---------------------------------------------------------------
 
@@ -343,19 +304,18 @@ class TokenstepApp(App[int]):
     @on(messages.Loaded)
     def _loaded(self, message: messages.Loaded) -> None:
         self.loading = False
-        self.explorer = message.explorer
         self.query_one(Spinner).stop()
         self.query_one("#loading").display = False
         self.query_one("#main").display = True
         if message.view.snapshot.prompt and not message.view.snapshot.chat:
             self.query_one("#prompt", Input).value = self._shown_prompt(message.view.snapshot.prompt)  # a reopened session's
         self._updated(messages.Updated(message.view, message.timing))
-        self._next_command(after_work_ahead=False)
+        self.runner.loaded(message.explorer)
 
     @on(messages.LoadFailed)
     def _load_failed(self, message: messages.LoadFailed) -> None:
         self.loading = False
-        self.queue.clear()
+        self.runner.queue.clear()  # nothing runs without a model
         self.query_one(Spinner).stop()
         self.query_one("#loading-text", Label).update(
             Text(escape_controls(message.text) + "\n\nPress m to try another model, or q to quit.", style="bold red")
@@ -391,7 +351,7 @@ class TokenstepApp(App[int]):
 
     @on(messages.RunCommand)
     def _run_command(self, message: messages.RunCommand) -> None:
-        self._pause_then(message.command)
+        self.runner.pause_then(message.command)
 
     # --- rendering --------------------------------------------------------------------------------
 
@@ -466,17 +426,17 @@ class TokenstepApp(App[int]):
 
     def action_step(self) -> None:
         if self.playing:
-            self._pause()  # space pauses play, as in a media player
+            self.runner.pause()  # space pauses play, as in a media player
             return
         self.enqueue(commands.Step())
 
     def action_pick(self, row: int) -> None:
         cursor = self.snapshot.cursor if self.snapshot is not None and self.beam_view is None else None
-        self._pause_then(commands.Pick(row, self.highlighted_beam) if cursor is None else commands.PickAt(cursor, row))
+        self.runner.pause_then(commands.Pick(row, self.highlighted_beam) if cursor is None else commands.PickAt(cursor, row))
 
     def action_look(self, index: int | None) -> None:
         """Look at path token `index` (a click on it): its stored candidates, no model work."""
-        self._pause_then(commands.Look(index))
+        self.runner.pause_then(commands.Look(index))
 
     def action_move_cursor(self, delta: int) -> None:
         """Move the cursor over the path's tokens; past the last one is the live end again."""
@@ -501,7 +461,7 @@ class TokenstepApp(App[int]):
         self.query_one(LensPanel).highlight(panel.cursor_row)
 
     def action_undo(self) -> None:
-        self._pause_then(commands.Undo())
+        self.runner.pause_then(commands.Undo())
 
     def action_highlight_beam(self, delta: int) -> None:
         if self.beam_view is not None:
@@ -519,17 +479,14 @@ class TokenstepApp(App[int]):
 
     def action_play(self) -> None:
         if self.playing:
-            self._pause()
+            self.runner.pause()
         else:
             self.pacer.restart()
             self.enqueue(commands.Play())
 
     def action_stop(self) -> None:
         """Drop what is queued and cancel the running work (the state it reached is shown)."""
-        self.queue.clear()
-        self._pause()
-        if self.explorer is not None and self.running is not None:
-            self.explorer.interrupt_waits()  # a server's request in flight is cut short too
+        self.runner.stop()
         self.set_focus(None)
         if self.snapshot is not None and self.snapshot.cursor is not None:
             self.enqueue(commands.Look(None))  # back to the live end
@@ -543,13 +500,10 @@ class TokenstepApp(App[int]):
         )
 
         def closed(_: None) -> None:
-            if command in self.queue:
-                self.queue.remove(command)
-            elif self.running is command:
-                self._pause()  # the comparison stops between two steps
+            self.runner.drop(command)  # a comparison running stops between two steps
 
         self.push_screen(screen, closed)
-        self._pause_then(command)
+        self.runner.pause_then(command)
 
     def action_export(self) -> None:
         self.enqueue(commands.Export(self.export_dir))
@@ -569,7 +523,7 @@ class TokenstepApp(App[int]):
         self.refresh_view()
 
     def action_sibling(self, delta: int) -> None:
-        self._pause_then(commands.Sibling(delta))
+        self.runner.pause_then(commands.Sibling(delta))
 
     def action_toggle_whitespace(self) -> None:
         self.visible_whitespace = not self.visible_whitespace
@@ -608,7 +562,7 @@ class TokenstepApp(App[int]):
                 except TokenstepError as error:
                     self.notify(str(error), severity="error", markup=False)
                     return
-            self.explorer, self.view = None, None
+            self.runner.explorer, self.view = None, None  # the old model goes once nothing holds it
             self.query_one("#main").display = False
             self.query_one("#loading").display = True
             self.query_one(Spinner).start()
@@ -654,7 +608,7 @@ class TokenstepApp(App[int]):
     def action_force_text(self) -> None:
         def chosen(text: str | None) -> None:
             if text:
-                self._pause_then(commands.ForceText(text))
+                self.runner.pause_then(commands.ForceText(text))
 
         self.push_screen(AskScreen("Text to force, token by token (a reply can start with it):", strip=False), chosen)
 

@@ -529,7 +529,7 @@ def run_app_command(argv: Sequence[str]) -> int:
             second_options=second,
         )
         app.run()
-    exit_without_waiting(app.model_thread, app.return_code or 0)
+    exit_without_waiting(app.runner.thread, app.return_code or 0)
     return app.return_code or 0
 
 
