@@ -32,7 +32,7 @@ def timed_app(model: str | None = None, **options):
     polling from the UI thread would itself slow the model's thread)."""
     from textual import on
 
-    from decoding.engines.loading import LoadOptions
+    from decoding.engines.registry import LoadOptions
     from tui.app import TokenstepApp
     from tui.messages import CommandDone
 

@@ -32,7 +32,7 @@ def peak_rss_mb() -> float:
 
 
 def app() -> None:
-    from decoding.engines.loading import LoadOptions
+    from decoding.engines.registry import LoadOptions
     from tui.app import TokenstepApp
 
     class TimedApp(TokenstepApp):
@@ -64,7 +64,8 @@ def bare() -> None:
     import torch
     import transformers
 
-    from decoding.engines.loading import converted_gguf, embedded_gguf
+    from decoding.engines.embedded import embedded_gguf
+    from decoding.engines.hf.load import converted_gguf
 
     folder = converted_gguf(embedded_gguf())
     print(f"IMPORTED_RSS_MB {peak_rss_mb():.1f}", flush=True)
@@ -84,8 +85,8 @@ def steps() -> None:
 
     torch.set_num_threads(threads)
     if engine_name == "llama":
-        from decoding.engines.llama import LlamaCppEngine
-        from decoding.engines.loading import embedded_gguf
+        from decoding.engines.embedded import embedded_gguf
+        from decoding.engines.llama.engine import LlamaCppEngine
 
         engine = LlamaCppEngine(embedded_gguf(), model_id="embedded", gpu=False, threads=threads)
     else:

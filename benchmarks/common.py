@@ -120,7 +120,7 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
 
 def load(**options):
     """An engine on the CPU unless `device=` says otherwise (the benchmarks' baselines are CPU runs)."""
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     return load_engine(LoadOptions(**{"device": "cpu", **options}))
 
@@ -130,7 +130,8 @@ def shallower_embedded_model(layers: int) -> Path:
     model's on a faster machine, with the same vocabulary, tokenizer and per-step bookkeeping."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from decoding.engines.loading import cache_root, converted_gguf, embedded_gguf
+    from decoding.engines.embedded import cache_root, embedded_gguf
+    from decoding.engines.hf.load import converted_gguf
 
     source = converted_gguf(embedded_gguf())
     target = cache_root() / "bench" / f"{source.name}-{layers}-layers"

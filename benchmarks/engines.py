@@ -14,7 +14,7 @@ ROUNDS = 8  # llama.cpp's speed here varies by ~10% from run to run: alternate, 
 def llama_own_loop():
     from llama_cpp import Llama
 
-    from decoding.engines.loading import embedded_gguf
+    from decoding.engines.embedded import embedded_gguf
 
     llm = Llama(model_path=str(embedded_gguf()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
     prompt = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)

@@ -19,7 +19,8 @@ from common import Result, best_of, table
 
 
 def header_only_model(folder: Path) -> Path:
-    from decoding.engines.loading import converted_gguf, embedded_gguf
+    from decoding.engines.embedded import embedded_gguf
+    from decoding.engines.hf.load import converted_gguf
 
     shutil.copytree(converted_gguf(embedded_gguf()), folder, ignore=shutil.ignore_patterns("*.safetensors"))
     rows, columns = 200_000, 131_072

@@ -46,7 +46,7 @@ def main() -> int:
         print("gpu_stepping: no CUDA device here")
         return 2
     from decoding.core.errors import LoadError
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     try:
         load(device="cuda")  # the embedded model, if its package travelled

@@ -32,10 +32,10 @@ def loaded_then_trimmed(load):
 
 
 if __name__ == "__main__":
-    import decoding.engines.loading
+    import decoding.engines.registry
     from tui.cli import main
 
-    decoding.engines.loading.load_engine = loaded_then_trimmed(decoding.engines.loading.load_engine)
+    decoding.engines.registry.load_engine = loaded_then_trimmed(decoding.engines.registry.load_engine)
     code = main(sys.argv[1:])
     sys.stdout.flush()
     print(f"PEAK_RSS_KIB {status_kib('VmHWM')}", file=sys.stderr)

@@ -20,7 +20,7 @@ PROMPT_TOKENS = 1000
 
 
 def run() -> list[Result]:
-    from decoding.engines.hf import POSITION_CHUNK
+    from decoding.engines.hf.engine import POSITION_CHUNK
     from decoding.search.positions import prompt_scores
 
     engine = load()

@@ -29,8 +29,9 @@ def step_rate(engine) -> float:
 
 
 def llama_results(binary: str) -> list[Result]:
-    from decoding.engines.llama import default_threads
-    from decoding.engines.loading import LoadOptions, embedded_gguf, load_engine
+    from decoding.engines.embedded import embedded_gguf
+    from decoding.engines.llama.engine import default_threads
+    from decoding.engines.registry import LoadOptions, load_engine
 
     port = servers.free_port()
     command = servers.llama_server_command(binary, embedded_gguf(), port, default_threads())
@@ -92,7 +93,7 @@ async def pick_latency(url: str) -> float:
     from app_play import until_idle
     from textual import on
 
-    from decoding.engines.loading import LoadOptions
+    from decoding.engines.registry import LoadOptions
     from tui.app import TokenstepApp
     from tui.messages import CommandDone
 
@@ -125,7 +126,9 @@ async def pick_latency(url: str) -> float:
 
 
 def vllm_results(python: str) -> list[Result]:
-    from decoding.engines.loading import LoadOptions, converted_gguf, embedded_gguf, load_engine
+    from decoding.engines.embedded import embedded_gguf
+    from decoding.engines.hf.load import converted_gguf
+    from decoding.engines.registry import LoadOptions, load_engine
 
     port = servers.free_port()
     with servers.running(

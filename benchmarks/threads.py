@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common import Result, table
 
-from decoding.engines.llama import default_threads
+from decoding.engines.llama.engine import default_threads
 
 CHILD = Path(__file__).with_name("child.py")
 CORES = os.cpu_count() or 1

@@ -1,7 +1,7 @@
 """tokenstep's headless core: load a causal LM, step through its decoding one token at a time.
 
 Nothing here imports Textual. Modules are imported explicitly (``decoding.search.session``,
-``decoding.engines.loading``...) so that the light ones (settings, errors) never pull in torch.
+``decoding.engines.registry``...) so that the light ones (settings, errors) never pull in torch.
 """
 
 import os

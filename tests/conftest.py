@@ -76,7 +76,7 @@ def tiny_chat_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_engine(tiny_model_dir):
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     return load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
 
@@ -93,6 +93,6 @@ def tiny_session(tiny_engine):
 @pytest.fixture(scope="session")
 def embedded_engine():
     """The real embedded SmolLM2-135M-Instruct, from the user's converted cache (converted on first use)."""
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     return load_engine(LoadOptions(device="cpu"))

@@ -5,7 +5,7 @@ import json
 import threading
 
 from decoding.core.settings import Strategy
-from decoding.engines.loading import LoadOptions
+from decoding.engines.registry import LoadOptions
 from tui.app import TokenstepApp
 from tui.palette import palette_actions
 from tui.widgets.candidates import CandidatePanel
@@ -153,11 +153,11 @@ async def test_p_pauses_play_and_escape_drops_queued_steps(tiny_model_dir, monke
 
 
 async def test_keys_pressed_while_loading_run_once_the_model_is_ready(tiny_model_dir, monkeypatch):
-    import decoding.engines.loading
+    import decoding.engines.registry
 
     loaded = threading.Event()
-    real_load = decoding.engines.loading.load_engine
-    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda *a: loaded.wait(10) and real_load(*a))
+    real_load = decoding.engines.registry.load_engine
+    monkeypatch.setattr(decoding.engines.registry, "load_engine", lambda *a: loaded.wait(10) and real_load(*a))
     app = make_app(tiny_model_dir)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()

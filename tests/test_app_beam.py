@@ -171,10 +171,10 @@ async def test_escape_cancels_a_comparison_and_the_explorer_goes_on(tiny_model_d
 
 def with_basic_engine(monkeypatch, tiny_engine):
     """The app loads the tiny model as an engine that can do only the basics (no second cache, no beams)."""
-    import decoding.engines.loading
+    import decoding.engines.registry
     from tests.engines import Basic
 
-    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda *args, **kwargs: Basic(tiny_engine))
+    monkeypatch.setattr(decoding.engines.registry, "load_engine", lambda *args, **kwargs: Basic(tiny_engine))
 
 
 async def test_a_comparison_that_cannot_run_says_why_in_the_view(tiny_model_dir, tiny_engine, monkeypatch):

@@ -15,7 +15,7 @@ from textual import events
 from textual.widget import Widget
 
 from decoding.core.settings import Strategy
-from decoding.engines.loading import LoadOptions
+from decoding.engines.registry import LoadOptions
 from tests.test_app import SIZE, make_app, settle
 from tui.widgets.candidates import CandidatePanel
 from tui.widgets.text_view import TextView, heat_named

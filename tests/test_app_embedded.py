@@ -2,7 +2,7 @@
 
 import pytest
 
-from decoding.engines.loading import LoadOptions
+from decoding.engines.registry import LoadOptions
 from tests.test_app import SIZE, panel_ids, settle, text_on_screen
 from tui.app import TokenstepApp
 

@@ -183,7 +183,7 @@ def test_the_command_opens_the_named_or_last_session_with_its_settings(tiny_mode
     assert opened[-1].session_path.parent == tmp_path / "data" / "sessions" and opened[-1].saved is None
 
     path = tmp_path / "s.json"
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
     from decoding.records import session_file
     from decoding.search.session import Session
 

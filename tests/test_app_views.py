@@ -3,7 +3,7 @@ steps, branching from one, the timeline and a second model along the same path."
 
 import pytest
 
-from decoding.engines.loading import LoadOptions
+from decoding.engines.registry import LoadOptions
 from tests.test_app import SIZE, make_app, panel_ids, panel_text, settle
 from tui.widgets.status import StatusLine
 from tui.widgets.text_view import TextView

@@ -223,7 +223,7 @@ def test_a_prompt_naming_a_control_token_reads_it_as_text(embedded_engine):
 
 
 def test_a_chat_session_reopens_mid_conversation_with_its_turns(tiny_chat_model_dir, tmp_path):
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
     from decoding.records import session_file
     from decoding.records.keeper import SessionKeeper
 

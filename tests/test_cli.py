@@ -53,7 +53,7 @@ def test_the_json_a_trace_writes_as_it_goes_is_the_json_of_its_whole_record(caps
     """`trace` writes its steps as it makes them (a long path's record is never whole in memory):
     the text is the same as the export's JSON of the same path, a line a step."""
     from decoding.core.settings import Strategy
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
     from decoding.explorer.explorer import Explorer
     from decoding.explorer.trace_run import TracePlan, run_trace
     from decoding.records.trace import terminal_safe_json

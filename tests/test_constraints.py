@@ -257,7 +257,7 @@ PATTERN_PIECES += ["(", ")", "\\1", "(?:d)", ".", "\\.", "[^x]", "{2}"]
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     return load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
 

@@ -63,9 +63,9 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def cached_engine(tiny_engine, monkeypatch):
     """The command line's model loads answered by one tiny engine (each test runs many commands)."""
-    import decoding.engines.loading
+    import decoding.engines.registry
 
-    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda options, progress=None: tiny_engine)
+    monkeypatch.setattr(decoding.engines.registry, "load_engine", lambda options, progress=None: tiny_engine)
     return tiny_engine
 
 
@@ -108,7 +108,7 @@ async def test_escape_sequences_in_prompt_model_and_files_are_shown_escaped_in_t
         assert app.explorer.keeper.foreign[1].startswith(HOSTILE)
         assert_terminal_safe(screen_bytes(app))
 
-    from decoding.engines.loading import LoadOptions
+    from decoding.engines.registry import LoadOptions
     from tui.app import TokenstepApp
 
     failed = TokenstepApp(LoadOptions(model=str(tmp_path / HOSTILE), device="cpu"))
@@ -169,9 +169,9 @@ def assert_one_line(code: int, err: str) -> None:
     ],
 )
 def test_bad_options_get_one_line_before_anything_loads(args, message, monkeypatch):
-    import decoding.engines.loading
+    import decoding.engines.registry
 
-    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda *a, **k: pytest.fail("refused before loading"))
+    monkeypatch.setattr(decoding.engines.registry, "load_engine", lambda *a, **k: pytest.fail("refused before loading"))
     code, _, err = run_cli(*args)
     assert_one_line(code, err)
     assert message in err
@@ -470,7 +470,7 @@ def test_a_bert_folder_is_refused_before_loading(tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
     from decoding.core.errors import LoadError
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     BertForMaskedLM(
         BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, vocab_size=50)
@@ -504,7 +504,7 @@ def test_compare_says_when_the_context_limit_cut_a_continuation_short(cached_eng
 def test_truncated_model_files_are_refused_in_one_line(tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
-    from decoding.engines.loading import embedded_gguf
+    from decoding.engines.embedded import embedded_gguf
 
     monkeypatch.setenv("TOKENSTEP_CACHE", str(tmp_path / "cache"))
     truncated = tmp_path / "cut.gguf"
@@ -633,12 +633,12 @@ def test_a_change_line_with_hostile_numbers_or_a_torn_tail_of_any_bytes_is_read_
 @pytest.fixture
 def chat_trace_and_engine(tiny_chat_model_dir, monkeypatch):
     """A two-turn chat's trace, and the command line's model loads answered by its tiny chat model."""
-    import decoding.engines.loading
+    import decoding.engines.registry
     from decoding.core.state import Message
     from decoding.explorer.explorer import Explorer
 
-    engine = decoding.engines.loading.load_engine(
-        decoding.engines.loading.LoadOptions(model=str(tiny_chat_model_dir), device="cpu")
+    engine = decoding.engines.registry.load_engine(
+        decoding.engines.registry.LoadOptions(model=str(tiny_chat_model_dir), device="cpu")
     )
     explorer = Explorer(engine, choices=4)
     explorer.new_chat([Message("user", "hello")])
@@ -649,7 +649,7 @@ def chat_trace_and_engine(tiny_chat_model_dir, monkeypatch):
     record = explorer.trace_record()
     assert [("turn" in step) for step in record["steps"]] == [False, False, True, False]
     record["model"] = str(tiny_chat_model_dir)
-    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda options, progress=None: engine.fork())
+    monkeypatch.setattr(decoding.engines.registry, "load_engine", lambda options, progress=None: engine.fork())
     return record, engine
 
 

@@ -40,7 +40,7 @@ def test_core_never_imports_textual():
         "decoding.core.settings",
         "decoding.core.errors",
         "decoding.core.tokens",
-        "decoding.engines.loading",
+        "decoding.engines.registry",
         "decoding.core.state",
         "tui.cli",
         "tui.app",

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from decoding.engines import kv_cache
-from decoding.engines.kv_cache import block_cache
+from decoding.engines.hf import kv_cache
+from decoding.engines.hf.kv_cache import block_cache
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from decoding.engines.loading import LoadOptions, load_engine
+from decoding.engines.registry import LoadOptions, load_engine
 from decoding.search.lens import session_lens
 from decoding.search.session import Session
 from tui.cli import main
@@ -65,7 +65,7 @@ def test_kept_layers_give_the_same_lens_without_a_second_forward(embedded_engine
     embedded_engine.keep_layers = True
     try:
         session.step()
-        import decoding.engines.hf as hf
+        import decoding.engines.hf.engine as hf
 
         def no_second_forward(*args, **kwargs):
             raise AssertionError("the kept layers should have been used")

@@ -6,7 +6,7 @@ pytest.importorskip("llama_cpp")
 
 from decoding.core.errors import LoadError  # noqa: E402
 from decoding.core.settings import Strategy  # noqa: E402
-from decoding.engines.loading import LoadOptions, load_engine  # noqa: E402
+from decoding.engines.registry import LoadOptions, load_engine  # noqa: E402
 from decoding.search.session import Session  # noqa: E402
 
 pytestmark = pytest.mark.embedded

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from decoding.core.errors import LoadError
-from decoding.engines import loading
-from decoding.engines.loading import LoadOptions, cache_root, load_engine
+from decoding.engines import embedded, memory
+from decoding.engines.embedded import cache_root
+from decoding.engines.hf import load as hf_load
+from decoding.engines.registry import LoadOptions, load_engine
 
 
 def test_a_missing_folder_or_gguf_is_named_in_the_message(tmp_path):
@@ -69,8 +71,8 @@ def test_cache_folder_respects_tokenstep_cache_then_xdg(monkeypatch, tmp_path):
 
 def test_a_conversion_killed_half_way_leaves_no_entry_that_would_be_used(monkeypatch, tmp_path):
     monkeypatch.setenv("TOKENSTEP_CACHE", str(tmp_path))
-    gguf = loading.embedded_gguf()
-    target = tmp_path / "gguf" / loading._gguf_key(gguf)
+    gguf = embedded.embedded_gguf()
+    target = tmp_path / "gguf" / hf_load._gguf_key(gguf)
     target.parent.mkdir(parents=True)
     (target.parent / f".{target.name}.partial-abc").mkdir()  # debris of an earlier killed run
 
@@ -80,7 +82,7 @@ def test_a_conversion_killed_half_way_leaves_no_entry_that_would_be_used(monkeyp
 
     monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", killed)
     with pytest.raises(KeyboardInterrupt):
-        loading.converted_gguf(gguf)
+        hf_load.converted_gguf(gguf)
     assert not target.exists()
 
 
@@ -90,14 +92,14 @@ def test_gguf_converts_once_to_a_bit_identical_cached_copy(monkeypatch, tmp_path
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("TOKENSTEP_CACHE", str(tmp_path))
-    gguf = loading.embedded_gguf()
-    target = tmp_path / "gguf" / loading._gguf_key(gguf)
-    direct = loading.convert_gguf(gguf, target)
+    gguf = embedded.embedded_gguf()
+    target = tmp_path / "gguf" / hf_load._gguf_key(gguf)
+    direct = hf_load.convert_gguf(gguf, target)
     cached = AutoModelForCausalLM.from_pretrained(target)
     for (name, a), (_, b) in zip(direct.state_dict().items(), cached.state_dict().items()):
         assert torch.equal(a, b), name
     assert sorted(os.listdir(target.parent)) == [target.name]  # no partial folder left behind
-    assert loading.converted_gguf(gguf) == target  # the second time reuses it
+    assert hf_load.converted_gguf(gguf) == target  # the second time reuses it
 
 
 def test_the_garbage_collector_runs_again_after_a_load_whether_it_worked_or_not(tiny_model_dir, tmp_path):
@@ -143,9 +145,9 @@ def header_only_model(tiny_model_dir, folder: Path, rows: int, columns: int) -> 
 
 REUSED_MEMORY_PROBE = """
 import resource, sys, torch
-from decoding.engines import loading
+from decoding.engines import runtime
 if sys.argv[1] == "reuse":
-    loading.reuse_freed_memory()
+    runtime.reuse_freed_memory()
 def faults_for_a_pass():  # a pass's temporaries: twelve tensors of 4, 8 and 12 MB, written, then freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     tensors = [torch.ones(2**20 * (1 + i % 3)) for i in range(12)]
@@ -188,13 +190,13 @@ def test_a_model_bigger_than_the_memory_is_refused_before_loading(tiny_model_dir
 
 def test_the_estimate_counts_the_weights_the_model_loads(tiny_model_dir):
     engine = load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu"))
-    assert loading.parameter_count(str(tiny_model_dir)) == sum(p.numel() for p in engine.model.parameters())
+    assert memory.parameter_count(str(tiny_model_dir)) == sum(p.numel() for p in engine.model.parameters())
 
 
 @pytest.mark.embedded
 def test_the_estimate_of_a_gguf_counts_the_weights_it_de_quantizes_to(embedded_engine):
     loaded = sum(p.numel() for p in embedded_engine.model.parameters())  # tied embeddings counted once
-    assert loading.parameter_count(None) == loaded
+    assert memory.parameter_count(None) == loaded
 
 
 # --- quantized loading and layers offloaded ----------------------------------------------------------

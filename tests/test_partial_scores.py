@@ -27,7 +27,7 @@ def full(tiny_engine):
 
 @pytest.fixture
 def partial(tiny_model_dir):
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     explorer = Explorer(TopOnly(load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu")), N), choices=5)
     explorer.new_prompt("The quick brown")
@@ -61,7 +61,7 @@ def test_a_token_forced_inside_or_outside_the_n_gets_its_true_probability(full, 
 
 
 def test_without_a_way_to_score_one_token_forcing_outside_the_n_is_refused(tiny_model_dir):
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
     from tests.engines import top_only
 
     class TopOnlyNoScoring(Basic):

@@ -126,7 +126,7 @@ def test_llama_cpp_gives_every_tokens_bytes_as_transformers_does(embedded_engine
     """llama-cpp-python's own detokenizer cuts a piece at 32 bytes; tokens longer than that (the
     embedded vocabulary has them) must still read whole."""
     pytest.importorskip("llama_cpp")
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     llama = load_engine(LoadOptions(engine="llama"))
     ids = range(embedded_engine.vocab_size)
@@ -138,7 +138,7 @@ def scaled_head_engine(tiny_model_dir, folder, architecture):
     """A tiny Granite (its logits divided by `logits_scaling`) or Gemma 2 (soft-capped) engine."""
     from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
 
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     shape = dict(

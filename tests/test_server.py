@@ -13,7 +13,9 @@ import torch
 
 from decoding.core.errors import LoadError, TokenstepError
 from decoding.core.settings import Strategy
-from decoding.engines.loading import LoadOptions, converted_gguf, embedded_gguf, load_engine
+from decoding.engines.embedded import embedded_gguf
+from decoding.engines.hf.load import converted_gguf
+from decoding.engines.registry import LoadOptions, load_engine
 from decoding.explorer.explorer import Explorer
 from decoding.search.second import SecondModel, check_same_tokenizer
 from decoding.search.session import Session
@@ -30,7 +32,7 @@ def llama_server_url():
     binary = os.environ.get("LLAMA_SERVER")
     if not binary:
         pytest.skip("$LLAMA_SERVER is not set: `make test` builds llama-server and sets it")
-    from decoding.engines.llama import default_threads
+    from decoding.engines.llama.engine import default_threads
 
     port = servers.free_port()
     command = servers.llama_server_command(binary, embedded_gguf(), port, default_threads())

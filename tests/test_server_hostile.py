@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from decoding.core.errors import LoadError, TokenstepError
-from decoding.engines.loading import LoadOptions, load_engine, switched_model
+from decoding.engines.registry import LoadOptions, load_engine, switched_model
 from decoding.engines.server import reply
 from decoding.engines.server.http import REQUEST_SECONDS, SECONDS_VARIABLE, Http, ServerError, _reply, server_address
 from decoding.search.session import Session

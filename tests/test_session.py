@@ -209,7 +209,7 @@ def test_strategy_choice_predicts_step_without_drawing(tiny_engine):
 
 @pytest.mark.parametrize("rank", [0, 2, 4])
 def test_a_pick_looked_ahead_needs_no_model_work_and_is_bit_identical(tiny_model_dir, rank):
-    from decoding.engines.loading import LoadOptions, load_engine
+    from decoding.engines.registry import LoadOptions, load_engine
 
     plain = Session(load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu")))
     ahead = Session(load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu")))

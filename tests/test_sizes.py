@@ -15,14 +15,14 @@ from tests.test_hostile import assert_one_line, run_cli, stamp, write
 def watched_engine(tiny_engine, monkeypatch):
     """The command line's model loads answered by the tiny engine, whose feeds and tokenizations are
     counted (the tokens fed, the characters tokenized)."""
-    import decoding.engines.loading
+    import decoding.engines.registry
 
     fed, tokenized = [], []
     feed, encode, encode_piece = tiny_engine.feed, tiny_engine.encode, tiny_engine.encode_piece
     tiny_engine.feed = lambda ids: fed.append(len(ids)) or feed(ids)
     tiny_engine.encode = lambda text: tokenized.append(len(text)) or encode(text)
     tiny_engine.encode_piece = lambda text: tokenized.append(len(text)) or encode_piece(text)
-    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda options, progress=None: tiny_engine)
+    monkeypatch.setattr(decoding.engines.registry, "load_engine", lambda options, progress=None: tiny_engine)
     return tiny_engine, fed, tokenized
 
 
@@ -80,17 +80,17 @@ def test_a_prompt_file_far_beyond_the_context_is_refused_without_tokenizing_all_
 
 
 def test_a_conversation_far_beyond_the_context_is_refused_without_rendering_it(tiny_chat_model_dir, tmp_path, monkeypatch):
-    import decoding.engines.loading
+    import decoding.engines.registry
 
-    engine = decoding.engines.loading.load_engine(
-        decoding.engines.loading.LoadOptions(model=str(tiny_chat_model_dir), device="cpu")
+    engine = decoding.engines.registry.load_engine(
+        decoding.engines.registry.LoadOptions(model=str(tiny_chat_model_dir), device="cpu")
     )
     rendered = []
     render = engine.render_chat
     engine.render_chat = lambda messages, add_generation_prompt: (
         rendered.append(messages) or render(messages, add_generation_prompt)
     )
-    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda options, progress=None: engine)
+    monkeypatch.setattr(decoding.engines.registry, "load_engine", lambda options, progress=None: engine)
     path = tmp_path / "chat.json"
     path.write_text(json.dumps([{"role": "user", "content": "Say it again. " * 20_000}]))
     code, _, err = run_cli("trace", "--chat", "--prompt-file", str(path), "--steps", "1")
@@ -102,10 +102,10 @@ def test_a_conversation_far_beyond_the_context_is_refused_without_rendering_it(t
 @pytest.mark.parametrize("choices", ["49152", "101"])
 def test_choices_beyond_100_are_one_line_before_anything_loads(command, choices, monkeypatch, tmp_path):
     """--choices 49152 was accepted and froze the app (~15 s a step); 100 is taken (the tests below)."""
-    import decoding.engines.loading
+    import decoding.engines.registry
 
     monkeypatch.setenv("TOKENSTEP_DATA", str(tmp_path))
-    monkeypatch.setattr(decoding.engines.loading, "load_engine", lambda *a, **k: pytest.fail("refused before loading"))
+    monkeypatch.setattr(decoding.engines.registry, "load_engine", lambda *a, **k: pytest.fail("refused before loading"))
     code, _, err = run_cli(*command, "--choices", choices)
     assert_one_line(code, err)
     assert f"--choices must be at least 1 and at most 100 (got {choices})." in err

@@ -5,7 +5,7 @@ Update them after an intended change with `make test PYTEST_ARGS="--snapshot-upd
 
 from textual.widgets import Input
 
-from decoding.engines.loading import LoadOptions
+from decoding.engines.registry import LoadOptions
 from tests.test_app import SIZE, make_app, settle
 from tui.app import TokenstepApp
 

@@ -268,7 +268,7 @@ def test_a_save_cut_short_is_left_out_and_a_damaged_line_refused(tiny_session, t
 KILLED_WRITER = """
 import sys
 from decoding.records import session_file
-from decoding.engines.loading import LoadOptions, load_engine
+from decoding.engines.registry import LoadOptions, load_engine
 from decoding.search.session import Session
 from decoding.core.settings import Strategy
 

@@ -26,7 +26,7 @@ from decoding.core.errors import TokenstepError, said
 from decoding.core.settings import Strategy
 from decoding.core.state import Snapshot, Timing
 from decoding.core.tokens import escape_controls, one_line
-from decoding.engines.loading import LoadOptions, named, switched_model
+from decoding.engines.registry import LoadOptions, named, switched_model
 from decoding.explorer import commands
 from decoding.explorer.runner import Runner
 from tui import messages

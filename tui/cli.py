@@ -32,7 +32,8 @@ from decoding.core.settings import (
 )
 from decoding.core.state import Message
 from decoding.core.tokens import escape_controls, one_line
-from decoding.engines.loading import DTYPES, ENGINE_KINDS, ENGINES, LoadOptions, check_fits_early, recorded_model
+from decoding.engines.registry import DEFAULT_ENGINE, ENGINES, LoadOptions, check_fits_early, engine_options, recorded_model
+from decoding.engines.runtime import DTYPES
 from decoding.explorer.diff import DIFF_FORMATS
 
 DEFAULT_PROMPT = "Transformers are the"
@@ -70,26 +71,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     group.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on a GPU that supports it, else float32")
     group.add_argument(
-        "--device-map",
-        choices=["auto"],
-        help="auto: accelerate places the layers that do not fit on the GPU on the CPU, then on disk",
-    )
-    group.add_argument(
-        "--load-in",
-        choices=["8bit", "4bit"],
-        help="quantize the weights as they load with bitsandbytes (transformers engine): 8bit = LLM.int8(), 4bit = NF4",
-    )
-    group.add_argument(
         "--engine",
-        default="transformers",
+        default=DEFAULT_ENGINE,
         choices=ENGINES,
-        help="; ".join(f"{kind.option}: {kind.help}" for kind in ENGINE_KINDS.values()),
+        help="; ".join(f"{entry.option}: {entry.help}" for entry in ENGINES.values()),
     )
-    server = parser.add_argument_group("server (--engine server)")
-    server.add_argument("--url", help="the server's address, with or without /v1 (vLLM, SGLang or llama-server)")
-    server.add_argument("--api-key", help="for a server behind a key (default: $TOKENSTEP_API_KEY)")
-    server.add_argument("--server-top", type=int, default=20, help="top N log-probabilities asked for per step (default 20)")
-    server.add_argument("--tokenizer", help="a local copy of the served model's tokenizer (default: the server's own endpoints)")
+    for entry in ENGINES.values():
+        own = [option for option in entry.options if option.flag]
+        engine_group = parser.add_argument_group(f"{entry.option} (--engine {entry.option})") if own else None
+        for option in own:
+            assert engine_group is not None and option.flag is not None
+            engine_group.add_argument(option.flag, type=option.kind, choices=option.choices, help=option.help)
 
 
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
@@ -214,7 +206,7 @@ def build_parsers(add_help: bool = True) -> tuple[argparse.ArgumentParser, argpa
     _add_model_options(app)
     second = app.add_argument_group("a second model along the same path (both must share a tokenizer)")
     second.add_argument("--second-model", help="Hub id, local folder or .gguf file; `embedded` for the embedded model")
-    second.add_argument("--second-engine", choices=ENGINES, help="its engine (default: transformers)")
+    second.add_argument("--second-engine", choices=ENGINES, help=f"its engine (default: {DEFAULT_ENGINE})")
     second.add_argument("--second-url", help="with --second-engine server: the server serving it")
     _add_strategy_options(app)
     _add_constraint_options(app)
@@ -282,17 +274,13 @@ def load_options_from(args: argparse.Namespace) -> LoadOptions:
 
 
 def _load_options(args: argparse.Namespace) -> LoadOptions:
+    given = {option.field: getattr(args, option.field) for option in engine_options() if option.flag}
     return LoadOptions(
         model=args.model,
         device=args.device,
         dtype=args.dtype,
-        device_map=args.device_map,
-        load_in=args.load_in,
         engine=args.engine,
-        url=args.url,
-        api_key=args.api_key,
-        server_top=args.server_top,
-        tokenizer=args.tokenizer,
+        **{field: value for field, value in given.items() if value is not None},
     )
 
 
@@ -303,15 +291,17 @@ def second_options_from(args: argparse.Namespace) -> LoadOptions | None:
             raise TokenstepError("--second-url goes with --second-engine server.")
         return None
     model = None if args.second_model in (None, "embedded") else args.second_model
+    engine = args.second_engine or DEFAULT_ENGINE
+    # the key and the candidates asked for go to any server; the second model's address is its own
+    asked_of_a_server = {name: getattr(args, name) for name in ("api_key", "server_top") if getattr(args, name) is not None}
     try:
         return LoadOptions(
             model=model,
             device=args.device,
             dtype=args.dtype,
-            engine=args.second_engine or "transformers",
+            engine=engine,
             url=args.second_url,
-            api_key=args.api_key,
-            server_top=args.server_top,
+            **(asked_of_a_server if ENGINES[engine].served else {}),
         )
     except TokenstepError as error:  # LoadOptions names the first model's options; these are the second's
         raise TokenstepError(re.sub(r"--(model|engine|url)\b", r"--second-\1", str(error))) from None
@@ -445,7 +435,7 @@ def run_diff_command(argv: Sequence[str]) -> int:
         record, model=args.model, engine=args.engine, device=args.device, dtype=args.dtype, url=args.url, api_key=args.api_key
     )
 
-    from decoding.engines.loading import load_engine
+    from decoding.engines.registry import load_engine
     from decoding.explorer.diff import diff_record, format_diff
     from decoding.explorer.opening import open_explorer
     from decoding.search.second import SecondModel
@@ -468,7 +458,7 @@ def run_compare_command(argv: Sequence[str]) -> int:
     strategies = [replace(s, constraint=constraint) for s in parse_strategies(args.strategies, seed=args.seed)]
     options = load_options_from(args)
 
-    from decoding.engines.loading import load_engine
+    from decoding.engines.registry import load_engine
     from decoding.records.compare import compare, comparison_record, format_comparison
 
     engine = load_engine(options, _progress_on_terminal)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class Engine(Protocol):
-    name: str  # "transformers", "llama.cpp": as traces and session files record it
+    name: str  # as traces and session files record it: its entry's name in engines.registry
     model_id: str  # what the user asked for, shown in traces and the status line
     device: str
     dtype: str

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from decoding.core.engine import Engine
 from decoding.core.errors import said
 from decoding.core.settings import Strategy
-from decoding.engines import loading  # called as loading.load_engine: the one place a load goes through
-from decoding.engines.loading import LoadOptions, collector_paused, named
+from decoding.engines import registry  # called as registry.load_engine: the one place a load goes through
+from decoding.engines.registry import LoadOptions, named, shown_name
+from decoding.engines.runtime import collector_paused
 from decoding.explorer.explorer import Explorer
 from decoding.records.keeper import SessionKeeper
 from decoding.search.second import SecondModel
@@ -30,7 +31,7 @@ def open_explorer(
     """Load the model `options` name and open an explorer on it. `max_new_tokens` may depend on the
     engine (a trace's steps plus its prefill's tokens); `keeper` keeps the session file, if any."""
     with collector_paused():
-        engine = loading.load_engine(options, progress)
+        engine = registry.load_engine(options, progress)
     limit = max_new_tokens(engine) if callable(max_new_tokens) else max_new_tokens
     explorer = Explorer(engine, strategy, choices, max_new_tokens=limit, keeper=keeper)
     explorer.session.exact_replay = exact_replay
@@ -42,8 +43,8 @@ def add_second_model(explorer: Explorer, options: LoadOptions, progress: Progres
     depends on it: one that fails is left out, and the reason (also kept on the explorer) returned."""
     progress(f"loading the second model, {named(options)}")
     try:
-        engine = loading.load_engine(options, lambda text: progress(f"second model: {text}"))
-        name = f"{engine.model_id if options.engine == 'server' else named(options)} ({engine.name})"
+        engine = registry.load_engine(options, lambda text: progress(f"second model: {text}"))
+        name = f"{shown_name(options, engine)} ({engine.name})"
         explorer.add_second(SecondModel(engine, name), f"--model {explorer.engine.model_id}", f"--second-model {name}")
     except Exception as error:  # anything a load can raise: the first model goes on alone
         explorer.second_left_out = said(error)  # said where the second model would show, too

@@ -16,7 +16,7 @@ from decoding.core.errors import SessionError, SettingsError
 from decoding.core.prompt import chat_prompt, plain_prompt, recorded_prompt
 from decoding.core.schema import LOG_PROBABILITY, PROBABILITY, TOKEN_ID, Items, ShapeError, Whole, check
 from decoding.core.settings import MAX_CHOICES, Strategy, setting_names
-from decoding.engines.loading import LoadOptions, recorded_model
+from decoding.engines.registry import DEFAULT_ENGINE, ENGINES, LoadOptions, recorded_model, served_engine
 
 if TYPE_CHECKING:
     from decoding.explorer.explorer import Explorer
@@ -116,11 +116,11 @@ def load_options(record: dict[str, Any], **overrides: Any) -> LoadOptions:
     a model named alone after a server trace runs on the default engine."""
     options = recorded_model(record.get("model"), record.get("engine"), record.get("dtype"), record.get("url"))
     given = {name: value for name, value in overrides.items() if value is not None}
-    engine = given.get("engine") or ("server" if "url" in given else None)
-    if engine is None and "model" in given and options["engine"] == "server":
-        engine = "transformers"
+    engine = given.get("engine") or (served_engine() if "url" in given else None)
+    if engine is None and "model" in given and ENGINES[options["engine"]].served:
+        engine = DEFAULT_ENGINE
     if engine is not None and engine != options["engine"]:
-        kept = () if engine == "server" else ("model", "dtype")
+        kept = () if ENGINES[engine].served else ("model", "dtype")
         options = {"engine": engine, **{name: options[name] for name in kept if name in options}}
     options.update(given)
     return LoadOptions(**options)

@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from decoding.core.scores import Scores
-from decoding.engines.kv_cache import block_cache
+from decoding.engines.hf.kv_cache import block_cache
 from decoding.engines.tokenizer import END_OF_TURN_TEXTS, byte_decoder_of, special_ids_of, token_bytes_of
 
 POSITION_CHUNK = 128  # positions scored at once: 128 x 49,152 floats = 25 MB, let go after each chunk

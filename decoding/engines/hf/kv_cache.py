@@ -3,7 +3,7 @@ positions at a time.
 
 transformers' DynamicLayer appends a token by concatenation: every step copies the whole layer into
 a fresh tensor and frees the old one. With malloc keeping freed memory for the next tensors (see
-`loading.reuse_freed_memory`), those freed copies, each a little smaller than the next, could not be
+`runtime.reuse_freed_memory`), those freed copies, each a little smaller than the next, could not be
 reused: peak memory grew ~3.7 times the cache's own size per token. Here a step writes its token
 into room already there, and the layer is copied once per block. On the CPU that room is mapped
 from the kernel on its own rather than taken from malloc, so that a grown layer's old room goes

@@ -1,0 +1,1 @@
+"""The llama.cpp engine (llama-cpp-python): a .gguf file run as it is, quantized."""
