@@ -374,7 +374,7 @@ async def test_while_the_person_reads_the_top_picks_are_computed_ahead(tiny_mode
         await settle(pilot)
         top5 = panel_ids(app)[:5]
         assert app.session.looked_ahead == frozenset(top5)
-        app.look_ahead = 0  # nothing more ahead: any model pass now would be the pick's own
+        app.runner.look_ahead = 0  # nothing more ahead: any model pass now would be the pick's own
         passes = []
         app.session.engine.feed = passes.append
         await pilot.press("3")

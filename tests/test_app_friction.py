@@ -160,7 +160,7 @@ async def test_a_session_from_other_weights_with_the_same_tokenizer_opens_read_o
     async with app.run_test(size=SIZE) as pilot:
         notes = collect_notes(app)
         await settle(pilot)
-        assert app.snapshot.path == () and app.explorer.keeper.path != path and app.explorer.keeper.foreign[0]
+        assert app.snapshot.path == () and app.runner.explorer.keeper.path != path and app.runner.explorer.keeper.foreign[0]
     assert path.read_bytes() == written and any("read-only" in note for note in notes)
 
 

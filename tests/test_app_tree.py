@@ -126,7 +126,7 @@ async def test_a_session_from_another_model_is_shown_read_only(tiny_model_dir, t
         await pilot.press("down", "down", "enter")
         await pilot.press("space")
         await settle(pilot)
-        assert other.explorer.keeper.path != path
+        assert other.runner.explorer.keeper.path != path
     assert path.read_bytes() == before
 
 

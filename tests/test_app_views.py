@@ -91,7 +91,7 @@ async def test_a_digit_at_the_cursor_branches_there_and_the_tree_keeps_the_old_p
         assert app.snapshot.cursor is None and len(path) == 2
         assert path[0] == old[0] and path[1].forced and path[1].rank == 2
         assert path[1].token_id == app.snapshot.panels[1].candidates[2].token_id
-        tree = app.explorer.session.tree
+        tree = app.runner.explorer.session.tree
         texts = [branch.text for branch in tree.branches()]
         assert old[1].text + old[2].text in texts  # the old steps 2 and 3, a branch of their own
 
@@ -105,7 +105,7 @@ async def test_the_timeline_plots_the_sessions_own_values(tiny_model_dir):
         await settle(pilot)
         timeline = app.query_one(TimelinePanel)
         assert timeline.display
-        session = app.explorer.session
+        session = app.runner.explorer.session
         assert timeline.value.probabilities == tuple(token.prob for token in session.path)
         assert timeline.value.entropies == tuple(panel.entropy for panel in session.panels)
         assert timeline.value.forced == (1,) and timeline.value.cursor is None

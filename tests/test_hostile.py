@@ -105,7 +105,7 @@ async def test_escape_sequences_in_prompt_model_and_files_are_shown_escaped_in_t
         await settle(pilot)
         await pilot.press("t")
         await settle(pilot)
-        assert app.explorer.keeper.foreign[1].startswith(HOSTILE)
+        assert app.runner.explorer.keeper.foreign[1].startswith(HOSTILE)
         assert_terminal_safe(screen_bytes(app))
 
     from decoding.engines.registry import LoadOptions

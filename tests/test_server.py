@@ -314,7 +314,7 @@ async def test_the_app_steps_undoes_and_picks_ahead_through_a_server(llama_serve
         engine = app.session.engine
         third = panel_ids(app)[2]
         assert third in app.session.looked_ahead  # asked while the person read
-        app.look_ahead = 0  # nothing more ahead: a request now would be the pick's own
+        app.runner.look_ahead = 0  # nothing more ahead: a request now would be the pick's own
         requests = []
         post = engine.http.post
         engine.http.post = lambda *args: requests.append(args) or post(*args)

@@ -486,7 +486,7 @@ async def test_esc_cuts_a_waiting_step_short_and_keeps_the_path():
             server.answers["/completion"] = waiting_for(release, server)
             await pilot.press("space")
             await pilot.pause(0.3)
-            assert app.running is not None
+            assert app.runner.running is not None
             start = time.monotonic()
             await pilot.press("escape")
             while not app.idle and time.monotonic() - start < 5:

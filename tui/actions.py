@@ -112,6 +112,14 @@ ACTIONS = (
 )
 
 
+BEAM_ONLY, SINGLE_PATH_ONLY = {"highlight_beam"}, {"move_cursor"}
+
+
+def available(action: str, *, beam: bool) -> bool:
+    """The beam keys only while beam search runs, the cursor's only while it does not."""
+    return not (action in BEAM_ONLY and not beam or action in SINGLE_PATH_ONLY and beam)
+
+
 def bindings() -> list[Binding]:
     return [
         Binding(a.keys, a.action, a.label, show=a.in_footer, key_display=a.key_display, id=a.id, tooltip=a.help)

@@ -12,73 +12,45 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.notifications import SeverityLevel
-from textual.widgets import Footer, Input, Label, TextArea
+from textual.widgets import Footer, Input
 
 from decoding.core.chat import PromptRequest
-from decoding.core.errors import TokenstepError, said
+from decoding.core.errors import TokenstepError
 from decoding.core.settings import Strategy
-from decoding.core.state import Snapshot, Timing
-from decoding.core.tokens import escape_controls, one_line
+from decoding.core.state import Timing
+from decoding.core.tokens import escape_controls
 from decoding.engines.registry import LoadOptions, named, switched_model
 from decoding.explorer import commands
 from decoding.explorer.runner import Runner
+from decoding.records.session_file import new_session_path
 from tui import messages
-from tui.actions import bindings
-from tui.ask_screen import AskScreen
+from tui.actions import available, bindings
+from tui.ask_screen import MODEL_EXAMPLE, MODEL_QUESTION, AskScreen
 from tui.compare_screen import CompareScreen
-from tui.pacing import FramePacer
+from tui.layout import ExplorationArea
+from tui.pacing import SWITCH_INTERVAL_SECONDS, FramePacer
 from tui.palette import ActionCommands
-from tui.panels import PANELS
+from tui.panels import PANELS, show_panels
 from tui.settings_screen import Settings, SettingsScreen
 from tui.widgets.beams import BeamPanel
 from tui.widgets.candidates import CandidatePanel
-from tui.widgets.fields import Field, MessageBox
+from tui.widgets.fields import MessageBox, PromptField
 from tui.widgets.lens_view import LensPanel
-from tui.widgets.spinner import Spinner
+from tui.widgets.loading import LoadingPane
 from tui.widgets.status import StatusLine
 from tui.widgets.text_view import HEATS, TextView, heat_named, next_heat
 
 if TYPE_CHECKING:  # torch loads on the model thread, after the first paint
-    from decoding.core.prompt import Prompt
-    from decoding.explorer.explorer import Explorer, View
+    from decoding.explorer.explorer import View
     from decoding.records.session_file import SavedSession
     from decoding.search.session import Session
 
 Clock = Callable[[], float]
-# The model thread gives up the GIL for every torch kernel and must take it back after; while the UI
-# thread paints, that wait is up to the switch interval (5 ms by default) each time. 1 ms kept play at
-# 0.93-0.99 of the session's own loop where 5 ms gave 0.82-0.88 (`python benchmarks/run.py app_play`).
-SWITCH_INTERVAL_SECONDS = 0.001
-ENDED_NOTES = {"eos": "end of sequence: ⌫ takes it back", "context limit": "the context is full: ⌫ takes a token back"}
-
-
-class RunnerNews:
-    """The runner's news, told on the model thread, as messages to the app's own thread."""
-
-    def __init__(self, app: App) -> None:
-        self.post = app.post_message
-
-    def updated(self, view: View, timing: Timing | None) -> None:
-        self.post(messages.Updated(view, timing))
-
-    def failed(self, text: str) -> None:
-        self.post(messages.CommandFailed(text))
-
-    def notice(self, text: str) -> None:
-        self.post(messages.Notice(text))
-
-    def highlight_beam(self, rank: int) -> None:
-        self.post(messages.BeamHighlight(rank))
-
-    def done(self) -> None:
-        self.post(messages.CommandDone())
 
 
 class TokenstepApp(App[int]):
@@ -122,14 +94,12 @@ class TokenstepApp(App[int]):
         self.pacer = FramePacer()  # how often play's frames come
         self.loading = False  # a model is being loaded (its Loaded or LoadFailed is still to come)
         self.runner = Runner(
-            RunnerNews(self),
+            messages.RunnerNews(self),
             clock,
             look_ahead=look_ahead,
             open_panels=lambda: self.open_panels,
             frame_seconds=lambda: self.pacer.seconds,
         )
-        self._prompts_shown: dict[str, str] = {}  # the prompt box's text -> the prompt it stands for
-        self._unsent = ""  # the last message sent, put back in the box if it is refused
         self.heat = HEATS[0].name  # how the text is tinted (h cycles)
 
     # --- what tests and benchmarks read, when the app is idle ---------------------------------------
@@ -144,7 +114,7 @@ class TokenstepApp(App[int]):
 
     @property
     def session(self) -> Session | None:
-        return self.explorer.session if self.explorer is not None else None
+        return self.runner.explorer.session if self.runner.explorer is not None else None
 
     @property
     def idle(self) -> bool:
@@ -152,26 +122,8 @@ class TokenstepApp(App[int]):
         return not self.loading and self.runner.idle
 
     @property
-    def explorer(self) -> Explorer | None:
-        """The exploration, once loaded: the model thread's, never used on this one."""
-        return self.runner.explorer
-
-    @property
-    def running(self) -> commands.Command | None:
-        return self.runner.running
-
-    @property
     def playing(self) -> bool:
         return self.runner.playing
-
-    @property
-    def look_ahead(self) -> int:
-        """Candidates whose next panel is computed while the person reads."""
-        return self.runner.look_ahead
-
-    @look_ahead.setter
-    def look_ahead(self, candidates: int) -> None:
-        self.runner.look_ahead = candidates
 
     def enqueue(self, command: commands.Command) -> None:
         self.runner.enqueue(command)
@@ -180,23 +132,10 @@ class TokenstepApp(App[int]):
 
     def compose(self) -> ComposeResult:
         text = "" if self.request.chat else self.request.text
-        prompt = Field(self._shown_prompt(text), placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
-        prompt.border_title = "prompt · tab to edit, enter to run · ctrl+t chat"
-        yield prompt
-        message = MessageBox(id="message", soft_wrap=True, show_line_numbers=False, placeholder="Type a message")
-        message.border_title = "message · tab to edit, ctrl+s sends · ctrl+n new conversation · ctrl+t plain prompt"
-        yield message
-        with Vertical(id="loading"):
-            yield Spinner()
-            yield Label(Text(escape_controls(f"Loading {self._model_name()}…")), id="loading-text")
-        with Horizontal(id="main"):
-            yield TextView(id="text")
-            yield BeamPanel(id="beams")
-            yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "main")
-            with Vertical(id="side"):
-                with VerticalScroll(id="candidates-scroll"):
-                    yield CandidatePanel(id="candidates")
-                yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "side")
+        yield PromptField(text, placeholder="Type a prompt, then enter", id="prompt", select_on_focus=False)
+        yield MessageBox(id="message", soft_wrap=True, show_line_numbers=False, placeholder="Type a message")
+        yield LoadingPane(f"Loading {self._model_name()}", id="loading")
+        yield ExplorationArea(id="main")
         yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "bottom")
         yield StatusLine(Text("loading…"), id="status")
         yield Footer(compact=True)  # the keys most needed fit at 80 columns, all of them at 120
@@ -204,8 +143,6 @@ class TokenstepApp(App[int]):
     def on_mount(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         self._show_prompt_box()
-        self.query_one("#main").display = False
-        self.query_one(BeamPanel).display = False
         for spec in PANELS:
             self.query_one(f"#{spec.name}").display = False
 
@@ -228,68 +165,28 @@ class TokenstepApp(App[int]):
         """Load the model on the model thread, then open the exploration at the prompt asked for
         (or the saved tree), and force `prefill`."""
         self.loading = True
-        self.runner.submit(partial(self._load, options, settings, request, prefill))
+        self.runner.submit(partial(self._open, options, settings, request, prefill))
 
-    def _load(self, options: LoadOptions, settings: Settings, request: PromptRequest | None, prefill: str | None) -> None:
+    def _open(self, options: LoadOptions, settings: Settings, request: PromptRequest | None, prefill: str | None) -> None:
         """On the model thread. Every failure ends in a message: the spinner never waits forever."""
+        from decoding.explorer.opening import Opening, OpeningFailed, open_exploration  # torch is imported here
+        from decoding.records.keeper import SessionKeeper
+
+        strategy, choices, second = settings.strategy, settings.choices, self.second_options
+        opening = Opening(options, strategy, choices, request, prefill, second, self.max_new_tokens, self.exact_replay)
+        keeper, self.saved = SessionKeeper(self.session_path, self.saved, self._warn), None  # reopened once
         try:
-            explorer = self._new_explorer(options, settings)
-        except TokenstepError as error:
+            opened = open_exploration(opening, keeper, self.open_panels, self._progress, self._warn, self.clock)
+        except OpeningFailed as error:
             self.post_message(messages.LoadFailed(str(error)))
             return
-        except Exception as error:  # a model that breaks transformers: say so, keep the app
-            self.post_message(messages.LoadFailed(f"The model could not be loaded: {said(error)}"))
-            return
-        if self.second_options is not None:
-            from decoding.explorer.opening import add_second_model
+        self.post_message(messages.Loaded(opened.explorer, opened.view, Timing(latency_ms=opened.latency_ms)))
 
-            if (left_out := add_second_model(explorer, self.second_options, self._progress)) is not None:
-                self.post_message(messages.CommandFailed(f"The second model is left out: {left_out}"))
-        start = self.clock()  # the first panel, computed on this thread while it is warm; keys wait
-        try:
-            from decoding.core.grammar import compile_notes
-
-            with compile_notes(self._progress):
-                explorer.open(self._first_prompt(explorer, request))
-            if prefill:
-                explorer.force_text(prefill)
-        except Exception as error:  # a prompt the model cannot take, a session folder that fails: the app still opens
-            self.post_message(messages.CommandFailed(said(error)))
-        try:
-            view = explorer.view(self.open_panels)
-        except Exception as error:
-            self.post_message(messages.LoadFailed(f"The model loaded, but its first panel failed: {said(error)}"))
-            return
-        self.post_message(messages.Loaded(explorer, view, Timing(latency_ms=1000 * (self.clock() - start))))
+    def _warn(self, text: str) -> None:
+        self.post_message(messages.CommandFailed(text))
 
     def _progress(self, text: str) -> None:
         self.post_message(messages.LoadProgress(text))
-
-    def _first_prompt(self, explorer: Explorer, request: PromptRequest | None) -> Prompt | None:
-        """The prompt to open at; a chat the model cannot take is said and skipped (a message follows)."""
-        if request is None or (request.chat and not request.text and not request.messages):
-            return None  # a chat to be started with the first message sent
-        try:
-            return request.build(explorer.engine)
-        except TokenstepError as error:
-            self.post_message(messages.CommandFailed(str(error)))
-            return None
-
-    def _new_explorer(self, options: LoadOptions, settings: Settings) -> Explorer:
-        from decoding.explorer.opening import open_explorer  # torch is imported here, after the first paint
-        from decoding.records.keeper import SessionKeeper
-
-        keeper = SessionKeeper(self.session_path, self.saved, lambda text: self.post_message(messages.CommandFailed(text)))
-        self.saved = None  # reopened once
-        return open_explorer(
-            options,
-            settings.strategy,
-            settings.choices,
-            max_new_tokens=self.max_new_tokens,
-            progress=self._progress,
-            keeper=keeper,
-            exact_replay=self.exact_replay,
-        )
 
     @on(messages.CommandDone)
     def _command_done(self) -> None:
@@ -299,16 +196,15 @@ class TokenstepApp(App[int]):
 
     @on(messages.LoadProgress)
     def _load_progress(self, message: messages.LoadProgress) -> None:
-        self.query_one("#loading-text", Label).update(Text(escape_controls(message.text + "…")))
+        self.query_one(LoadingPane).say(message.text)
 
     @on(messages.Loaded)
     def _loaded(self, message: messages.Loaded) -> None:
         self.loading = False
-        self.query_one(Spinner).stop()
-        self.query_one("#loading").display = False
+        self.query_one(LoadingPane).done()
         self.query_one("#main").display = True
         if message.view.snapshot.prompt and not message.view.snapshot.chat:
-            self.query_one("#prompt", Input).value = self._shown_prompt(message.view.snapshot.prompt)  # a reopened session's
+            self.query_one(PromptField).show(message.view.snapshot.prompt)  # a reopened session's
         self._updated(messages.Updated(message.view, message.timing))
         self.runner.loaded(message.explorer)
 
@@ -316,10 +212,7 @@ class TokenstepApp(App[int]):
     def _load_failed(self, message: messages.LoadFailed) -> None:
         self.loading = False
         self.runner.queue.clear()  # nothing runs without a model
-        self.query_one(Spinner).stop()
-        self.query_one("#loading-text", Label).update(
-            Text(escape_controls(message.text) + "\n\nPress m to try another model, or q to quit.", style="bold red")
-        )
+        self.query_one(LoadingPane).failed(message.text)
         self.query_one("#status", StatusLine).update(Text("no model loaded"))
 
     @on(messages.Updated)
@@ -336,9 +229,8 @@ class TokenstepApp(App[int]):
     @on(messages.CommandFailed)
     def _command_failed(self, message: messages.CommandFailed) -> None:
         self.notify(message.text, severity="warning", markup=False)
-        box = self.query_one("#message", TextArea)
-        if isinstance(self.running, (commands.Say, commands.NewChat)) and not box.text:
-            box.text = self._unsent  # a message that was not taken is not lost
+        if isinstance(self.runner.running, (commands.Say, commands.NewChat)):
+            self.query_one(MessageBox).give_back()
 
     @on(messages.Notice)
     def _notice(self, message: messages.Notice) -> None:
@@ -359,54 +251,27 @@ class TokenstepApp(App[int]):
         view = self.view
         if view is None:
             return
-        main_panel = next((spec.name for spec in PANELS if spec.place == "main" and spec.name in self.open_panels), None)
-        for spec in PANELS:
-            widget = self.query_one(f"#{spec.name}")
-            widget.display = spec.name in self.open_panels and (spec.place != "main" or spec.name == main_panel)
-            if widget.display and spec.name in view.panels:
-                widget.show(view.panels[spec.name], view)  # type: ignore[attr-defined]  # every panel widget has show()
+        main_panel = show_panels(self, self.open_panels, view)
         beam = view.beam
         self.query_one(TextView).display = beam is None and main_panel is None
         self.query_one(BeamPanel).display = beam is not None and main_panel is None
         if beam is None:
             snapshot = view.snapshot
             self.query_one(TextView).show(snapshot, self.visible_whitespace, heat_named(self.heat), clickable=not self.playing)
-            self._show_candidates(snapshot)
+            self.query_one(CandidatePanel).show_snapshot(snapshot)
             self.query_one(StatusLine).show(snapshot, self.timing, view.model)
             return
         self.highlighted_beam = max(0, min(self.highlighted_beam, len(beam.beams) - 1))
         self.query_one(BeamPanel).show(beam, self.highlighted_beam)
-        candidates = beam.candidates[self.highlighted_beam] if beam.candidates else None
-        self.query_one(CandidatePanel).show(candidates, "the beam search has ended: ⌫ takes a step back")
+        self.query_one(CandidatePanel).show_beam(beam, self.highlighted_beam)
         self.query_one(StatusLine).show_beam(beam, self.timing, view.model)
-
-    def _show_candidates(self, snapshot: Snapshot) -> None:
-        """The next token's candidates, or those on offer at the step looked at, its choice marked."""
-        panel = self.query_one(CandidatePanel)
-        if snapshot.cursor is not None:
-            chosen = snapshot.path[snapshot.cursor]
-            note = f"step {snapshot.cursor + 1} of {len(snapshot.path)}: a digit branches here, esc goes back"
-            panel.show(snapshot.panels[snapshot.cursor], note, snapshot.chat, chosen=chosen)
-            return
-        note = ENDED_NOTES.get(snapshot.finished or "", "")
-        if snapshot.chat and snapshot.finished == "eos":
-            note = "the reply has ended: send the next message (ctrl+s), or ⌫ takes it back"
-        panel.show(snapshot.distribution, note, snapshot.chat)
 
     visible_whitespace = False  # show spaces, tabs and newlines in the running text as ␣ ⇥ ↵
 
-    def notify(
-        self,
-        message: str,
-        *,
-        title: str = "",
-        severity: SeverityLevel = "information",
-        timeout: float | None = None,
-        markup: bool = True,
-    ) -> None:
+    def notify(self, message: str, *, title: str = "", **options: Any) -> None:
         """Every notification passes here: control characters and escape sequences (from a model, a
         file or a prompt) are shown as visible escapes, never sent to the terminal."""
-        super().notify(escape_controls(message), title=escape_controls(title), severity=severity, timeout=timeout, markup=markup)
+        super().notify(escape_controls(message), title=escape_controls(title), **options)
 
     def deliver_screenshot(
         self, filename: str | None = None, path: str | None = None, time_format: str | None = None
@@ -414,13 +279,6 @@ class TokenstepApp(App[int]):
         """The palette's Screenshot saves where exports go (Textual's default, ~/Downloads, is often
         missing over SSH)."""
         return super().deliver_screenshot(filename, path or str(self.export_dir), time_format)
-
-    def _shown_prompt(self, prompt: str) -> str:
-        """The prompt as the one-line box shows it: newlines and controls as visible escapes, never raw.
-        Sent again unedited, the box stands for the prompt itself."""
-        shown = one_line(prompt)
-        self._prompts_shown[shown] = prompt
-        return shown
 
     # --- actions ----------------------------------------------------------------------------------
 
@@ -440,12 +298,7 @@ class TokenstepApp(App[int]):
 
     def action_move_cursor(self, delta: int) -> None:
         """Move the cursor over the path's tokens; past the last one is the live end again."""
-        snapshot = self.snapshot
-        if snapshot is None or not snapshot.path or self.beam_view is not None:
-            return
-        at = len(snapshot.path) if snapshot.cursor is None else snapshot.cursor
-        index = max(0, min(at + delta, len(snapshot.path)))
-        self.action_look(None if index == len(snapshot.path) else index)
+        self.runner.pause_then(commands.MoveCursor(delta))
 
     def action_heat(self) -> None:
         """The next heat view: probability, entropy, rank, off (and with a second model, disagreement)."""
@@ -469,13 +322,7 @@ class TokenstepApp(App[int]):
             self.refresh_view()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """The beam keys only while beam search runs, the cursor's only while it does not (each
-        hidden from the footer otherwise)."""
-        if action == "highlight_beam":
-            return self.beam_view is not None
-        if action == "move_cursor":
-            return self.beam_view is None
-        return True
+        return available(action, beam=self.beam_view is not None)  # hidden from the footer otherwise
 
     def action_play(self) -> None:
         if self.playing:
@@ -493,11 +340,7 @@ class TokenstepApp(App[int]):
 
     def action_compare(self) -> None:
         screen = CompareScreen()
-        command = commands.Compare(
-            progress=lambda done, total: screen.post_message(messages.ComparisonProgress(done, total)),
-            done=lambda record: screen.post_message(messages.ComparisonDone(record)),
-            failed=lambda text: screen.post_message(messages.ComparisonFailed(text)),
-        )
+        command = screen.command()
 
         def closed(_: None) -> None:
             self.runner.drop(command)  # a comparison running stops between two steps
@@ -548,37 +391,25 @@ class TokenstepApp(App[int]):
         def chosen(model: str | None) -> None:
             if model is None:
                 return
-            try:
-                self.load_options = switched_model(self.load_options, model)
+            try:  # a new model gets a new session file: the old file keeps the old model's tree
+                options, path = switched_model(self.load_options, model), self.session_path and new_session_path()
             except TokenstepError as error:
                 self.notify(str(error), severity="error", markup=False)
                 return
+            self.load_options, self.session_path = options, path
             self.action_stop()
-            if self.session_path is not None:  # the old file keeps the old model's tree
-                from decoding.records.session_file import new_session_path
-
-                try:
-                    self.session_path = new_session_path()
-                except TokenstepError as error:
-                    self.notify(str(error), severity="error", markup=False)
-                    return
             self.runner.explorer, self.view = None, None  # the old model goes once nothing holds it
             self.query_one("#main").display = False
-            self.query_one("#loading").display = True
-            self.query_one(Spinner).start()
-            self.query_one("#loading-text", Label).update(Text(escape_controls(f"Loading {self._model_name()}…")))
+            self.query_one(LoadingPane).start(f"Loading {self._model_name()}")
             plain = self.query_one("#prompt", Input).value
             self.load(self.load_options, Settings(self.strategy, self.choices), None if self.chat_mode else PromptRequest(plain))
 
-        question = (
-            "Model to load: a Hub id, a local folder, a .gguf file or a server's http:// address (empty: the embedded model)"
-        )
-        self.push_screen(AskScreen(question, "HuggingFaceTB/SmolLM2-135M-Instruct"), chosen)
+        self.push_screen(AskScreen(MODEL_QUESTION, MODEL_EXAMPLE), chosen)
 
     @on(Input.Submitted, "#prompt")
     def new_prompt(self, event: Input.Submitted) -> None:
         self.action_stop()
-        self.enqueue(commands.NewPrompt(self._prompts_shown.get(event.value, event.value)))
+        self.enqueue(commands.NewPrompt(self.query_one(PromptField).prompt_of(event.value)))
 
     # --- chat ----------------------------------------------------------------------------------------
 
@@ -596,14 +427,12 @@ class TokenstepApp(App[int]):
         """Send the message box: the next turn of the conversation (or, `new`, a new conversation)."""
         if not self.chat_mode:
             return
-        box = self.query_one("#message", TextArea)
-        if not box.text.strip():
+        text = self.query_one(MessageBox).take()
+        if text is None:
             self.notify("The message is empty: type something to send.", severity="warning", markup=False)
             return
         self.action_stop()
-        self._unsent = box.text
-        self.enqueue(commands.NewChat(box.text, self.system) if new else commands.Say(box.text, self.system))
-        box.clear()
+        self.enqueue(commands.NewChat(text, self.system) if new else commands.Say(text, self.system))
 
     def action_force_text(self) -> None:
         def chosen(text: str | None) -> None:

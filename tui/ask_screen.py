@@ -10,6 +10,9 @@ from textual.widgets import Input, Label
 
 from tui.widgets.fields import Field
 
+MODEL_QUESTION = "Model to load: a Hub id, a local folder, a .gguf file or a server's http:// address (empty: the embedded model)"
+MODEL_EXAMPLE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
 
 class AskScreen(ModalScreen[str | None]):
     """Dismissed with the text typed (enter), or None (escape)."""

@@ -18,6 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, ProgressBar, Static
 
 from decoding.core.tokens import escape_controls, one_line
+from decoding.explorer.commands import Compare
 from decoding.records.compare import COMPARE_NEW_TOKENS, cut_short_notes
 from tui.messages import ComparisonDone, ComparisonFailed, ComparisonProgress
 
@@ -52,6 +53,14 @@ class CompareScreen(ModalScreen[None]):
         super().__init__()
         self.new_tokens = new_tokens
         self.record: dict[str, Any] | None = None
+
+    def command(self) -> Compare:
+        """The comparison for the model thread, telling this screen how it goes."""
+        return Compare(
+            progress=lambda done, total: self.post_message(ComparisonProgress(done, total)),
+            done=lambda record: self.post_message(ComparisonDone(record)),
+            failed=lambda text: self.post_message(ComparisonFailed(text)),
+        )
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="compare-dialog"):

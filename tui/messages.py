@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from textual.app import App
 from textual.message import Message
 
 from decoding.core.state import Timing
@@ -102,3 +103,25 @@ class ComparisonDone(Message):
 @dataclass
 class ComparisonFailed(Message):
     text: str
+
+
+class RunnerNews:
+    """The runner's news, told on the model thread, as messages to the app's own thread."""
+
+    def __init__(self, app: App) -> None:
+        self.post = app.post_message
+
+    def updated(self, view: View, timing: Timing | None) -> None:
+        self.post(Updated(view, timing))
+
+    def failed(self, text: str) -> None:
+        self.post(CommandFailed(text))
+
+    def notice(self, text: str) -> None:
+        self.post(Notice(text))
+
+    def highlight_beam(self, rank: int) -> None:
+        self.post(BeamHighlight(rank))
+
+    def done(self) -> None:
+        self.post(CommandDone())

@@ -15,6 +15,10 @@ import time
 FASTEST = 0.25  # seconds between frames
 SLOWEST = 1.0
 SHARE = 0.03  # of one core, for painting while playing
+# The model thread gives up the GIL for every torch kernel and must take it back after; while the UI
+# thread paints, that wait is up to the switch interval (5 ms by default) each time. 1 ms kept play at
+# 0.93-0.99 of the session's own loop where 5 ms gave 0.82-0.88 (`python benchmarks/run.py app_play`).
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 class FramePacer:

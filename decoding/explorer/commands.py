@@ -156,6 +156,18 @@ class Look(Command):
 
 
 @dataclass(frozen=True)
+class MoveCursor(Command):
+    """Look `delta` tokens before or after the step looked at (past the last: the live end)."""
+
+    name: ClassVar[str] = "move cursor"
+    delta: int
+
+    def run(self, explorer: Explorer, job: Job) -> Timing | None:
+        explorer.move_cursor(self.delta)
+        return None
+
+
+@dataclass(frozen=True)
 class PickAt(Command):
     """Branch at past path token `index`: force row `row` of the panel that was on offer there."""
 

@@ -154,6 +154,15 @@ class Explorer:
             raise SessionError(f"There is no step {index + 1}: the path has {len(self.session.path)} tokens.")
         self._cursor = index
 
+    def move_cursor(self, delta: int) -> None:
+        """Move the cursor `delta` tokens over the path; past the last one is the live end again
+        (beam search shows its beams instead, and has no cursor)."""
+        if not self.session.path or self.beam is not None:
+            return
+        length = len(self.session.path)
+        index = max(0, min((length if self._cursor is None else self._cursor) + delta, length))
+        self.look(None if index == length else index)
+
     def pick_at(self, index: int, row: int) -> None:
         """Branch at path token `index`: force row `row` of the panel that was on offer there. The old
         path stays in the tree; the cursor goes back to the live end."""

@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from decoding.core.state import Candidate, Distribution, PathToken
+from decoding.core.state import BeamSnapshot, Candidate, Distribution, PathToken, Snapshot
 from decoding.core.tokens import token_label
 
 BAR_WIDTH = 10
@@ -27,6 +27,7 @@ HEADER_LINES = 1
 TOKEN_WIDTH = 18
 PERCENT_WIDTH = len("100.00%")
 LOGPROB_WIDTH = len("-10.000")
+ENDED_NOTES = {"eos": "end of sequence: ⌫ takes it back", "context limit": "the context is full: ⌫ takes a token back"}
 
 
 def bar(prob: float, width: int = BAR_WIDTH) -> str:
@@ -64,6 +65,23 @@ class CandidatePanel(Static):
             return  # nothing new to paint
         self.shown, self.note, self.chat, self.chosen = distribution, note, chat, chosen
         self.move_cursor(self.cursor_row)
+
+    def show_snapshot(self, snapshot: Snapshot) -> None:
+        """The next token's candidates, or those on offer at the step looked at, its choice marked."""
+        if snapshot.cursor is not None:
+            chosen = snapshot.path[snapshot.cursor]
+            note = f"step {snapshot.cursor + 1} of {len(snapshot.path)}: a digit branches here, esc goes back"
+            self.show(snapshot.panels[snapshot.cursor], note, snapshot.chat, chosen=chosen)
+            return
+        note = ENDED_NOTES.get(snapshot.finished or "", "")
+        if snapshot.chat and snapshot.finished == "eos":
+            note = "the reply has ended: send the next message (ctrl+s), or ⌫ takes it back"
+        self.show(snapshot.distribution, note, snapshot.chat)
+
+    def show_beam(self, beam: BeamSnapshot, rank: int) -> None:
+        """The candidates of the beam ranked `rank`."""
+        candidates = beam.candidates[rank] if beam.candidates else None
+        self.show(candidates, "the beam search has ended: ⌫ takes a step back")
 
     def move_cursor(self, row: int) -> None:
         rows = len(self.shown.candidates) if self.shown else 1
