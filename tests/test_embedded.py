@@ -33,6 +33,10 @@ def test_greedy_steps_give_exactly_the_tokens_of_generate(embedded_engine):
         {"temperature": 0.7, "top_k": 50, "top_p": 0.9, "seed": 0},
         {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "seed": 42},
         {"temperature": 1.0, "top_k": 0, "top_p": 0.9, "seed": 7, "repetition_penalty": 1.2, "no_repeat_ngram_size": 2},
+        {"temperature": 0.8, "min_p": 0.05, "seed": 1},
+        {"typical_p": 0.9, "seed": 2},
+        {"epsilon_cutoff": 3e-4, "seed": 3},
+        {"temperature": 1.2, "eta_cutoff": 3e-4, "seed": 4},
     ],
 )
 def test_seeded_sampling_gives_exactly_the_tokens_of_generate(embedded_engine, settings):

@@ -39,6 +39,10 @@ def test_greedy_steps_equal_generate(tiny_session, tiny_engine):
         {"no_repeat_ngram_size": 2},
         {"kind": "sample", "temperature": 0.7, "seed": 1},
         {"kind": "sample", "top_k": 5, "top_p": 0.8, "seed": 2, "repetition_penalty": 1.3},
+        {"kind": "sample", "temperature": 0.7, "min_p": 0.5, "seed": 3},
+        {"kind": "sample", "typical_p": 0.5, "seed": 4},
+        {"kind": "sample", "temperature": 0.5, "epsilon_cutoff": 0.003, "seed": 5},
+        {"kind": "sample", "temperature": 0.5, "eta_cutoff": 0.003, "seed": 6},
     ],
 )
 def test_strategies_equal_generate_under_the_same_seed(tiny_engine, settings):

@@ -62,6 +62,10 @@ def test_generation_kwargs_use_transformers_names_and_only_sampling_uses_warpers
         "temperature": 0.5,
         "top_k": 50,
         "top_p": 0.9,
+        "min_p": 0.0,  # the warpers switched off are given as off: generate() then leaves them out, or removes nothing
+        "typical_p": 1.0,
+        "epsilon_cutoff": 0.0,
+        "eta_cutoff": 0.0,
     }
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Vertical
+from textual.containers import Grid, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
@@ -66,7 +66,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
 
     def compose(self) -> ComposeResult:
         values = {**self.current.strategy.as_dict(), "choices": self.current.choices}
-        with Vertical(id="settings"):
+        with VerticalScroll(id="settings"):  # taller than a small terminal: it scrolls to the field focused
             yield Label("Strategy settings  (enter applies, escape cancels)", id="settings-title")
             with Grid(id="settings-grid"):
                 yield Label("strategy")

@@ -147,6 +147,62 @@ register(
 )
 register(
     Sampler(
+        name="min_p",
+        off=0.0,
+        valid=lambda value: is_number(value) and 0 <= value <= 1,
+        requirement="must be from 0 to 1; 0 is off",
+        build=transformers_processor("MinPLogitsWarper", min_tokens_to_keep=1),
+        label="min-p (0 = off)",
+        short="min-p",
+        help="keep tokens at least this fraction of the top token's probability (llama.cpp's default 0.05); 0 = off",
+        tag=lambda value: f"min-p={value:g}",
+        sampling_only=True,
+    )
+)
+register(
+    Sampler(
+        name="typical_p",
+        off=1.0,
+        valid=lambda value: is_number(value) and 0 < value <= 1,
+        requirement="must be greater than 0 and at most 1; 1 is off",
+        build=transformers_processor("TypicalLogitsWarper", min_tokens_to_keep=1),
+        label="typical-p (1 = off)",
+        short="typical",
+        help="locally typical sampling: keep the tokens nearest the expected surprisal, this much mass; 1 = off",
+        tag=lambda value: f"typical={value:g}",
+        sampling_only=True,
+    )
+)
+register(
+    Sampler(
+        name="epsilon_cutoff",
+        off=0.0,
+        valid=lambda value: is_number(value) and 0 <= value < 1,
+        requirement="must be at least 0 and less than 1; 0 is off",
+        build=transformers_processor("EpsilonLogitsWarper", min_tokens_to_keep=1),
+        label="epsilon cutoff (0 = off)",
+        short="epsilon",
+        help="rule out tokens below this probability (3e-4 is typical); 0 = off",
+        tag=lambda value: f"eps={value:g}",
+        sampling_only=True,
+    )
+)
+register(
+    Sampler(
+        name="eta_cutoff",
+        off=0.0,
+        valid=lambda value: is_number(value) and 0 <= value < 1,
+        requirement="must be at least 0 and less than 1; 0 is off",
+        build=transformers_processor("EtaLogitsWarper", min_tokens_to_keep=1),
+        label="eta cutoff (0 = off)",
+        short="eta",
+        help="epsilon scaled by the distribution's entropy (3e-4 is typical); 0 = off",
+        tag=lambda value: f"eta={value:g}",
+        sampling_only=True,
+    )
+)
+register(
+    Sampler(
         name="repetition_penalty",
         off=1.0,
         valid=number_from(_P_LOW, _P_HIGH),
