@@ -8,10 +8,12 @@ Pure Python: a sampler's processor (and transformers) is only built when a strat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
+
+from decoding.core.registry import add, added
 
 # Where each number is safe: beyond these the float32 arithmetic of the processors overflows (a
 # temperature of 1e-40 turns logits into inf).
@@ -59,20 +61,12 @@ SAMPLERS: dict[str, Sampler] = {}  # in the order the command line and the setti
 
 
 def register(sampler: Sampler) -> Sampler:
-    if sampler.name in SAMPLERS:
-        raise ValueError(f"a sampler named {sampler.name} is registered already")
-    SAMPLERS[sampler.name] = sampler
-    return sampler
+    return add(SAMPLERS, sampler.name, sampler, "sampler")
 
 
-@contextmanager
-def registered(sampler: Sampler) -> Iterator[Sampler]:
+def registered(sampler: Sampler) -> AbstractContextManager[Sampler]:
     """A sampler that is registered only inside the block (for a plug-in's tests)."""
-    register(sampler)
-    try:
-        yield sampler
-    finally:
-        del SAMPLERS[sampler.name]
+    return added(SAMPLERS, sampler.name, sampler, "sampler")
 
 
 def in_order(sampling_only: bool) -> list[Sampler]:
@@ -149,7 +143,7 @@ register(
     Sampler(
         name="min_p",
         off=0.0,
-        valid=lambda value: is_number(value) and 0 <= value <= 1,
+        valid=number_from(0.0, 1.0),
         requirement="must be from 0 to 1; 0 is off",
         build=transformers_processor("MinPLogitsWarper", min_tokens_to_keep=1),
         label="min-p (0 = off)",

@@ -8,8 +8,8 @@ A new engine is a package under `decoding/engines/` and one entry in `ENGINES`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from decoding.core.engine import Engine
 from decoding.core.errors import LoadError
 from decoding.core.files import path_problem, shown_path
+from decoding.core.registry import add, added
 from decoding.engines.embedded import EMBEDDED_NAME
 from decoding.engines.hf.load import Placement, check_fits_on_cpu, load_transformers
 from decoding.engines.llama.load import load_llama
@@ -136,20 +137,12 @@ DEFAULT_ENGINE = "transformers"
 
 
 def register(entry: EngineEntry) -> EngineEntry:
-    if entry.option in ENGINES:
-        raise ValueError(f"an engine named {entry.option} is registered already")
-    ENGINES[entry.option] = entry
-    return entry
+    return add(ENGINES, entry.option, entry, "engine")
 
 
-@contextmanager
-def registered(entry: EngineEntry) -> Iterator[EngineEntry]:
+def registered(entry: EngineEntry) -> AbstractContextManager[EngineEntry]:
     """An engine that is registered only inside the block (for a plug-in's tests)."""
-    register(entry)
-    try:
-        yield entry
-    finally:
-        del ENGINES[entry.option]
+    return added(ENGINES, entry.option, entry, "engine")
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,7 @@ Progress = Callable[[str], object]
 
 def check_fits_on_cpu(model_name: str | None, dtype_name: str, placement: Placement) -> None:
     """The memory check before torch is imported, for a load on the CPU (auto: float32 there)."""
-    if placement.device_map != "auto":
-        stored = QUANTIZED[placement.load_in] if placement.load_in else "float32" if dtype_name == "auto" else dtype_name
-        check_fits(model_name, "cpu", stored)
+    placement.check_fits(model_name, "cpu", "float32" if dtype_name == "auto" else dtype_name)
 
 
 def load_transformers(
@@ -43,9 +41,8 @@ def load_transformers(
     progress: Progress,
 ) -> Engine:
     dtype = resolve_dtype(dtype_name, device)
-    stored = QUANTIZED[placement.load_in] if placement.load_in else str(dtype).removeprefix("torch.")
-    if placement.device_map != "auto":  # (offloading is for models larger than memory)
-        check_fits(model_name, device, stored)  # before a .gguf converts or a weight is read
+    computed_in = str(dtype).removeprefix("torch.")
+    placement.check_fits(model_name, device, computed_in)  # before a .gguf converts or a weight is read
     progress("importing torch and transformers")
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as transformers_logging
@@ -58,7 +55,7 @@ def load_transformers(
     hub_logging.set_verbosity_error()  # its retry chatter while offline
 
     source, model_id = _locate(model_name, progress)
-    progress(f"loading {model_id} on {device} ({stored})")
+    progress(f"loading {model_id} on {device} ({placement.stored(computed_in)})")
     model, tokenizer = _load_pretrained(source, model_id, device, dtype, placement.arguments(device, dtype))
     return TransformersEngine(model, tokenizer, model_id=model_id)
 
@@ -78,6 +75,15 @@ class Placement:
             raise LoadError(f"--load-in must be one of {', '.join(QUANTIZED)} (got {self.load_in!r}).")
         if self.load_in and self.device_map:
             raise LoadError("--load-in and --device-map cannot go together: the quantizers here cannot offload layers.")
+
+    def stored(self, dtype: str) -> str:
+        """What each weight is stored as: the quantization's type, else `dtype`."""
+        return QUANTIZED[self.load_in] if self.load_in else dtype
+
+    def check_fits(self, model_name: str | None, device: str, dtype: str) -> None:
+        """Refuse a model too big for `device` in `dtype` (offloading is for models larger than memory)."""
+        if self.device_map != "auto":
+            check_fits(model_name, device, self.stored(dtype))
 
     def arguments(self, device: str, dtype) -> dict[str, Any]:
         """from_pretrained's placement and quantization arguments: accelerate's device map (layers
