@@ -38,7 +38,7 @@ LOGIT_GAP = Sampler(
     off=0.0,
     valid=number_from(0.0, 50.0),
     requirement="must be a number from 0 to 50; 0 is off",
-    build=LogitGap,
+    build=lambda gap, *_: LogitGap(gap),
     label="logit gap (0 = off)",
     short="gap",
     help="rule out tokens this many logits below the best; 0 = off",

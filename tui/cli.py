@@ -90,6 +90,13 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     _add_sampler_options(group, in_order(sampling_only=True))
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     _add_sampler_options(group, in_order(sampling_only=False))
+    group.add_argument(
+        "--samplers",
+        default="",
+        metavar="STAGES",
+        help="the chain's order, llama.cpp's names separated by ';' (e.g. 'dry;min_p;temperature'), or llama.cpp "
+        "(its default order) or default (generate()'s); every stage switched on must be named",
+    )
     group.add_argument("--num-beams", type=int, default=5, help="beams kept by --strategy beam (default 5)")
     group.add_argument(
         "--length-penalty", type=float, default=1.0, help="beam: finished scores are divided by length ** this (default 1)"
@@ -258,6 +265,7 @@ def strategy_from(args: argparse.Namespace) -> Strategy:
         num_beams=args.num_beams,
         length_penalty=args.length_penalty,
         early_stopping=args.early_stopping,
+        samplers=args.samplers,
     )
     constraint = constraint_from(args)
     if constraint is not None and strategy.is_beam:

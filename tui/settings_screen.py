@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, VerticalScroll
+from textual.containers import Grid, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select
 
-from decoding.core.errors import TokenstepError
+from decoding.core.errors import SettingsError, TokenstepError
 from decoding.core.files import read_text_file
 from decoding.core.samplers import Sampler, in_order
 from decoding.core.settings import (
@@ -20,28 +22,39 @@ from decoding.core.settings import (
     STRATEGY_KINDS,
     Constraint,
     Strategy,
+    chain_order,
+    chain_problem,
     check_constraint,
     choices_problem,
     field_problems,
 )
 from tui.widgets.fields import Field
 
+TextField = tuple[str, str, Callable[[str], Any], Callable[[Any], str]]
 
-def text_fields() -> list[tuple[str, str, type]]:
-    """(setting, label, parser): each text field of the form and how its text becomes a value. The
-    samplers come from their registry: the warpers beside the seed, then the other processors."""
 
-    def of(samplers: list[Sampler]) -> list[tuple[str, str, type]]:
-        return [(sampler.name, sampler.label, sampler.kind) for sampler in samplers]
+def text_fields() -> list[TextField]:
+    """(setting, label, parser, shown): each text field of the form, how its text becomes a value and
+    a value its text. The samplers come from their registry: the warpers beside the seed, then the
+    other processors, then the chain's order."""
+
+    def of(samplers: list[Sampler]) -> list[TextField]:
+        return [(sampler.name, sampler.label, sampler.kind, sampler.show) for sampler in samplers]
 
     return [
         *of(in_order(sampling_only=True)),
-        ("seed", "seed", int),
+        ("seed", "seed", int, str),
         *of(in_order(sampling_only=False)),
-        ("num_beams", "beams (beam search)", int),
-        ("length_penalty", "length penalty (beam search)", float),
-        ("choices", "candidates shown", int),
+        ("samplers", "chain order (alt+↑/↓ moves a stage)", chain_order, ";".join),
+        ("num_beams", "beams (beam search)", int, str),
+        ("length_penalty", "length penalty (beam search)", float, str),
+        ("choices", "candidates shown", int, str),
     ]
+
+
+def default_chain_names() -> list[str]:
+    """generate()'s order, by the names the chain-order field takes."""
+    return [stage.chain_name for stage in [*in_order(sampling_only=False), *in_order(sampling_only=True)] if not stage.part_of]
 
 
 CONSTRAINT_CHOICES = [("none", "none"), *((kind, kind) for kind in CONSTRAINT_KINDS)]
@@ -56,7 +69,11 @@ class Settings:
 
 
 class SettingsScreen(ModalScreen[Settings | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="settings.cancel")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="settings.cancel"),
+        Binding("alt+up", "move_stage(-1)", "Stage earlier", show=False, id="settings.stage_earlier"),
+        Binding("alt+down", "move_stage(1)", "Stage later", show=False, id="settings.stage_later"),
+    ]
 
     def __init__(self, current: Settings, field: str | None = None) -> None:
         """`field`: the one focused at first (enter applies at once); the first one if None."""
@@ -66,17 +83,18 @@ class SettingsScreen(ModalScreen[Settings | None]):
 
     def compose(self) -> ComposeResult:
         values = {**self.current.strategy.as_dict(), "choices": self.current.choices}
-        with VerticalScroll(id="settings"):  # taller than a small terminal: it scrolls to the field focused
+        with Vertical(id="settings"):
             yield Label("Strategy settings  (enter applies, escape cancels)", id="settings-title")
-            with Grid(id="settings-grid"):
+            # taller than most terminals: the fields scroll to the one focused, the button stays in view
+            with VerticalScroll(id="settings-fields"), Grid(id="settings-grid"):
                 yield Label("strategy")
                 yield Select(
                     [(kind, kind) for kind in STRATEGY_KINDS], value=values["kind"], allow_blank=False, id="kind", compact=True
                 )
                 yield Label("", classes="error", id="kind-error")
-                for name, label, _ in self.fields:
+                for name, label, _, shown in self.fields:
                     yield Label(label)
-                    yield Field(str(values[name]), id=name, select_on_focus=False, compact=True)
+                    yield Field(shown(values[name]), id=name, select_on_focus=False, compact=True)
                     yield Label("", classes="error", id=f"{name}-error")
                     if name == "length_penalty":
                         yield Label("early stopping (beam search)")
@@ -112,6 +130,21 @@ class SettingsScreen(ModalScreen[Settings | None]):
     def on_button_pressed(self) -> None:
         self.apply()
 
+    def action_move_stage(self, by: int) -> None:
+        """In the chain-order field: swap the stage under the cursor with the one before or after it.
+        An empty field (generate()'s order) is first filled in with that order."""
+        field = self.query_one("#samplers", Input)
+        if self.focused is not field:
+            return
+        names = [name for name in field.value.split(";") if name.strip()] or default_chain_names()
+        at = min(field.value[: field.cursor_position].count(";"), len(names) - 1) if field.value.strip() else 0
+        to = at + by
+        if not names or not 0 <= to < len(names):
+            return
+        names[at], names[to] = names[to], names[at]
+        field.value = ";".join(names)
+        field.cursor_position = len(";".join(names[:to]))
+
     def action_cancel(self) -> None:
         self.dismiss(None)
 
@@ -124,24 +157,29 @@ class SettingsScreen(ModalScreen[Settings | None]):
             "suppress_tokens": current["suppress_tokens"],
         }
         problems: dict[str, str] = {}
-        for name, _, parse in self.fields:
+        for name, _, parse, _ in self.fields:
             try:
                 values[name] = parse(self.query_one(f"#{name}", Input).value.strip())
-            except ValueError:
+            except ValueError as error:
                 values[name] = current[name]  # so the other fields can still be checked
-                problems[name] = f"not a {'whole number' if parse is int else 'number'}"
+                problems[name] = f"not a {'whole number' if parse is int else 'number' if parse is float else str(error)}"
         values["constraint"], constraint_problem = self._constraint()
         if constraint_problem:
             problems["constraint"] = constraint_problem
         problems = {**field_problems(SimpleNamespace(**values)), **problems}
         if "choices" not in problems and (problem := choices_problem(values["choices"])):
             problems["choices"] = problem
-        for name, _, _ in self.fields:
-            self.query_one(f"#{name}-error", Label).update(problems.get(name, ""))
-        self.query_one("#constraint-error", Label).update(problems.get("constraint", ""))
         if not problems:
             choices = values.pop("choices")
-            self.dismiss(Settings(Strategy(**values), choices))
+            try:
+                self.dismiss(Settings(Strategy(**values), choices))
+                return
+            except SettingsError as error:  # what only the whole strategy can tell: the chain's stages
+                problems["samplers"] = chain_problem(SimpleNamespace(**values)) or str(error)
+                values["choices"] = choices
+        for name, *_ in self.fields:
+            self.query_one(f"#{name}-error", Label).update(problems.get(name, ""))
+        self.query_one("#constraint-error", Label).update(problems.get("constraint", ""))
 
     def _constraint(self) -> tuple[Constraint | None, str]:
         """The constraint the two fields give (a schema or grammar from a file, or typed), or what is wrong.

@@ -81,9 +81,16 @@ def summarize(
         )
         for rank, (token_id, logprob, processed_prob, was_removed) in enumerate(zip(ids, raw, after, removed))
     )
+    kept, kept_mass = None, 1.0
+    if processed_scores is not None:
+        alive = torch.isfinite(processed_scores)
+        kept, kept_mass = int(alive.sum()), float(torch.where(alive, logprobs, float("-inf")).exp().sum())
+    size = int(values.shape[-1])
     if known is None:
-        return Distribution(candidates, entropy(logprobs), processed_entropy)
+        return Distribution(candidates, entropy(logprobs), processed_entropy, kept=kept, kept_mass=kept_mass, vocab_size=size)
     covered = float(logprobs[torch.isfinite(logprobs)].exp().sum())
     rest = max(0.0, 1.0 - covered)  # the unknown mass adds at least -r log r (all of it on one token)
     bound = entropy(logprobs) - (rest * math.log(rest) if rest > 0 else 0.0)
-    return Distribution(candidates, bound, processed_entropy, known=known, covered=covered)
+    return Distribution(
+        candidates, bound, processed_entropy, known=known, covered=covered, kept=kept, kept_mass=kept_mass, vocab_size=size
+    )

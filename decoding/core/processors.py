@@ -12,43 +12,55 @@ from transformers import LogitsProcessor, LogitsProcessorList, SuppressTokensLog
 from decoding.core.samplers import SAMPLERS
 from decoding.core.settings import Strategy
 from decoding.core.state import ProcessorEffect, ProcessorReport
+from decoding.core.tokens import TokenTexts
 
 # What a processor is called as: transformers' LogitsProcessors, and a grammar's matcher.
 Processor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
 
 
 @functools.lru_cache(maxsize=32)
-def build_processors(strategy: Strategy) -> LogitsProcessorList:
-    """The list `GenerationMixin._get_logits_processor` builds for these settings (one sequence).
-    Built once per strategy: these processors keep no state between calls."""
-    return LogitsProcessorList(_build(name, strategy) for name in strategy.active_processors())
+def build_processors(strategy: Strategy, texts: TokenTexts | None = None) -> LogitsProcessorList:
+    """The list `GenerationMixin._get_logits_processor` builds for these settings (one sequence), or
+    the chain given (`samplers`). Built once per strategy and vocabulary: a processor that follows the
+    path (mirostat) keys what it keeps by the context, so a step computed again comes out the same."""
+    return LogitsProcessorList(_build(name, strategy, texts) for name in strategy.active_processors())
 
 
-def _build(name: str, strategy: Strategy) -> LogitsProcessor:
+def _build(name: str, strategy: Strategy, texts: TokenTexts | None) -> LogitsProcessor:
     if name == "suppress_tokens":
         return SuppressTokensLogitsProcessor(list(strategy.suppress_tokens))
-    return SAMPLERS[name].build(getattr(strategy, name))
+    build = SAMPLERS[name].build
+    assert build is not None  # active_processors names stages only
+    return build(getattr(strategy, name), strategy, texts)
 
 
-def processors_with(strategy: Strategy, grammar: Processor | None) -> list[tuple[str, Processor]]:
+def processors_with(
+    strategy: Strategy, grammar: Processor | None, texts: TokenTexts | None = None
+) -> list[tuple[str, Processor]]:
     """The strategy's processors by name, with a grammar where generate() puts a processor passed to it
-    (`logits_processor=[...]`): after its own processors, before the warpers."""
-    named = list(zip(strategy.active_processors(), build_processors(strategy)))
+    (`logits_processor=[...]`): after its own processors, before the warpers; first in a chain given."""
+    named = list(zip(strategy.active_processors(), build_processors(strategy, texts)))
     if grammar is None:
         return named
-    at = next((i for i, (name, _) in enumerate(named) if name in SAMPLERS and SAMPLERS[name].sampling_only), len(named))
+    at = (
+        0
+        if strategy.samplers
+        else next((i for i, (name, _) in enumerate(named) if name in SAMPLERS and SAMPLERS[name].sampling_only), len(named))
+    )
     return [*named[:at], ("grammar", grammar), *named[at:]]
 
 
 Stages = list[tuple[str, torch.Tensor]]  # each processor's name and the scores it gave, in order
 
 
-def run_processors(strategy: Strategy, grammar: Processor | None, context: Sequence[int], scores: torch.Tensor) -> Stages:
+def run_processors(
+    strategy: Strategy, grammar: Processor | None, context: Sequence[int], scores: torch.Tensor, texts: TokenTexts | None = None
+) -> Stages:
     """Apply the strategy's processors to one position's scores, in generate()'s order, keeping what
     each gave: the last is what the strategy chooses from, the others explain it (see `explain_stages`)."""
     ids = cast(torch.LongTensor, torch.tensor([list(context)], dtype=torch.long, device=scores.device))
     stages, current = [], scores[None]
-    for name, processor in processors_with(strategy, grammar):
+    for name, processor in processors_with(strategy, grammar, texts):
         current = processor(ids, cast(torch.FloatTensor, current.clone()))  # on a copy: some write in place
         stages.append((name, current))
     return [(name, after[0]) for name, after in stages]
@@ -62,6 +74,8 @@ def explain_stages(stages: Stages, raw: torch.Tensor, token_ids: list[int]) -> P
     probs, out = torch.softmax(scores, dim=-1), scores == float("-inf")
     ruled_out = out[1:] & ~out[:-1]  # by each stage
     masses, counts = torch.where(ruled_out, probs[:-1], 0.0).sum(dim=-1).tolist(), ruled_out.sum(dim=-1).tolist()
+    kept = (~out[1:]).sum(dim=-1).tolist()
+    kept_masses = torch.where(out[1:], 0.0, probs[0]).sum(dim=-1).tolist()  # the model's probability of those left
     shown = torch.tensor(token_ids, dtype=torch.long, device=raw.device)
     shown_probs, shown_scores, shown_out = probs[:, shown].tolist(), scores[:, shown].tolist(), out[:, shown].tolist()
     effects = []
@@ -80,6 +94,8 @@ def explain_stages(stages: Stages, raw: torch.Tensor, token_ids: list[int]) -> P
                     if before != after and not now
                 ),
                 removed_in_all=counts[i],
+                kept=kept[i],
+                kept_mass=kept_masses[i],
             )
         )
     return ProcessorReport(tuple(token_ids), tuple(effects))

@@ -89,7 +89,9 @@ class NextToken:
         # The processors read the sequence (n-gram blocking, repetition penalty): run them now rather
         # than keep the sequence for later. What each gave is kept until the report is made from it,
         # so that a record never runs them again.
-        self._stages: Stages | None = run_processors(strategy, grammar, context, scores.values) if strategy.reshapes else None
+        self._stages: Stages | None = (
+            run_processors(strategy, grammar, context, scores.values, texts) if strategy.reshapes else None
+        )
         self.processed: torch.Tensor | None = self._stages[-1][1] if self._stages else None
         # Why the strategy has nothing to choose from ('' when it has): every token ruled out.
         self.nothing_left = ""

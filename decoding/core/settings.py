@@ -14,7 +14,18 @@ from typing import Any
 
 from decoding.core.errors import SettingsError
 from decoding.core.json_text import JsonError, parse_json
-from decoding.core.samplers import MAX_COUNT, SAMPLERS, Sampler, in_order, is_number, is_whole
+from decoding.core.samplers import (
+    CHAIN_PRESETS,
+    MAX_COUNT,
+    SAMPLERS,
+    Sampler,
+    in_order,
+    is_number,
+    is_whole,
+    parameters_of,
+    stage_named,
+    stages,
+)
 from decoding.core.tokens import one_line
 
 STRATEGY_KINDS = ("greedy", "sample", "beam")
@@ -167,21 +178,25 @@ class Strategy:
     early_stopping: bool | str = False
     suppress_tokens: tuple[int, ...] = ()
     constraint: Constraint | None = None  # a grammar the output must follow (a processor of its own)
-    samplers: tuple[tuple[str, Any], ...] = ()  # the samplers switched on, (name, value) in the registry's order
+    samplers: tuple[str, ...] = ()  # the chain's order by stage name (llama.cpp's); () is generate()'s order
+    on: tuple[tuple[str, Any], ...] = ()  # the samplers not at their "off" value, (name, value) in the registry's order
 
-    def __init__(self, samplers: tuple[tuple[str, Any], ...] = (), **settings: Any) -> None:
-        values = dict(samplers)
+    def __init__(self, on: tuple[tuple[str, Any], ...] = (), **settings: Any) -> None:
+        values = dict(on)
         for field in fields(self):
-            if field.name != "samplers":
+            if field.name != "on":
                 object.__setattr__(self, field.name, settings.pop(field.name, field.default))
         unknown = [name for name in settings if name not in SAMPLERS]
         if unknown:
             raise SettingsError(f"no setting is called {', '.join(map(repr, unknown))}: known are {', '.join(setting_names())}")
-        values.update(settings)
+        values.update((name, _as_tuple(value)) for name, value in settings.items())
         on = tuple((s.name, values[s.name]) for s in SAMPLERS.values() if s.name in values and s.is_on(values[s.name]))
-        object.__setattr__(self, "samplers", on)
-        if isinstance(self.suppress_tokens, list):  # as JSON and generate() write it
-            object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens))
+        object.__setattr__(self, "on", on)
+        for name in ("suppress_tokens", "samplers"):  # as JSON writes them; `samplers` also as typed
+            value = getattr(self, name)
+            object.__setattr__(
+                self, name, chain_order(value) if name == "samplers" and isinstance(value, str) else _as_tuple(value)
+            )
         if isinstance(self.constraint, dict):  # as a session file writes it
             known = {"kind", "source"}
             if set(self.constraint) <= known and all(isinstance(v, str) for v in self.constraint.values()):
@@ -195,7 +210,7 @@ class Strategy:
         sampler = SAMPLERS.get(name)
         if sampler is None or name.startswith("__"):
             raise AttributeError(name)
-        return next((value for on, value in self.__dict__.get("samplers", ()) if on == name), sampler.off)
+        return next((value for on, value in self.__dict__.get("on", ()) if on == name), sampler.off)
 
     @property
     def do_sample(self) -> bool:
@@ -210,26 +225,52 @@ class Strategy:
         """True when some processor changes the model's distribution before the choice."""
         return bool(self.active_processors()) or self.constraint is not None
 
+    def stage_is_on(self, stage: Sampler) -> bool:
+        """A stage runs when its own setting or a parameter that switches it on is not at "off"."""
+        return stage.is_on(getattr(self, stage.name)) or any(
+            parameter.switches_on and parameter.is_on(getattr(self, parameter.name)) for parameter in parameters_of(stage)
+        )
+
     def _applied(self) -> list[Sampler]:
-        """The samplers switched on that apply, in generate()'s order: processors, then (when sampling) warpers."""
-        order = [*in_order(sampling_only=False), *(in_order(sampling_only=True) if self.do_sample else [])]
-        return [sampler for sampler in order if sampler.is_on(getattr(self, sampler.name))]
+        """The stages switched on that apply, in the chain's order: `samplers` as given, else generate()'s
+        (processors, then the warpers); a warper applies only when sampling."""
+        if self.samplers:
+            order = [stage for stage in map(stage_named, self.samplers) if stage is not None]
+        else:
+            order = [*in_order(sampling_only=False), *in_order(sampling_only=True)]
+        return [s for s in order if not s.part_of and self.stage_is_on(s) and (self.do_sample or not s.sampling_only)]
 
     def active_processors(self) -> list[str]:
-        """Names of the processors this strategy applies, in the order `generate()` applies them."""
+        """Names of the processors this strategy applies, in order: generate()'s, or the chain given.
+        suppress_tokens goes where generate() puts it (after its processors), or first in a chain given."""
         applied = self._applied()
         names = [sampler.name for sampler in applied]
-        if self.suppress_tokens:  # after generate()'s own processors, before the warpers
-            names.insert(sum(not sampler.sampling_only for sampler in applied), "suppress_tokens")
+        if self.suppress_tokens:
+            at = 0 if self.samplers else sum(not sampler.sampling_only for sampler in applied)
+            names.insert(at, "suppress_tokens")
         return names
+
+    def unlisted_stages(self) -> list[str]:
+        """Stages switched on that a chain given (`samplers`) leaves out (the chain must name each)."""
+        if not self.samplers:
+            return []
+        listed = {stage.name for stage in map(stage_named, self.samplers) if stage is not None}
+        return [s.chain_name for s in stages() if self.stage_is_on(s) and s.name not in listed]
 
     def generation_kwargs(self) -> dict[str, Any]:
         """The `generate()` / `GenerationConfig` arguments that give this strategy: every processor's
-        value, and the warpers' when sampling."""
+        value and the warpers' when sampling; beside them, llama.cpp's samplers that are on and a chain
+        order given (generate() takes neither: a record holds them, replay reads them)."""
         kwargs: dict[str, Any] = {"do_sample": self.do_sample}
-        kwargs.update((s.name, getattr(self, s.name)) for s in in_order(sampling_only=False))
-        if self.do_sample:
-            kwargs.update((s.name, getattr(self, s.name)) for s in in_order(sampling_only=True))
+        applies = [s for s in in_order(sampling_only=False)] + (in_order(sampling_only=True) if self.do_sample else [])
+        kwargs.update((s.name, getattr(self, s.name)) for s in applies if s.in_generation_config)
+        kwargs.update(
+            (s.name, _as_list(getattr(self, s.name)))
+            for s in applies
+            if not s.in_generation_config and s.is_on(getattr(self, s.name))
+        )
+        if self.samplers:
+            kwargs["samplers"] = list(self.samplers)
         if self.is_beam:
             kwargs.update(num_beams=self.num_beams, length_penalty=self.length_penalty, early_stopping=self.early_stopping)
         if self.suppress_tokens:
@@ -238,12 +279,13 @@ class Strategy:
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting by name (each sampler's too), as session files write them."""
-        settings = {field.name: getattr(self, field.name) for field in fields(self) if field.name != "samplers"}
+        settings = {field.name: getattr(self, field.name) for field in fields(self) if field.name != "on"}
         constraint = asdict(self.constraint) if isinstance(self.constraint, Constraint) else self.constraint
         return {
             "kind": settings.pop("kind"),
-            **{name: getattr(self, name) for name in SAMPLERS},
+            **{name: _as_list(getattr(self, name)) for name in SAMPLERS},
             **settings,
+            "samplers": list(self.samplers),
             "constraint": constraint,
         }
 
@@ -262,6 +304,8 @@ class Strategy:
                 parts.append(f"early={self.early_stopping}")
         shown = [*(in_order(sampling_only=True) if self.do_sample else []), *in_order(sampling_only=False)]
         parts.extend(s.tag(getattr(self, s.name)) for s in shown if s.is_on(getattr(self, s.name)))
+        if self.samplers:
+            parts.append("chain " + ">".join(SAMPLERS[name].chain_name for name in self.active_processors() if name in SAMPLERS))
         if self.do_sample:
             parts.append(f"seed={self.seed}")
         if self.constraint is not None:
@@ -271,7 +315,43 @@ class Strategy:
 
 def setting_names() -> list[str]:
     """Every setting of a strategy, as `Strategy(...)` takes them and `as_dict` writes them."""
-    return ["kind", *SAMPLERS, *(field.name for field in fields(Strategy) if field.name not in ("kind", "samplers"))]
+    return ["kind", *SAMPLERS, *(field.name for field in fields(Strategy) if field.name not in ("kind", "on"))]
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def chain_order(text: str) -> tuple[str, ...]:
+    """`--samplers`: stage names separated by ';' (llama.cpp's), or a preset: llama.cpp, default."""
+    preset = CHAIN_PRESETS.get(text.strip().lower())
+    if preset is not None:
+        return preset
+    return tuple(name.strip() for name in text.split(";") if name.strip())
+
+
+def chain_problem(s: Any) -> str | None:
+    """What is wrong with a chain order given, without its name; None if nothing."""
+    order = getattr(s, "samplers", ())
+    order = chain_order(order) if isinstance(order, str) else _as_tuple(order)
+    if not isinstance(order, tuple) or not all(isinstance(name, str) for name in order):
+        return "must be stage names separated by ';'"
+    names = ", ".join(stage.chain_name for stage in stages())
+    unknown = [name for name in order if stage_named(name) is None]
+    if unknown:
+        return f"must name stages among {names} (or be llama.cpp or default); {unknown[0]!r} is none"
+    chosen = [stage_named(name).name for name in order]  # type: ignore[union-attr]
+    if len(set(chosen)) < len(chosen):
+        return "must name each stage once"
+    if isinstance(s, Strategy):
+        missing = s.unlisted_stages()
+        if missing:
+            return f"must name every stage switched on: {', '.join(missing)} is on but not listed"
+    return None
 
 
 # Where each number is safe: beyond these the float32 arithmetic overflows (a length penalty of 1100
@@ -294,7 +374,7 @@ def field_problems(s: Strategy | Any) -> dict[str, str]:
     checks = {
         "kind": (s.kind in STRATEGY_KINDS, f"must be one of {', '.join(STRATEGY_KINDS)}"),
         **{
-            sampler.name: (sampler.valid(getattr(s, sampler.name, sampler.off)), sampler.requirement)
+            sampler.name: (sampler.valid(_as_tuple(getattr(s, sampler.name, sampler.off))), sampler.requirement)
             for sampler in SAMPLERS.values()
         },
         "seed": (is_whole(s.seed) and 0 <= s.seed <= MAX_SEED, f"must be a whole number from 0 to {MAX_SEED}"),
@@ -314,6 +394,7 @@ def field_problems(s: Strategy | Any) -> dict[str, str]:
             isinstance(s.suppress_tokens, tuple) and all(is_whole(t) and 0 <= t <= MAX_COUNT for t in s.suppress_tokens),
             "must be token ids",
         ),
+        "samplers": (chain_problem(s) is None, chain_problem(s) or ""),
         "constraint": (
             s.constraint is None
             or (
@@ -343,7 +424,9 @@ def option_name(field: str) -> str:
 
 def strategy_from_options(**values: Any) -> Strategy:
     """A Strategy from command-line values; a refusal names the options as they were typed."""
-    probe = SimpleNamespace(**{**Strategy().as_dict(), **values})
+    if isinstance(values.get("samplers"), str):
+        values = {**values, "samplers": chain_order(values["samplers"])}
+    probe = SimpleNamespace(**{name: _as_tuple(value) for name, value in {**Strategy().as_dict(), **values}.items()})
     problems = field_problems(probe)
     if problems:
         raise SettingsError(problems_text(probe, problems, option_name))

@@ -44,6 +44,12 @@ class Distribution:
     known: int | None = None  # partial scores: how many tokens the engine returned; None: all of them
     covered: float = 1.0  # the probability mass the known tokens hold
     nothing_left: str = ""  # why the strategy has no token to choose here ('' when it has), one line
+    # When the strategy reshapes: how many tokens its chain keeps, the model's probability of them, of
+    # how many. Shown for the steps computed in this run; a session file keeps the panel without them
+    # (a panel read back is the same panel).
+    kept: int | None = field(default=None, compare=False)
+    kept_mass: float = field(default=1.0, compare=False)
+    vocab_size: int = field(default=0, compare=False)
 
     @property
     def complete(self) -> bool:
@@ -222,6 +228,8 @@ class ProcessorEffect:
     changed: tuple[int, ...]  # candidates whose score it changed otherwise (a penalty, a rescaling)
     removed_in_all: int  # tokens of the whole vocabulary it ruled out
     mass_removed: float = 0.0  # the probability (going in) of the tokens it ruled out
+    kept: int = 0  # tokens of the whole vocabulary still in after it
+    kept_mass: float = 1.0  # the model's probability of those tokens
 
 
 @dataclass(frozen=True)

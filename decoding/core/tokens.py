@@ -43,14 +43,32 @@ class TokenTexts:
         token_bytes: Callable[[int], bytes],
         special_ids: frozenset[int] = frozenset(),
         end_ids: frozenset[int] = frozenset(),
+        vocab_size: int = 0,
+        encode_piece: Callable[[str], list[int]] = lambda text: [],
     ) -> None:
         self._token_bytes = token_bytes
         self._texts: dict[int, str] = {}
         self.special_ids, self.end_ids = special_ids, end_ids
+        self.vocab_size = vocab_size
+        self.encode_piece = encode_piece
+        self._breakers: dict[tuple[str, ...], Any] = {}
 
     @classmethod
     def of(cls, engine: Any) -> TokenTexts:
-        return cls(engine.token_bytes, engine.special_ids, engine.eos_token_ids | engine.end_of_turn_ids)
+        return cls(
+            engine.token_bytes,
+            engine.special_ids,
+            engine.eos_token_ids | engine.end_of_turn_ids,
+            vocab_size=engine.vocab_size,
+            encode_piece=engine.encode_piece,
+        )
+
+    def breakers(self, strings: tuple[str, ...], find: Callable[..., Any]) -> Any:
+        """DRY's sequence breakers as this vocabulary spells them (`find`: llama_samplers.breaker_sequences),
+        found once: it reads every token."""
+        if strings not in self._breakers:
+            self._breakers[strings] = find(strings, self._token_bytes, self.vocab_size, self.encode_piece)
+        return self._breakers[strings]
 
     def __call__(self, token_id: int) -> str:
         if token_id not in self._texts:

@@ -178,6 +178,8 @@ def _processors_record(report: ProcessorReport | None) -> dict[str, Any]:
                 "changed": list(effect.changed),
                 "removed_in_all": effect.removed_in_all,
                 "mass_removed": effect.mass_removed,
+                "kept": effect.kept,
+                "kept_mass": effect.kept_mass,
             }
             for effect in report.effects
         ]

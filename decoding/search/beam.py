@@ -92,7 +92,9 @@ class BeamSearch:
         self.max_new_tokens = min(max_new_tokens, room)
         self._beams = strategy.num_beams
         self._grammar = self._grammar_rows(constraint_start if constraint_start is not None else len(prefix_ids))
-        self._processors = LogitsProcessorList(processor for _, processor in processors_with(strategy, self._grammar))
+        self._processors = LogitsProcessorList(
+            processor for _, processor in processors_with(strategy, self._grammar, self._token_text)
+        )
         self._runner = engine.side_by_side()
         first = self._runner.start([self.prefix_ids] * self._beams)  # generate() runs B copies too
         self._check_enough_known(first)

@@ -136,6 +136,8 @@ class CandidatePanel(Static):
                 lines.append(
                     Text(f"chosen: {token_label(self.chosen.text)} ({rank}, {100 * self.chosen.prob:.2f}%)", style=CHOSEN_STYLE)
                 )
+        if shown.kept is not None:
+            lines.append(chain_strip(shown))
         if shown.nothing_left:
             lines.append(Text(shown.nothing_left, style=NOTHING_LEFT_STYLE))
         if shown.candidates and shown.candidates[0].ends:
@@ -154,6 +156,17 @@ class CandidatePanel(Static):
         """The note, in a panel as wide as the candidates were (the text beside it keeps its width)."""
         width = sum(_widths(False, 10)) + len(_widths(False, 10)) - 1
         return Text(self.note.ljust(width), style="dim")
+
+
+def chain_strip(shown: Distribution) -> Text:
+    """What the chain kept of the vocabulary, and which distribution each column is."""
+    of = f"{shown.vocab_size:,}" if shown.complete else f"the {shown.known} returned"
+    line = Text()
+    line.append("kept ", style="dim")
+    line.append(f"{shown.kept:,}", style="bold magenta")
+    line.append(f" of {of} ({shown.kept_mass:.2f} of the mass)", style="dim")
+    line.append("\nmodel: as it is · strategy: after the chain", style="dim")
+    return line
 
 
 def _widths(reshaped: bool, rows: int) -> list[int]:

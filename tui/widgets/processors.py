@@ -1,7 +1,8 @@
-"""The processor view (key `w`): what each of the strategy's processors did to this step's candidates.
+"""The chain view (key `w`): what each stage of the strategy's chain did to this step's candidates.
 
-Rows are the panel's candidates; columns are the model's probability, then the probability after each
-processor in generate()'s order. A candidate a processor ruled out shows which one (✗ top_k); one whose
+Columns are the model's distribution, then each stage in the chain's order (generate()'s, or the one
+`--samplers` gives). The first rows say how many tokens of the vocabulary survive each stage and the
+model's probability of them; then a row per candidate of the panel, its probability after each stage. A candidate a processor ruled out shows which one (✗ top_k); one whose
 score it changed otherwise (a repetition penalty) is marked ↓ or ↑.
 """
 
@@ -34,12 +35,22 @@ def _cell(text: str, style: str = "") -> Text:
     return Text(text.rjust(COLUMN), style=style)
 
 
+def _chain_row(label: str, whole: float, cells: list[str]) -> Text:
+    """How much survives each stage: the chain view's first rows."""
+    line = Text(f"{label:<14}", style="dim")
+    line.append_text(_cell(f"{whole:,}" if isinstance(whole, int) else f"{whole:.3f}", "dim"))
+    for cell in cells:
+        line.append_text(_cell(cell, "bold"))
+    return line
+
+
 def processor_table(report: ProcessorReport, distribution: Distribution) -> Text:
     labels = {c.token_id: c.label for c in distribution.candidates}
     header = Text(f"{'token':<14}" + "model".rjust(COLUMN), style="bold")
     for effect in report.effects:
         header.append(short_name(effect.name)[:COLUMN].rjust(COLUMN))
-    lines = [header]
+    lines = [header, _chain_row("kept", distribution.vocab_size, [f"{e.kept:,}" for e in report.effects])]
+    lines.append(_chain_row("of the mass", 1.0, [f"{e.kept_mass:.3f}" for e in report.effects]))
     for row, token_id in enumerate(report.token_ids):
         line = Text(f"{labels.get(token_id, str(token_id))[:13]:<14}")
         line.append_text(_cell(f"{100 * report.effects[0].before[row]:.2f}%" if report.effects else ""))
