@@ -98,6 +98,8 @@ async def test_the_settings_screen_and_processor_view_show_a_registered_sampler(
         await settle(pilot)
         await pilot.press("s")
         await pilot.pause()
+        app.screen.query_one("#logit_gap").focus()  # the form scrolls to the field focused
+        await pilot.pause()
         assert any("logit gap (0 = off)" in row.text for row in drawn(app))
         app.screen.query_one("#logit_gap").value = str(GAP)
         await pilot.press("enter")

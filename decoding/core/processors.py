@@ -61,9 +61,27 @@ def run_processors(
     ids = cast(torch.LongTensor, torch.tensor([list(context)], dtype=torch.long, device=scores.device))
     stages, current = [], scores[None]
     for name, processor in processors_with(strategy, grammar, texts):
-        current = processor(ids, cast(torch.FloatTensor, current.clone()))  # on a copy: some write in place
+        sampler = SAMPLERS.get(name)
+        current = (
+            _on_those_left(processor, ids, current) if sampler and sampler.position_free else processor(ids, current.clone())
+        )
         stages.append((name, current))
     return [(name, after[0]) for name, after in stages]
+
+
+def _on_those_left(processor: Processor, ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+    """A processor that reads only the scores in play, run on those alone when an earlier stage left
+    few (each sort-based warper otherwise sorts the whole vocabulary: 4.5 ms a step here). The same
+    result: a token already ruled out adds nothing to any sum or sort."""
+    left = torch.isfinite(scores[0]).nonzero()[:, 0]
+    if left.numel() * COMPACT_BELOW > scores.shape[-1]:
+        return processor(ids, cast(torch.FloatTensor, scores.clone()))  # on a copy: some write in place
+    out = torch.full_like(scores, float("-inf"))
+    out[:, left] = processor(ids, cast(torch.FloatTensor, scores[:, left]))  # indexing copies
+    return out
+
+
+COMPACT_BELOW = 4  # run on those left when fewer than a quarter of the vocabulary are
 
 
 def explain_stages(stages: Stages, raw: torch.Tensor, token_ids: list[int]) -> ProcessorReport:

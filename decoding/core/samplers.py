@@ -52,6 +52,9 @@ class Sampler:
     in_generation_config: bool = False  # generate() takes it (else only tokenstep and llama.cpp know it)
     parse: Callable[[str], Any] | None = None  # its value from typed text (default: its type's)
     show: Callable[[Any], str] = str  # its value as a field shows it
+    # Reads only the scores still in play, not which token is where: it may run on those alone (a
+    # sort over the 400 top-k left instead of the whole vocabulary). Set for the warpers but mirostat.
+    position_free: bool = False
 
     @property
     def kind(self) -> Callable[[str], Any]:
@@ -183,6 +186,7 @@ _P_LOW, _P_HIGH = PENALTY_RANGE
 register(
     Sampler(
         name="temperature",
+        position_free=True,
         in_generation_config=True,
         off=1.0,
         valid=number_from(_T_LOW, _T_HIGH),
@@ -198,6 +202,7 @@ register(
 register(
     Sampler(
         name="top_k",
+        position_free=True,
         in_generation_config=True,
         off=0,
         valid=whole_from(0),
@@ -214,6 +219,7 @@ register(
 register(
     Sampler(
         name="top_p",
+        position_free=True,
         in_generation_config=True,
         off=1.0,
         valid=lambda value: is_number(value) and 0 < value <= 1,
@@ -229,6 +235,7 @@ register(
 register(
     Sampler(
         name="min_p",
+        position_free=True,
         in_generation_config=True,
         off=0.0,
         valid=number_from(0.0, 1.0),
@@ -244,6 +251,7 @@ register(
 register(
     Sampler(
         name="typical_p",
+        position_free=True,
         in_generation_config=True,
         stage="typ_p",
         off=1.0,
@@ -260,6 +268,7 @@ register(
 register(
     Sampler(
         name="epsilon_cutoff",
+        position_free=True,
         in_generation_config=True,
         off=0.0,
         valid=lambda value: is_number(value) and 0 <= value < 1,
@@ -275,6 +284,7 @@ register(
 register(
     Sampler(
         name="eta_cutoff",
+        position_free=True,
         in_generation_config=True,
         off=0.0,
         valid=lambda value: is_number(value) and 0 <= value < 1,
@@ -367,6 +377,7 @@ register(
 register(
     Sampler(
         name="top_n_sigma",
+        position_free=True,
         off=0.0,
         valid=number_from(0.0, 100.0),
         requirement="must be a number from 0 to 100; 0 is off",
@@ -381,6 +392,7 @@ register(
 register(
     Sampler(
         name="xtc_probability",
+        position_free=True,
         off=0.0,
         valid=number_from(0.0, 1.0),
         requirement="must be from 0 to 1; 0 is off",
