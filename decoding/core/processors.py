@@ -63,7 +63,9 @@ def run_processors(
     for name, processor in processors_with(strategy, grammar, texts):
         sampler = SAMPLERS.get(name)
         current = (
-            _on_those_left(processor, ids, current) if sampler and sampler.position_free else processor(ids, current.clone())
+            _on_those_left(processor, ids, current)
+            if sampler and sampler.position_free
+            else processor(ids, cast(torch.FloatTensor, current.clone()))
         )
         stages.append((name, current))
     return [(name, after[0]) for name, after in stages]
