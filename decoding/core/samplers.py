@@ -7,6 +7,7 @@ Pure Python: a sampler's processor (and transformers) is only built when a strat
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -133,9 +134,7 @@ CHAIN_PRESETS = {"llama.cpp": LLAMA_CPP_ORDER, "default": ()}  # default: genera
 CHAIN_ALIASES = {
     "temp": "temperature",
     "typical": "typ_p",
-    "typical_p": "typ_p",
     "nucleus": "top_p",
-    "top_n_sigma": "top_n_sigma",
 }
 
 
@@ -500,12 +499,11 @@ register(
 
 DRY_BREAKERS = ("\n", ":", '"', "*")  # llama.cpp's default sequence breakers
 MAX_BREAKERS = 64
+MAX_BREAKER_BYTES = 40  # llama.cpp cuts a breaker to this; longer is refused rather than cut silently
 
 
 def _breakers_text(text: str) -> tuple[str, ...]:
     """--dry-sequence-breakers: a JSON array of strings, as llama-server takes them ("none": no breaker)."""
-    import json
-
     if text.strip().lower() == "none":
         return ()
     try:
@@ -526,9 +524,6 @@ def _valid_breakers(value: Any) -> bool:
         and len(value) <= MAX_BREAKERS
         and all(isinstance(b, str) and 0 < len(b.encode(errors="replace")) <= MAX_BREAKER_BYTES for b in value)
     )
-
-
-MAX_BREAKER_BYTES = 40  # llama.cpp cuts a breaker to this; longer is refused rather than cut silently
 
 
 def _dry_settings(value: float, strategy: Any, texts: Any) -> tuple[Any, ...]:
@@ -595,7 +590,7 @@ register(
         "DRY sequence breakers (JSON)",
         'a JSON array of strings that end a repeat (default ["\\n", ":", "\\"", "*"]); none: no breakers',
         parse=_breakers_text,
-        show=lambda value: __import__("json").dumps(list(value)),
-        tag=lambda value: "breakers=" + __import__("json").dumps(list(value)),
+        show=lambda value: json.dumps(list(value)),
+        tag=lambda value: "breakers=" + json.dumps(list(value)),
     )
 )

@@ -192,11 +192,10 @@ class Strategy:
         values.update((name, _as_tuple(value)) for name, value in settings.items())
         on = tuple((s.name, values[s.name]) for s in SAMPLERS.values() if s.name in values and s.is_on(values[s.name]))
         object.__setattr__(self, "on", on)
-        for name in ("suppress_tokens", "samplers"):  # as JSON writes them; `samplers` also as typed
-            value = getattr(self, name)
-            object.__setattr__(
-                self, name, chain_order(value) if name == "samplers" and isinstance(value, str) else _as_tuple(value)
-            )
+        # lists as JSON writes them; the chain's order also as typed ("dry;min_p")
+        object.__setattr__(self, "suppress_tokens", _as_tuple(self.suppress_tokens))
+        order = self.samplers
+        object.__setattr__(self, "samplers", chain_order(order) if isinstance(order, str) else _as_tuple(order))
         if isinstance(self.constraint, dict):  # as a session file writes it
             known = {"kind", "source"}
             if set(self.constraint) <= known and all(isinstance(v, str) for v in self.constraint.values()):
@@ -262,7 +261,7 @@ class Strategy:
         value and the warpers' when sampling; beside them, llama.cpp's samplers that are on and a chain
         order given (generate() takes neither: a record holds them, replay reads them)."""
         kwargs: dict[str, Any] = {"do_sample": self.do_sample}
-        applies = [s for s in in_order(sampling_only=False)] + (in_order(sampling_only=True) if self.do_sample else [])
+        applies = in_order(sampling_only=False) + (in_order(sampling_only=True) if self.do_sample else [])
         kwargs.update((s.name, getattr(self, s.name)) for s in applies if s.in_generation_config)
         kwargs.update(
             (s.name, _as_list(getattr(self, s.name)))
@@ -371,6 +370,7 @@ def field_problems(s: Strategy | Any) -> dict[str, str]:
     name before it, the settings screen shows it beside the field.
     """
     l_low, l_high = LENGTH_PENALTY_RANGE
+    chain_problem_text = chain_problem(s)
     checks = {
         "kind": (s.kind in STRATEGY_KINDS, f"must be one of {', '.join(STRATEGY_KINDS)}"),
         **{
@@ -394,7 +394,7 @@ def field_problems(s: Strategy | Any) -> dict[str, str]:
             isinstance(s.suppress_tokens, tuple) and all(is_whole(t) and 0 <= t <= MAX_COUNT for t in s.suppress_tokens),
             "must be token ids",
         ),
-        "samplers": (chain_problem(s) is None, chain_problem(s) or ""),
+        "samplers": (chain_problem_text is None, chain_problem_text or ""),
         "constraint": (
             s.constraint is None
             or (
