@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from decoding.core.distribution import entropy, rank_of, summarize, top_ids
 from decoding.core.errors import SessionError
+from decoding.core.processors import Stage
 from decoding.core.settings import Constraint, Strategy
 from decoding.core.tokens import TokenTexts
 from decoding.search.session import Session
@@ -31,7 +32,9 @@ def test_entropy_of_a_uniform_distribution_is_log_n():
 def test_summary_marks_tokens_a_processor_removed():
     logits = torch.tensor([3.0, 2.0, 1.0, 0.0])
     processed = torch.tensor([3.0, 2.0, float("-inf"), float("-inf")])
-    summary = summarize(logits, torch.log_softmax(logits, dim=-1), processed, 4, TokenTexts(lambda i: f"t{i}".encode()))
+    summary = summarize(
+        logits, torch.log_softmax(logits, dim=-1), Stage.of("chain", processed), 4, TokenTexts(lambda i: f"t{i}".encode())
+    )
     assert [c.removed for c in summary.candidates] == [False, False, True, True]
     assert summary.candidates[2].processed_prob == 0.0
     assert math.isclose(sum(c.processed_prob for c in summary.candidates), 1.0, rel_tol=1e-6)
@@ -54,7 +57,7 @@ def test_a_summary_holds_only_numbers_whatever_the_processors_removed(logits, re
     values = torch.tensor(logits)
     mask = torch.tensor(removed[: len(logits)])
     processed = values.masked_fill(mask, float("-inf"))
-    summary = summarize(values, torch.log_softmax(values, dim=-1), processed, k, TokenTexts(lambda i: b"t"))
+    summary = summarize(values, torch.log_softmax(values, dim=-1), Stage.of("chain", processed), k, TokenTexts(lambda i: b"t"))
     numbers = [summary.entropy, summary.processed_entropy]
     numbers += [n for c in summary.candidates for n in (c.prob, c.logprob, c.processed_prob)]
     assert all(math.isfinite(n) for n in numbers)

@@ -17,6 +17,7 @@ from decoding.engines.embedded import embedded_gguf
 from decoding.engines.hf.load import converted_gguf
 from decoding.engines.registry import LoadOptions, load_engine
 from decoding.explorer.explorer import Explorer
+from decoding.records.trace import trace_record
 from decoding.search.second import SecondModel, check_same_tokenizer
 from decoding.search.session import Session
 from tests import servers
@@ -193,6 +194,81 @@ def test_diff_reads_a_path_on_llama_server_and_a_server_trace_on_local_engines(l
         assert max(differences) < 0.2  # one GGUF, its float32 copy (None would not compare)
 
 
+SERVED_CHAIN = dict(
+    kind="sample",
+    samplers="penalties;dry;top_k;min_p;temperature",
+    presence_penalty=0.6,
+    frequency_penalty=0.3,
+    dry_multiplier=0.8,
+    dry_allowed_length=1,
+    top_k=12,
+    min_p=0.03,
+    temperature=0.7,
+    seed=5,
+)
+CHAIN_PROMPT = "The cat sat on the mat. The dog sat on the log. The cat sat on the"
+
+
+def test_llama_server_shows_its_own_chain_beside_tokenstep_s_and_they_agree(llama_server_url):
+    """The server's probabilities after its own chain (post_sampling_probs) for the same settings,
+    beside tokenstep's chain run on the server's top 60: the same survivors and probabilities, as
+    the top 60 cover every token the chain keeps (penalties only lower a score; top-k keeps 12)."""
+    session = Session(server_engine(llama_server_url, top=60), Strategy(**SERVED_CHAIN))
+    session.reset(CHAIN_PROMPT)
+    compared = 0
+    for _ in range(12):
+        panel = session.distribution
+        assert panel.server.startswith("llama-server, after its own chain")
+        for candidate in panel.candidates:
+            assert candidate.server_prob == pytest.approx(candidate.processed_prob, abs=1e-4), candidate
+            compared += candidate.processed_prob > 0
+        session.step()
+    assert compared >= 24
+    record = trace_record(session)
+    assert {"server_prob"} <= set(record["steps"][0]["candidates"][0]) and "server_chain" in record["steps"][0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        (dict(epsilon_cutoff=0.001), "llama-server's chain has no epsilon cutoff"),
+        (dict(mirostat=2), "restarts mirostat's mu at every request"),
+        (dict(xtc_probability=0.5), "XTC's coin is the server's own"),
+        (dict(repetition_penalty=1.2, presence_penalty=0.5), "--repeat-last-n -1"),
+    ],
+)
+def test_a_chain_the_server_cannot_run_as_tokenstep_does_gets_one_line_and_no_column(llama_server_url, settings, said):
+    session = Session(server_engine(llama_server_url), Strategy(kind="sample", top_k=20, **settings))
+    session.reset(PROMPT)
+    panel = session.distribution
+    assert said in panel.server and all(c.server_prob is None for c in panel.candidates)
+
+
+async def test_the_app_draws_the_servers_own_chain_in_a_column_of_its_own(llama_server_url):
+    from rich.color import Color
+
+    from tests.test_app import SIZE, settle
+    from tests.test_app_drawn import rows_of
+    from tui.app import TokenstepApp
+    from tui.widgets.candidates import CandidatePanel
+
+    app = TokenstepApp(
+        LoadOptions(engine="server", url=llama_server_url, server_top=60), prompt=CHAIN_PROMPT, strategy=Strategy(**SERVED_CHAIN)
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, rounds=3000)
+        header, *rows = rows_of(app, app.query_one(CandidatePanel))
+        assert header.text.split() == ["#", "token", "model", "strategy", "served", "logprob"]
+        candidates = app.snapshot.distribution.candidates
+        row = next(i for i, c in enumerate(candidates) if i and not c.removed)  # the first row is highlighted
+        shown = f"{100 * candidates[row].server_prob:.2f}%"
+        yellow = Color.from_triplet(app.ansi_theme.ansi_colors[3])
+        assert rows[row].colours(rows[row].text.rfind(shown), shown) == {yellow}
+        rest = rows[len(candidates) :]
+        line = next(row for row in rest if row.text.startswith("server:"))
+        assert "llama-server, after its own chain" in line.text
+
+
 # --- vLLM ------------------------------------------------------------------------------------------
 
 
@@ -212,6 +288,19 @@ def test_vllm_steps_generates_greedy_path_with_its_probabilities(vllm_url, embed
     ids = torch.tensor([ours.prompt_ids])
     expected = embedded_engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False)
     assert ours.generated_ids == theirs.generated_ids == expected[0, ids.shape[1] :].tolist()
+
+
+def test_on_vllm_the_chain_runs_on_the_top_n_and_the_panel_says_it_is_approximate(vllm_url):
+    from tui.widgets.candidates import chain_strip
+
+    session = Session(server_engine(vllm_url, top=20), Strategy(kind="sample", top_k=5, temperature=0.8))
+    session.reset(PROMPT)
+    panel = session.distribution
+    assert panel.server == "" and all(c.server_prob is None for c in panel.candidates)  # vLLM says nothing after its chain
+    strip = chain_strip(panel)
+    assert "kept 5 of the 20 returned" in strip.plain
+    line = "approximate: the chain ran on the 20 tokens the server returned"
+    assert line in strip.plain and strip.spans[-1].style == "yellow"
 
 
 @pytest.mark.embedded

@@ -105,6 +105,20 @@ def test_session_file_round_trip_gives_the_same_tree_and_next_distribution(tiny_
     assert reopened.step().token_id == session.step().token_id
 
 
+def test_a_reopened_session_shows_what_the_chain_kept_at_every_past_step(tiny_engine, tmp_path):
+    session = Session(tiny_engine, Strategy(kind="sample", top_k=20, min_p=0.02, seed=2))
+    session.reset("hello world")
+    for _ in range(3):
+        session.step()
+    path = tmp_path / "s.json"
+    session_file.save(path, session.tree, tiny_engine, session.strategy, 10)
+    reopened = Session(tiny_engine.fork(), session.strategy)
+    reopened.adopt(session_file.load(path).tree)
+    for before, after in zip(session.panels, reopened.panels):
+        assert (after.kept, after.vocab_size) == (before.kept, before.vocab_size) and after.kept is not None
+        assert after.kept_mass == pytest.approx(before.kept_mass)
+
+
 def test_an_interrupted_write_leaves_the_old_file_whole(tiny_session, tmp_path, monkeypatch):
     path = tmp_path / "s.json"
     session_file.save(path, tiny_session.tree, tiny_session.engine, Strategy(), 10)
@@ -415,6 +429,9 @@ def test_a_last_line_torn_inside_a_character_opens_without_it_and_says_so(tiny_s
         (lambda node: node["panel"].update(candidates=[]), r"candidates: expected a list of at least 1 item"),
         (lambda node: node.update(panel=None), "holds a token without the candidates it was chosen from"),
         (lambda node: node["token"].update(rank=2**64), r"token.rank"),
+        (lambda node: node["panel"]["candidates"][0].update(server_prob=2.0), r"candidates\[0\].server_prob"),
+        (lambda node: node["panel"].update(kept=-1), r"panel.kept"),
+        (lambda node: node["panel"]["candidates"][0].update(removed_by=["x"]), r"candidates\[0\].removed_by"),
     ],
 )
 def test_a_number_out_of_range_or_an_empty_panel_is_refused_before_any_view(tiny_session, tmp_path, damage, message):

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from decoding.core.finite import finite_ids
+from decoding.core.processors import Stage
 from decoding.core.state import Candidate, Distribution
 from decoding.core.tokens import TokenTexts
 
@@ -47,26 +49,32 @@ def entropy(logprobs: torch.Tensor) -> float:
 def summarize(
     values: torch.Tensor,
     logprobs: torch.Tensor,
-    processed_scores: torch.Tensor | None,
+    processed: Stage | None,
     k: int,
     texts: TokenTexts,
     known: int | None = None,
 ) -> Distribution:
     """Top-k candidates of the raw scores `values` (`logprobs` their log-probabilities), with the
-    processed probabilities beside them if any. `known`: on partial scores, how many tokens the engine
-    returned (-inf elsewhere); the entropy is then a lower bound."""
+    probabilities after the chain (its last stage, `processed`) beside them if any. `known`: on
+    partial scores, how many tokens the engine returned (-inf elsewhere); the entropy is then a lower
+    bound."""
     ids = top_ids(values, k if known is None else min(k, known))
     raw = logprobs[ids].tolist()
-    if processed_scores is None:
+    kept, kept_mass = None, 1.0
+    after: list[float | None]
+    if processed is None:
         after, removed, processed_entropy = [None] * len(ids), [False] * len(ids), None
     else:
-        if bool(torch.isfinite(processed_scores).any()):
-            processed_logprobs = torch.log_softmax(processed_scores, dim=-1)
-            processed_entropy = entropy(processed_logprobs)
-        else:  # nothing left: every probability 0 (log_softmax of all -inf is NaN), as `entropy` counts 0 log 0
-            processed_logprobs, processed_entropy = torch.full_like(processed_scores, float("-inf")), 0.0
-        after = processed_logprobs[ids].exp().tolist()
-        removed = (processed_logprobs[ids] == float("-inf")).tolist()
+        left = processed.scores if processed.left is not None else processed.scores[finite_ids(processed.scores)]
+        total = float(torch.logsumexp(left, dim=-1)) if left.numel() else float("-inf")
+        # nothing left: every probability 0 (a log-softmax of all -inf is NaN), as `entropy` counts 0 log 0
+        processed_entropy = entropy(left - total) if left.numel() else 0.0
+        chosen = processed.at(torch.tensor(ids, dtype=torch.long, device=values.device))
+        after = (chosen - total).exp().tolist() if left.numel() else [0.0] * len(ids)
+        removed = (chosen == float("-inf")).tolist()
+        kept = left.numel()
+        in_play = processed.left if processed.left is not None else finite_ids(processed.scores)
+        kept_mass = float(logprobs[in_play].exp().sum()) if kept else 0.0
     candidates = tuple(
         Candidate(
             token_id,
@@ -81,14 +89,10 @@ def summarize(
         )
         for rank, (token_id, logprob, processed_prob, was_removed) in enumerate(zip(ids, raw, after, removed))
     )
-    kept, kept_mass = None, 1.0
-    if processed_scores is not None:
-        alive = torch.isfinite(processed_scores)
-        kept, kept_mass = int(alive.sum()), float(torch.where(alive, logprobs, float("-inf")).exp().sum())
     size = int(values.shape[-1])
     if known is None:
         return Distribution(candidates, entropy(logprobs), processed_entropy, kept=kept, kept_mass=kept_mass, vocab_size=size)
-    covered = float(logprobs[torch.isfinite(logprobs)].exp().sum())
+    covered = float(logprobs[finite_ids(logprobs)].exp().sum())
     rest = max(0.0, 1.0 - covered)  # the unknown mass adds at least -r log r (all of it on one token)
     bound = entropy(logprobs) - (rest * math.log(rest) if rest > 0 else 0.0)
     return Distribution(

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import torch
 
     from decoding.core.scores import Scores
+    from decoding.core.settings import Strategy
+    from decoding.core.state import ServerChain
 
 
 class Engine(Protocol):
@@ -161,6 +163,28 @@ class ScoresAnyToken(Protocol):
     position after the held tokens (a token forced outside the top N)."""
 
     def logprob_of(self, token_id: int) -> float: ...
+
+
+@runtime_checkable
+class RunsOwnSamplers(Protocol):
+    """Runs the stages of the sampler chain it has with its own code (llama.cpp's samplers), so that
+    the numbers the chain view shows for them are the engine's."""
+
+    def own_stage(self, name: str, strategy: Strategy) -> object | None:
+        """Stage `name` of `strategy` as the engine's own processor (a LogitsProcessor with a `by`
+        naming whose code it is); None for a stage it does not have."""
+        ...
+
+
+@runtime_checkable
+class RunsChainBeside(Protocol):
+    """A server that runs the sampler chain itself and says the probabilities after it
+    (llama-server's post_sampling_probs), shown beside tokenstep's."""
+
+    def chain_probs(self, ids: Sequence[int], strategy: Strategy) -> ServerChain | str | None:
+        """After `ids`: the server's chain's probabilities, or one line saying why it cannot run this
+        strategy as tokenstep does; None for a server that cannot tell."""
+        ...
 
 
 @runtime_checkable

@@ -17,11 +17,13 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import LogitsProcessor
 
+from decoding.core.finite import finite_count, finite_ids, finite_mask
+
 NEG_INF = float("-inf")
 
 
 def _finite(scores: torch.Tensor) -> torch.Tensor:
-    return torch.isfinite(scores)
+    return finite_mask(scores) if scores.dim() == 1 else torch.isfinite(scores)
 
 
 class TopNSigma(LogitsProcessor):
@@ -60,7 +62,7 @@ class ExcludeTopChoices(LogitsProcessor):
         return self.probability > 0 and coin(self.seed, input_ids, b"xtc") <= self.probability
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.threshold > 0.5 or int(_finite(scores).sum()) < 2 or not self.fires(input_ids):
+        if self.threshold > 0.5 or finite_count(scores) < 2 or not self.fires(input_ids):
             return scores
         probs = torch.softmax(scores, dim=-1)
         above = probs >= self.threshold
@@ -86,11 +88,12 @@ class PresenceFrequencyPenalty(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.last_n == 0 or input_ids.shape[-1] == 0:
             return scores
-        size = scores.shape[-1]
-        counts = torch.stack([torch.bincount(_window(row, self.last_n), minlength=size)[:size] for row in input_ids])
-        counts = counts.to(scores.dtype)
-        penalty = counts * self.frequency + (counts > 0).to(scores.dtype) * self.presence
-        return scores - penalty  # type: ignore[return-value]
+        out = scores.clone()
+        for row, context in enumerate(input_ids):  # a row per beam
+            seen, counts = torch.unique(_window(context, self.last_n), return_counts=True)
+            seen, counts = seen[seen < scores.shape[-1]], counts[seen < scores.shape[-1]]
+            out[row, seen] -= counts.to(scores.dtype) * self.frequency + self.presence
+        return out  # type: ignore[return-value]
 
 
 class DynamicTemperature(LogitsProcessor):
@@ -102,11 +105,11 @@ class DynamicTemperature(LogitsProcessor):
 
     def temperature_for(self, scores: torch.Tensor) -> float | None:
         """The temperature these scores get (None: one candidate or none, left as they are)."""
-        size = int(_finite(scores).sum())
+        size = finite_count(scores)
         if size <= 1:
             return None
-        probs = torch.softmax(scores.double(), dim=-1)
-        entropy = float(-(probs * torch.log(probs)).nan_to_num().sum())
+        logprobs = torch.log_softmax(scores, dim=-1)  # in float, as llama.cpp; a token out adds 0 x (a finite floor)
+        entropy = float(-(logprobs.exp() * logprobs.clamp(min=torch.finfo(logprobs.dtype).min)).sum())
         low, high = max(0.0, self.centre - self.spread), self.centre + self.spread
         return low + (high - low) * (entropy / math.log(size)) ** self.exponent
 
@@ -148,15 +151,25 @@ class MirostatV2(LogitsProcessor):
         return mu - self.eta * (surprise - self.tau)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        live = finite_ids(scores[0])
+        kept = self.on_tokens(input_ids, scores[0, live], live)
+        return torch.full_like(scores, NEG_INF).index_put_((torch.zeros_like(live), live), kept)  # type: ignore[return-value]
+
+    def on_tokens(self, input_ids: torch.Tensor, scores: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """The stage on the scores of the tokens still in play (`token_ids`, the others being out)."""
         mu = self.mu_at(input_ids)
-        probs = torch.softmax(scores[0], dim=-1)
+        keep = self.keep(scores, mu)
+        kept_probs = torch.softmax(scores[keep], dim=-1)  # as llama.cpp, from the logits of those kept
+        self._kept[self._key(input_ids[0])] = (mu, token_ids[keep], kept_probs)
+        return scores.masked_fill(~keep, NEG_INF)
+
+    def keep(self, scores: torch.Tensor, mu: float) -> torch.Tensor:
+        """Which tokens have a surprise of at most mu (the likeliest if none)."""
+        probs = torch.softmax(scores, dim=-1)
         keep = -torch.log2(probs) <= mu
         if not bool(keep.any()):
             keep[probs.argmax()] = True
-        kept_ids = keep.nonzero()[:, 0]
-        kept_probs = probs[kept_ids] / probs[kept_ids].sum()
-        self._kept[self._key(input_ids[0])] = (mu, kept_ids, kept_probs)
-        return scores.masked_fill(~keep[None], NEG_INF)  # type: ignore[return-value]
+        return keep
 
 
 # --- DRY: "don't repeat yourself", ported (as llama.cpp ported it) from koboldcpp ----------------------

@@ -56,6 +56,13 @@ class Sampler:
     # Reads only the scores still in play, not which token is where: it may run on those alone (a
     # sort over the 400 top-k left instead of the whole vocabulary). Set for the warpers but mirostat.
     position_free: bool = False
+    # (strategy, llama.cpp's samplers: engines.llama.samplers.LlamaSamplers) -> the stage as llama.cpp
+    # runs it, on --engine llama; None: llama.cpp has no such sampler (tokenstep's runs there too)
+    llama_cpp: Callable[[Any, Any], Any] | None = None
+    # (strategy, the context's length) -> llama-server's request fields for this stage, or one line
+    # saying why the server cannot run it as tokenstep does; None: llama-server has no such sampler
+    server: Callable[[Any, int], dict[str, Any] | str] | None = None
+    server_stage: str = ""  # its name in llama-server's `samplers` (default: `chain_name`)
 
     @property
     def kind(self) -> Callable[[str], Any]:
@@ -196,6 +203,12 @@ register(
         help="> 0; sampling only (default 1.0)",
         tag=lambda value: f"T={value:g}",
         sampling_only=True,
+        llama_cpp=lambda s, llama: llama.stage("temp_ext", s.temperature, s.dynatemp_range, s.dynatemp_exponent),
+        server=lambda s, n: {
+            "temperature": s.temperature,
+            "dynatemp_range": s.dynatemp_range,
+            "dynatemp_exponent": s.dynatemp_exponent,
+        },
     )
 )
 register(
@@ -213,6 +226,8 @@ register(
         help="keep the k most likely tokens; 0 = off (default)",
         tag=lambda value: f"top-k={value}",
         sampling_only=True,
+        llama_cpp=lambda s, llama: llama.stage("top_k", s.top_k),
+        server=lambda s, n: {"top_k": s.top_k},
     )
 )
 register(
@@ -229,6 +244,8 @@ register(
         help="keep the smallest set with this much probability; 1 = off",
         tag=lambda value: f"top-p={value:g}",
         sampling_only=True,
+        llama_cpp=lambda s, llama: llama.stage("top_p", s.top_p, 1),
+        server=lambda s, n: {"top_p": s.top_p},
     )
 )
 register(
@@ -245,6 +262,8 @@ register(
         help="keep tokens at least this fraction of the top token's probability (llama.cpp's default 0.05); 0 = off",
         tag=lambda value: f"min-p={value:g}",
         sampling_only=True,
+        llama_cpp=lambda s, llama: llama.stage("min_p", s.min_p, 1),
+        server=lambda s, n: {"min_p": s.min_p},
     )
 )
 register(
@@ -262,6 +281,8 @@ register(
         help="locally typical sampling: keep the tokens nearest the expected surprisal, this much mass; 1 = off",
         tag=lambda value: f"typical={value:g}",
         sampling_only=True,
+        llama_cpp=lambda s, llama: llama.stage("typical", s.typical_p, 1),
+        server=lambda s, n: {"typical_p": s.typical_p},
     )
 )
 register(
@@ -308,6 +329,10 @@ register(
         short="rep.pen.",
         help="> 0; 1 = off (default)",
         tag=lambda value: f"rep={value:g}",
+        # transformers' repetition penalty is llama.cpp's repeat penalty over the whole context
+        llama_cpp=lambda s, llama: llama.penalties(-1, s.repetition_penalty, 0.0, 0.0),
+        server=lambda s, n: {"repeat_penalty": s.repetition_penalty, "repeat_last_n": n},
+        server_stage="penalties",
     )
 )
 register(
@@ -386,6 +411,8 @@ register(
         help="keep tokens within n standard deviations of the best logit; 0 = off",
         tag=lambda value: f"top-nσ={value:g}",
         sampling_only=True,
+        llama_cpp=lambda s, llama: llama.stage("top_n_sigma", s.top_n_sigma),
+        server=lambda s, n: {"top_n_sigma": s.top_n_sigma},
     )
 )
 register(
@@ -402,6 +429,12 @@ register(
         tag=lambda value: f"xtc={value:g}",
         sampling_only=True,
         stage="xtc",
+        llama_cpp=lambda s, llama: llama.xtc(s.xtc_probability, s.xtc_threshold, s.seed),
+        server=lambda s, n: (
+            "XTC's coin is the server's own below probability 1"
+            if s.xtc_probability < 1
+            else {"xtc_probability": s.xtc_probability, "xtc_threshold": s.xtc_threshold}
+        ),
     )
 )
 register(
@@ -428,6 +461,8 @@ register(
         help="2: mirostat 2.0, which keeps the surprise near --mirostat-tau; 0 = off",
         tag=lambda value: f"mirostat{value}",
         sampling_only=True,
+        llama_cpp=lambda s, llama: llama.mirostat(s.mirostat_tau, s.mirostat_eta),
+        server=lambda s, n: "llama-server restarts mirostat's mu at every request",
     )
 )
 register(
@@ -469,6 +504,12 @@ register(
         help="lower the logit of every token seen in the last --repeat-last-n by this; 0 = off",
         tag=lambda value: f"presence={value:g}",
         stage="penalties",
+        llama_cpp=lambda s, llama: llama.penalties(s.repeat_last_n, 1.0, s.frequency_penalty, s.presence_penalty),
+        server=lambda s, n: {
+            "presence_penalty": s.presence_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "repeat_last_n": n if s.repeat_last_n < 0 else s.repeat_last_n,
+        },
     )
 )
 register(
@@ -545,6 +586,20 @@ register(
         help="DRY (don't repeat yourself): how hard to penalize a token that extends a repeat (0.8 is typical); 0 = off",
         tag=lambda value: f"dry={value:g}",
         stage="dry",
+        llama_cpp=lambda s, llama: llama.dry(
+            s.dry_multiplier, s.dry_base, s.dry_allowed_length, s.dry_penalty_last_n, s.dry_sequence_breakers
+        ),
+        server=lambda s, n: (
+            "llama-server takes no empty list of DRY sequence breakers"
+            if not s.dry_sequence_breakers
+            else {
+                "dry_multiplier": s.dry_multiplier,
+                "dry_base": s.dry_base,
+                "dry_allowed_length": s.dry_allowed_length,
+                "dry_penalty_last_n": n if s.dry_penalty_last_n < 0 else s.dry_penalty_last_n,
+                "dry_sequence_breakers": list(s.dry_sequence_breakers),
+            }
+        ),
     )
 )
 register(

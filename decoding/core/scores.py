@@ -17,10 +17,12 @@ from typing import Protocol
 import torch
 
 from decoding.core.distribution import rank_of, summarize
-from decoding.core.processors import Stages, explain_stages, run_processors
+from decoding.core.errors import TokenstepError
+from decoding.core.finite import finite_count
+from decoding.core.processors import Stage, Stages, explain_stages, run_processors, step_work
 from decoding.core.settings import Strategy
-from decoding.core.state import Distribution, ProcessorReport
-from decoding.core.tokens import TokenTexts
+from decoding.core.state import Distribution, PathToken, ProcessorReport, ServerChain
+from decoding.core.tokens import TokenTexts, bytes_to_text
 
 
 class GrammarState(Protocol):
@@ -62,7 +64,7 @@ class Scores:
     @property
     def known(self) -> int:
         """How many tokens' scores are known (the vocabulary's size when complete)."""
-        return self.values.shape[-1] if self.complete else int(torch.isfinite(self.values).sum())
+        return self.values.shape[-1] if self.complete else finite_count(self.values)
 
 
 # What a released position holds instead of its scores: one value for all, as a small allocation kept
@@ -89,14 +91,18 @@ class NextToken:
         # The processors read the sequence (n-gram blocking, repetition penalty): run them now rather
         # than keep the sequence for later. What each gave is kept until the report is made from it,
         # so that a record never runs them again.
-        self._stages: Stages | None = (
-            run_processors(strategy, grammar, context, scores.values, texts) if strategy.reshapes else None
-        )
-        self.processed: torch.Tensor | None = self._stages[-1][1] if self._stages else None
+        self._stages: Stages | None = None
+        if strategy.reshapes:
+            with step_work():
+                self._stages = run_processors(strategy, grammar, context, self._model_stage(), texts)
+        self._beside = chain_beside(texts, context, strategy) if strategy.reshapes else None
+        self._chosen_from: Stage | None = self._stages[-1] if self._stages else None
+        self.processed: torch.Tensor | None = self._chosen_from.full(scores.values.shape[-1]) if self._chosen_from else None
         # Why the strategy has nothing to choose from ('' when it has): every token ruled out.
         self.nothing_left = ""
-        if self._stages and not bool(torch.isfinite(self._stages[-1][1]).any()):
-            effects = explain_stages(self._stages, scores.values, []).effects
+        if self._stages and self._stages[-1].count == 0:
+            with step_work():
+                effects = explain_stages(self._stages, self._model_stage(), []).effects
             self.nothing_left = nothing_left_line(strategy, [effect.name for effect in effects if effect.removed_in_all])
         self._logprobs: torch.Tensor | None = None
         self._distribution: Distribution | None = None
@@ -112,9 +118,9 @@ class NextToken:
         offered = cls.__new__(cls)
         offered.scores, offered.strategy, offered.choices = NO_SCORES, strategy, choices
         offered._texts, offered.grammar, offered._grammar_allows = texts, grammar, None
-        offered.processed = offered._logprobs = offered._stages = None
+        offered.processed = offered._logprobs = offered._stages = offered._chosen_from = None
         offered._distribution, offered.held, offered.nothing_left = distribution, False, ""
-        offered._report = None
+        offered._report = offered._beside = None
         return offered
 
     def release(self) -> None:
@@ -124,7 +130,7 @@ class NextToken:
         self._distribution = self.distribution  # computed now, from the scores, and kept
         self._report = self.report()
         self.scores = NO_SCORES
-        self.processed = self._logprobs = self._grammar_allows = self._stages = None
+        self.processed = self._logprobs = self._grammar_allows = self._stages = self._chosen_from = None
         self.held = False
 
     def rescored(self, scores: Scores, context: Sequence[int]) -> NextToken:
@@ -178,6 +184,33 @@ class NextToken:
             return 0.0  # every token was ruled out (a softmax of nothing but -inf is NaN)
         return float(torch.softmax(self.processed, dim=-1)[token_id])
 
+    def choose(self, rng: torch.Generator) -> int:
+        """The token the strategy chooses here: greedy's argmax (row 0 of the panel when nothing
+        reshapes), or a draw from the strategy's distribution with `rng` (as generate() draws)."""
+        if self.strategy.do_sample:
+            return int(torch.multinomial(torch.softmax(self.strategy_scores, dim=-1), 1, generator=rng))
+        if self.processed is None:
+            return self.distribution.candidates[0].token_id  # the panel's row 0 is the argmax (ties by id)
+        return int(torch.argmax(self.strategy_scores))
+
+    def path_token(self, token_id: int, forced: bool, raw: bytes, piece: str, logprob: float | None = None) -> PathToken:
+        """`token_id` chosen here, as the path keeps it: what the raw model and the strategy thought
+        of it (`logprob`: the engine's answer, for a token beyond the N it returned)."""
+        logprob = self.logprob(token_id) if logprob is None else logprob
+        assert logprob is not None, "a token beyond the known N comes with its log-probability"
+        return PathToken(
+            token_id=token_id,
+            text=bytes_to_text(raw),
+            prob=math.exp(logprob),
+            logprob=logprob,
+            rank=self.rank(token_id),
+            forced=forced,
+            processed_prob=self.processed_prob(token_id),
+            raw=raw,
+            piece=piece,
+            special=token_id in self._texts.special_ids,
+        )
+
     @property
     def kept_report(self) -> ProcessorReport | None:
         """The processors' report if already made (None: not yet, or the strategy has no processors)."""
@@ -195,13 +228,19 @@ class NextToken:
         if self._report is None:
             assert self._stages is not None, "a released position keeps its report"
             candidates = [c.token_id for c in self.distribution.candidates]
-            self._report, self._stages = explain_stages(self._stages, self.scores.values, candidates), None
+            with step_work():
+                self._report, self._stages = explain_stages(self._stages, self._model_stage(), candidates), None
         return self._report
+
+    def _model_stage(self) -> Stage:
+        """The model's own scores, as the chain's first stage."""
+        return Stage("model", self.scores.values, self.scores.known)
 
     def _summarize(self) -> Distribution:
         known = None if self.scores.complete else self.scores.known
-        summary = summarize(self.scores.values, self.logprobs, self.processed, self.choices, self._texts, known)
-        summary = replace(summary, nothing_left=self.nothing_left)
+        with step_work():
+            summary = summarize(self.scores.values, self.logprobs, self._chosen_from, self.choices, self._texts, known)
+        summary = beside(replace(summary, nothing_left=self.nothing_left), self._beside)
         if self._grammar_allows is None:
             return summary
         marked = tuple(
@@ -216,3 +255,23 @@ def nothing_left_line(strategy: Strategy, removers: Sequence[str]) -> str:
     names = [f"the {strategy.constraint.describe()}" if name == "grammar" and strategy.constraint else name for name in removers]
     ruled = f"{' and '.join(names)} rule{'s' if len(names) == 1 else ''}" if names else "the strategy rules"
     return f"No token is left to choose here: {ruled} out every one. Undo, force a token, or change the settings."
+
+
+def chain_beside(texts: TokenTexts, context: Sequence[int], strategy: Strategy) -> ServerChain | str | None:
+    """A server's own chain for the same settings (see TokenTexts.chain_beside). A server that fails
+    to answer it gets a line beside the panel, not a failed step: the step itself has its scores."""
+    try:
+        return texts.chain_beside(list(context), strategy)
+    except TokenstepError as error:
+        return f"the server did not say what its own chain gives: {error}"
+
+
+def beside(summary: Distribution, chain: ServerChain | str | None) -> Distribution:
+    """The panel with a server's own chain beside it: each candidate's probability after it (0 for
+    one it ruled out, None beyond the top N it listed), or the line saying why there is none."""
+    if chain is None:
+        return summary
+    if isinstance(chain, str):
+        return replace(summary, server=chain)
+    rows = tuple(replace(c, server_prob=chain.probs.get(c.token_id, 0.0 if chain.complete else None)) for c in summary.candidates)
+    return replace(summary, candidates=rows, server="llama-server, after its own chain (post_sampling_probs)")

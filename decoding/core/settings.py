@@ -5,6 +5,7 @@ Pure Python (no torch), so the command line can check options before anything he
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -242,12 +243,15 @@ class Strategy:
     def active_processors(self) -> list[str]:
         """Names of the processors this strategy applies, in order: generate()'s, or the chain given.
         suppress_tokens goes where generate() puts it (after its processors), or first in a chain given."""
+        return list(_active_processors(self))
+
+    def _active_processors(self) -> tuple[str, ...]:
         applied = self._applied()
         names = [sampler.name for sampler in applied]
         if self.suppress_tokens:
             at = 0 if self.samplers else sum(not sampler.sampling_only for sampler in applied)
             names.insert(at, "suppress_tokens")
-        return names
+        return tuple(names)
 
     def unlisted_stages(self) -> list[str]:
         """Stages switched on that a chain given (`samplers`) leaves out (the chain must name each)."""
@@ -310,6 +314,12 @@ class Strategy:
         if self.constraint is not None:
             parts.append(f"· {self.constraint.describe()}")
         return " ".join(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _active_processors(strategy: Strategy) -> tuple[str, ...]:
+    """Worked out once per strategy: every step asks (it reads the whole registry)."""
+    return strategy._active_processors()
 
 
 def setting_names() -> list[str]:

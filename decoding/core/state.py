@@ -27,6 +27,9 @@ class Candidate:
     special: bool = False  # a control token (<|im_end|>): shown by its name, in its own style
     ends: bool = False  # choosing it ends the generation (or a chat's turn)
     removed_by: str = ""  # "grammar" when the constraint forbids it
+    # After the server's own sampler chain for the same settings (llama-server's post_sampling_probs);
+    # None where the server did not say (not asked, or beyond the top N it returned)
+    server_prob: float | None = None
 
     @property
     def label(self) -> str:
@@ -45,11 +48,12 @@ class Distribution:
     covered: float = 1.0  # the probability mass the known tokens hold
     nothing_left: str = ""  # why the strategy has no token to choose here ('' when it has), one line
     # When the strategy reshapes: how many tokens its chain keeps, the model's probability of them, of
-    # how many. Shown for the steps computed in this run; a session file keeps the panel without them
-    # (a panel read back is the same panel).
+    # how many (a session file keeps them; left out of equality, as a panel read back from an older
+    # file is the same panel without them).
     kept: int | None = field(default=None, compare=False)
     kept_mass: float = field(default=1.0, compare=False)
     vocab_size: int = field(default=0, compare=False)
+    server: str = field(default="", compare=False)  # what the server column is, or why there is none ('' : no server)
 
     @property
     def complete(self) -> bool:
@@ -230,6 +234,7 @@ class ProcessorEffect:
     mass_removed: float = 0.0  # the probability (going in) of the tokens it ruled out
     kept: int = 0  # tokens of the whole vocabulary still in after it
     kept_mass: float = 1.0  # the model's probability of those tokens
+    by: str = ""  # whose code ran it, where not tokenstep's or transformers': "llama.cpp" (the engine's own sampler)
 
 
 @dataclass(frozen=True)
@@ -259,3 +264,13 @@ class Lens:
     settles_at: int | None  # the first layer from which the final top-1 stays top-1
     note: str = ""  # why there is no lens
     pending: bool = False  # to be computed once the step's panel is out (a view keeps the last one)
+
+
+@dataclass(frozen=True)
+class ServerChain:
+    """A server's probabilities after its own sampler chain, for the same settings as tokenstep's:
+    of each token it listed (its top N after the chain); `complete` when that list holds every token
+    the chain left (a token not in it was ruled out)."""
+
+    probs: dict[int, float]
+    complete: bool

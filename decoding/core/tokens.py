@@ -36,7 +36,9 @@ def bytes_to_text(raw: bytes) -> str:
 
 class TokenTexts:
     """Each token's own text (`bytes_to_text` of its bytes), decoded once: panels show the same tokens
-    step after step. Also which tokens are control tokens, and which end a turn."""
+    step after step. Also which tokens are control tokens, and which end a turn; and what the chain's
+    samplers need of the engine: DRY's sequence breakers in its vocabulary, and its own samplers
+    (`RunsOwnSamplers`) for the stages it has."""
 
     def __init__(
         self,
@@ -45,8 +47,14 @@ class TokenTexts:
         end_ids: frozenset[int] = frozenset(),
         vocab_size: int = 0,
         encode_piece: Callable[[str], list[int]] = lambda text: [],
+        own_stage: Callable[[str, Any], Any] | None = None,
+        chain_beside: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         self._token_bytes = token_bytes
+        # The engine's own sampler for a stage of the chain (llama.cpp's), or None where it has none
+        self.own_stage = own_stage or (lambda name, strategy: None)
+        # A server's own chain for the same settings (ids, strategy): ServerChain, a line why not, or None
+        self.chain_beside = chain_beside or (lambda ids, strategy: None)
         self._texts: dict[int, str] = {}
         self.special_ids, self.end_ids = special_ids, end_ids
         self.vocab_size = vocab_size
@@ -61,6 +69,8 @@ class TokenTexts:
             engine.eos_token_ids | engine.end_of_turn_ids,
             vocab_size=engine.vocab_size,
             encode_piece=engine.encode_piece,
+            own_stage=getattr(engine, "own_stage", None),
+            chain_beside=getattr(engine, "chain_probs", None),
         )
 
     def breakers(self, strings: tuple[str, ...], find: Callable[..., Any]) -> Any:

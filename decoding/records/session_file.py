@@ -172,6 +172,11 @@ def _node_record(node: Node) -> dict[str, Any]:
                 "entropy": panel.entropy,
                 "processed_entropy": panel.processed_entropy,
                 **({} if panel.complete else {"known": panel.known, "covered": panel.covered}),
+                **(
+                    {}
+                    if panel.kept is None
+                    else {"kept": panel.kept, "kept_mass": panel.kept_mass, "vocab_size": panel.vocab_size}
+                ),
             }
         )
     if node.rng is not None:
@@ -192,7 +197,10 @@ CANDIDATE_SHAPE = {
     "removed?": bool,
     "special?": bool,
     "ends?": bool,
+    "removed_by?": str,
+    "server_prob?": (PROBABILITY, None),
 }
+CANDIDATE_FIELDS = [name.removesuffix("?") for name in CANDIDATE_SHAPE]  # a key a later version adds is left out
 NODE_SHAPE = {
     "id": Whole(0),
     "parent": (Whole(0), None),
@@ -220,6 +228,9 @@ NODE_SHAPE = {
             "processed_entropy": (ENTROPY, None),
             "known?": (Whole(1, MAX_VOCABULARY), None),
             "covered?": PROBABILITY,
+            "kept?": Whole(0, MAX_VOCABULARY),
+            "kept_mass?": PROBABILITY,
+            "vocab_size?": Whole(0, MAX_VOCABULARY),
         },
         None,
     ),
@@ -389,10 +400,20 @@ def _node(item: dict[str, Any], vocab_size: int) -> Node:
         saved = item.get("panel")
         if not saved:  # every save holds it: without it the path could only be read again a token at a time
             raise ValueError(f"node {item['id']} holds a token without the candidates it was chosen from")
-        candidates = tuple(Candidate(**candidate) for candidate in saved["candidates"])
+        candidates = tuple(
+            Candidate(**{key: candidate[key] for key in CANDIDATE_FIELDS if key in candidate})
+            for candidate in saved["candidates"]
+        )
         _check_ids([c.token_id for c in candidates], vocab_size, item["id"])
         panel = Distribution(
-            candidates, saved["entropy"], saved["processed_entropy"], saved.get("known"), saved.get("covered", 1.0)
+            candidates,
+            saved["entropy"],
+            saved["processed_entropy"],
+            saved.get("known"),
+            saved.get("covered", 1.0),
+            kept=saved.get("kept"),
+            kept_mass=saved.get("kept_mass", 1.0),
+            vocab_size=saved.get("vocab_size", vocab_size),
         )
     messages = tuple(Message(m["role"], m["content"]) for m in item.get("messages", ()))
     if item["parent"] is not None and token is None and not messages:

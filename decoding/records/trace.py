@@ -71,6 +71,7 @@ def _step_records(session: Session) -> Iterator[dict[str, Any]]:
                 "candidates": [_candidate_record(c) for c in panel.candidates],
                 "chosen": _chosen_record(step.token),
                 "entropy": panel.entropy,
+                **({"server_chain": panel.server} if panel.server else {}),
                 **_processors_record(session.report_at(position)),
             }
 
@@ -180,6 +181,7 @@ def _processors_record(report: ProcessorReport | None) -> dict[str, Any]:
                 "mass_removed": effect.mass_removed,
                 "kept": effect.kept,
                 "kept_mass": effect.kept_mass,
+                **({"by": effect.by} if effect.by else {}),
             }
             for effect in report.effects
         ]
@@ -207,6 +209,8 @@ def _candidate_record(candidate: Candidate) -> dict[str, Any]:
         record.update(special=True, ends=candidate.ends)  # a control token, not text that reads like one
     if candidate.processed_prob is not None:
         record.update(processed_prob=candidate.processed_prob, removed=candidate.removed)
+    if candidate.server_prob is not None:
+        record.update(server_prob=candidate.server_prob)  # after the server's own chain
     return record
 
 

@@ -20,7 +20,7 @@ from transformers import LogitsProcessorList
 from decoding.core.distribution import summarize, top_ids
 from decoding.core.engine import Engine, RunsSideBySide, decode_continuation
 from decoding.core.errors import SessionError, SettingsError
-from decoding.core.processors import processors_with
+from decoding.core.processors import Stage, processors_with
 from decoding.core.scores import Scores, nothing_left_line
 from decoding.core.settings import Strategy
 from decoding.core.state import Beam, BeamSnapshot, Distribution
@@ -187,7 +187,7 @@ class BeamSearch:
                 summarize(
                     values[row],
                     raw[row],
-                    processed[row] if self._processors else None,
+                    Stage.of("chain", processed[row]) if self._processors else None,
                     self.choices,
                     self._token_text,
                     None if complete else int(torch.isfinite(values[row]).sum()),

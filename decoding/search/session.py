@@ -7,7 +7,6 @@ the choice. Undo crops the cache and puts that value back, so the panel is exact
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ from decoding.core.prompt import Prompt, checked_ids, plain_prompt
 from decoding.core.scores import NextToken, Scores
 from decoding.core.settings import MAX_CHOICES, Strategy, choices_problem
 from decoding.core.state import Distribution, Message, PathToken, ProcessorReport, Snapshot, TokenScore, TurnMark
-from decoding.core.tokens import RunningText, TokenTexts, bytes_to_text, one_line
+from decoding.core.tokens import RunningText, TokenTexts, one_line
 from decoding.search.positions import prompt_scores
 from decoding.search.tree import Node, Tree
 
@@ -119,10 +118,14 @@ class Session:
     def ids_before(self, index: int) -> list[int]:
         """What the model had read when it offered path token `index`: the prompt, the tokens before
         it and any chat turns between them."""
+        return self._context_at(self.step_of(index))
+
+    def step_of(self, index: int) -> int:
+        """The step (chat turns are steps too) that chose path token `index`."""
         positions = [position for position, step in enumerate(self._steps) if step.token is not None]
         if not 0 <= index < len(positions):
             raise IndexError(f"there is no path token {index}")
-        return self._context_at(positions[index])
+        return positions[index]
 
     @property
     def reply_ids(self) -> list[int]:
@@ -239,6 +242,10 @@ class Session:
             offered.keep(self.offered_at(position).report())
         return offered.report()
 
+    def ids_before_step(self, position: int) -> list[int]:
+        """The ids the model had read before step `position` (a chat's turns are steps too)."""
+        return self._context_at(position)
+
     def _context_at(self, position: int) -> list[int]:
         """The ids the model had read before step `position`."""
         return self.prompt_ids + [token_id for step in self._steps[:position] for token_id in step.ids]
@@ -304,6 +311,11 @@ class Session:
             self.tree.enter_turn(turn.ids)
         else:
             self.tree.add_turn(turn.text, list(turn.ids), (turn.message,))
+
+    def new_grammar(self, strategy: Strategy) -> GrammarState | None:
+        """A matcher of its own for the strategy's constraint over what follows the prompt (a future
+        sampled beside the path follows it on its own)."""
+        return self._grammar_for(strategy, len(self.prompt.ids))
 
     def _grammar_for(self, strategy: Strategy, start: int) -> GrammarState | None:
         """A matcher for the strategy's constraint over what follows `start` prompt tokens."""
@@ -476,7 +488,7 @@ class Session:
                 fed_from = start + index - 1 if index else fed_from
             steps.append(Step(node.token, offered, states[-1], fed_from=fed_from))
             states.append(self._sampler_state(node) if node.rng is not None else states[-1])
-            ending = self._ending_after_length(node.token_id, start + index)
+            ending = self.ending_after(node.token_id, start + index)
         fed = [node.token_id for node in run][: len(run) - (ending is not None)]  # an ending token is never fed
         scores = self._feed_run(fed) if fed else None  # may raise: nothing has changed yet
         for step in steps:
@@ -573,11 +585,7 @@ class Session:
     def _choose(self, offered: NextToken) -> int:
         if offered.nothing_left:
             raise SessionError(offered.nothing_left)
-        if self._strategy.do_sample:
-            return int(torch.multinomial(torch.softmax(offered.strategy_scores, dim=-1), 1, generator=self._rng))
-        if offered.processed is None:
-            return offered.distribution.candidates[0].token_id  # the panel's row 0 is the argmax (ties by id)
-        return int(torch.argmax(offered.strategy_scores))
+        return offered.choose(self._rng)
 
     def _append(self, token_id: int, forced: bool, rng_state: torch.Tensor, replaying: bool = False) -> PathToken:
         """Run `token_id` to get the next position's scores, then record it, scored by the raw model.
@@ -589,19 +597,7 @@ class Session:
         ending = self._ending_after(token_id)
         scores = None if ending else self._run_model_on(token_id)  # may raise: nothing has changed yet
         raw = self.engine.token_bytes(token_id)
-        special = token_id in self.engine.special_ids
-        token = PathToken(
-            token_id=token_id,
-            text=bytes_to_text(raw),
-            prob=math.exp(logprob),
-            logprob=logprob,
-            rank=offered.rank(token_id),
-            forced=forced,
-            processed_prob=offered.processed_prob(token_id),
-            raw=raw,
-            piece=self._running_text.push(raw),
-            special=special,
-        )
+        token = offered.path_token(token_id, forced, raw, self._running_text.push(raw), logprob)
         self._steps.append(Step(token, offered, rng_state, fed_from=self._next_fed_from))
         self.finished = ending
         self._ahead.clear()
@@ -653,10 +649,10 @@ class Session:
         return engine.eos_token_ids | engine.end_of_turn_ids if self.prompt.form == "chat" else engine.eos_token_ids
 
     def _ending_after(self, token_id: int) -> str | None:
-        return self._ending_after_length(token_id, len(self.ids))
+        return self.ending_after(token_id, len(self.ids))
 
-    def _ending_after_length(self, token_id: int, length: int) -> str | None:
-        """Whether `token_id` after `length` ids ends the path, and why."""
+    def ending_after(self, token_id: int, length: int) -> str | None:
+        """Whether `token_id` after `length` ids ends the path, and why ("eos", "context limit")."""
         if token_id in self._end_ids():
             return "eos"
         if length + 1 >= self.engine.context_limit:

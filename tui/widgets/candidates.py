@@ -16,11 +16,12 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from decoding.core.state import BeamSnapshot, Candidate, Distribution, PathToken, Snapshot
-from decoding.core.tokens import token_label
+from decoding.core.tokens import escape_controls, token_label
 
 BAR_WIDTH = 10
 REMOVED_STYLE = "dim strike"
 SPECIAL_STYLE = "magenta"
+SERVER_STYLE = "yellow"  # the server's own chain, beside tokenstep's
 NOTHING_LEFT_STYLE = "bold yellow"  # every candidate ruled out: the strategy cannot choose
 CHOSEN_STYLE = "bold blue"  # a control token (<|im_end|>), unlike the same characters typed as text
 HEADER_LINES = 1
@@ -112,12 +113,13 @@ class CandidatePanel(Static):
         shown = self.shown
         assert shown is not None
         reshaped = shown.processed_entropy is not None
-        rows = [_cells(candidate, reshaped) for candidate in shown.candidates]
-        header = [Text(title, style="bold") for title in _headers(reshaped)]
+        served = reshaped and any(candidate.server_prob is not None for candidate in shown.candidates)
+        rows = [_cells(candidate, reshaped, served) for candidate in shown.candidates]
+        header = [Text(title, style="bold") for title in _headers(reshaped, served)]
         # Fixed column widths: the panel keeps its width from step to step, so the text beside it never reflows.
         widths = [
             max([width, *(cell.cell_len for cell in column)])
-            for width, column in zip(_widths(reshaped, len(rows)), zip(header, *rows))
+            for width, column in zip(_widths(reshaped, len(rows), served), zip(header, *rows))
         ]
         lines = [_line(header, widths)]
         highlight = self.get_component_rich_style("candidate-panel--highlight")
@@ -138,6 +140,8 @@ class CandidatePanel(Static):
                 )
         if shown.kept is not None:
             lines.append(chain_strip(shown))
+        if shown.server:
+            lines.append(Text(f"server: {escape_controls(shown.server)}", style=SERVER_STYLE if served else "dim"))
         if shown.nothing_left:
             lines.append(Text(shown.nothing_left, style=NOTHING_LEFT_STYLE))
         if shown.candidates and shown.candidates[0].ends:
@@ -166,18 +170,23 @@ def chain_strip(shown: Distribution) -> Text:
     line.append(f"{shown.kept:,}", style="bold magenta")
     line.append(f" of {of} ({shown.kept_mass:.2f} of the mass)", style="dim")
     line.append("\nmodel: as it is · strategy: after the chain", style="dim")
+    if not shown.complete:  # the chain ran here on the top N: what lies beyond them it never saw
+        line.append(f"\napproximate: the chain ran on the {shown.known} tokens the server returned", style="yellow")
     return line
 
 
-def _widths(reshaped: bool, rows: int) -> list[int]:
+def _widths(reshaped: bool, rows: int, served: bool = False) -> list[int]:
     rank = len(str(rows))
     if reshaped:
-        return [rank, TOKEN_WIDTH, PERCENT_WIDTH, BAR_WIDTH, PERCENT_WIDTH, BAR_WIDTH, LOGPROB_WIDTH]
+        server = [PERCENT_WIDTH] if served else []
+        return [rank, TOKEN_WIDTH, PERCENT_WIDTH, BAR_WIDTH, PERCENT_WIDTH, BAR_WIDTH, *server, LOGPROB_WIDTH]
     return [rank, TOKEN_WIDTH, PERCENT_WIDTH, BAR_WIDTH, LOGPROB_WIDTH]
 
 
-def _headers(reshaped: bool) -> list[str]:
-    return ["#", "token", "model", "", "strategy", "", "logprob"] if reshaped else ["#", "token", "prob", "", "logprob"]
+def _headers(reshaped: bool, served: bool = False) -> list[str]:
+    if reshaped:
+        return ["#", "token", "model", "", "strategy", "", *(["served"] if served else []), "logprob"]
+    return ["#", "token", "prob", "", "logprob"]
 
 
 def _line(cells: list[Text], widths: list[int]) -> Text:
@@ -191,7 +200,7 @@ def _line(cells: list[Text], widths: list[int]) -> Text:
     return line
 
 
-def _cells(candidate: Candidate, reshaped: bool) -> list[Text]:
+def _cells(candidate: Candidate, reshaped: bool, served: bool = False) -> list[Text]:
     style = REMOVED_STYLE if candidate.removed else ""
     cells = [
         Text(str(candidate.rank + 1), style="dim"),
@@ -204,6 +213,9 @@ def _cells(candidate: Candidate, reshaped: bool) -> list[Text]:
         if candidate.removed:
             after = f"✗ {candidate.removed_by}" if candidate.removed_by else "removed"
         cells += [Text(after, style=style), Text(bar(candidate.processed_prob or 0), style=style or "magenta")]
+        if served:
+            server = "…" if candidate.server_prob is None else f"{100 * candidate.server_prob:.2f}%"
+            cells.append(Text(server, style=style or SERVER_STYLE))
     cells.append(Text(f"{candidate.logprob:.3f}", style=style or "dim"))
     return cells
 

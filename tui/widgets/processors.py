@@ -71,6 +71,13 @@ def processor_table(report: ProcessorReport, distribution: Distribution) -> Text
         f"{short_name(e.name)} {e.removed_in_all} ({100 * e.mass_removed:.1f}% of the probability)" for e in report.effects
     )
     notes = [f"ruled out in the whole vocabulary: {ruled_out}"]
+    homes = {e.by for e in report.effects if e.by}
+    for home in sorted(homes):
+        own = ", ".join(short_name(e.name) for e in report.effects if e.by == home)
+        others = [short_name(e.name) for e in report.effects if e.by != home]
+        notes.append(
+            f"{home}'s own samplers ran {own} (the engine's numbers)" + (f"; tokenstep ran {', '.join(others)}" if others else "")
+        )
     if not distribution.complete:  # a server's top N: the processors ran here, on them
         notes.append(f"ran here, on the top {distribution.known} tokens the engine returned")
     return Text("\n").join([*lines, *(note(text, header.cell_len) for text in notes)])

@@ -125,13 +125,29 @@ class LlamaCppEngine:
     def feed(self, ids: Sequence[int]) -> Scores:
         before = self.cached_length
         try:
-            self._llm.eval(list(ids))
+            # The last id evaluated alone, as every step's token is: llama.cpp's numbers for a token
+            # inside a batch differ from one alone (by up to 0.03 in probability on the embedded
+            # model), and the same position must give the same panel however it is reached.
+            if len(ids) > 1:
+                self._llm.eval(list(ids[:-1]))
+            self._llm.eval(list(ids[-1:]))
         except BaseException:
             self.crop(before)
             raise
         # With logits_all off, llama.cpp keeps the logits of the last position only.
         logits = np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self.vocab_size,))
         return Scores(torch.from_numpy(logits.astype(np.float32, copy=True)))
+
+    def own_stage(self, name: str, strategy: Any) -> object | None:
+        """llama.cpp's own sampler for a stage of the chain, as its registry entry builds it (see
+        decoding.engines.llama.samplers); None for a stage llama.cpp does not have."""
+        from decoding.core.samplers import SAMPLERS
+        from decoding.engines.llama.samplers import LlamaSamplers
+
+        sampler = SAMPLERS.get(name)
+        if sampler is None or sampler.llama_cpp is None:
+            return None
+        return sampler.llama_cpp(strategy, LlamaSamplers(self._vocab, self.vocab_size, self.context_limit))
 
     def crop(self, length: int) -> None:
         self._llm._ctx.kv_cache_seq_rm(-1, max(length, 0), -1)

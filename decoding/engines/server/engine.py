@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from decoding.core.errors import LoadError
 from decoding.core.scores import Scores
-from decoding.engines.server import reply
+from decoding.core.state import ServerChain
+from decoding.engines.server import chain, reply
 from decoding.engines.server.http import Http, ServerError, said, server_address
 from decoding.engines.tokenizer import END_OF_TURN_TEXTS, byte_decoder_of, special_ids_of, token_bytes_of
 
@@ -96,8 +97,19 @@ class ServerEngine:
 
     def feed(self, ids: Sequence[int]) -> Scores:
         scores = self._scores([*self.held, *ids])  # may raise: nothing held changes
+        if len(ids) > 1 and self.evaluates_alone:
+            scores = self._scores([*self.held, *ids])
         self.held += list(ids)
         return scores
+
+    @property
+    def evaluates_alone(self) -> bool:
+        """llama-server's numbers for a token evaluated inside a batch (a prompt's last) differ from
+        those of the same token evaluated alone (by up to 0.03 in probability on the embedded Q4_1
+        model), and a request repeated for the same ids evaluates its last token alone: so after
+        several new ids the scores are asked for twice, and every panel is one made as a step's
+        (undo, the server's own chain beside it and llama.cpp's engine give the same numbers)."""
+        return self.dialect.name == "llama.cpp"
 
     def crop(self, length: int) -> None:
         del self.held[max(length, 0) :]  # the server's prefix cache serves the shorter prefix
@@ -110,6 +122,17 @@ class ServerEngine:
         if logprob is None:
             raise ServerError(f"{self.url} did not return the log-probability of token {token_id}.")
         return logprob
+
+    def chain_probs(self, ids: Sequence[int], strategy: Any) -> ServerChain | str | None:
+        """The server's own sampler chain for `strategy` after `ids`: the probabilities after it, or one
+        line saying why it cannot run it as tokenstep does; None for a server that cannot say (only
+        llama-server returns probabilities after its chain)."""
+        if self.dialect.name != "llama.cpp":
+            return None
+        fields = chain.request_fields(strategy, len(ids))
+        if isinstance(fields, str):
+            return fields
+        return _LLAMA().after_chain(self, list(ids), fields)
 
     def interrupt(self) -> None:
         """Cut the requests in flight short (from any thread): each fails at once, saying so."""
@@ -163,6 +186,8 @@ class ServerRunner:
 
     def start(self, sequences: list[list[int]]) -> Scores:
         self.rows = [list(sequence) for sequence in sequences]
+        if self.engine.evaluates_alone:  # see ServerEngine.evaluates_alone
+            self._all()
         return self._all()
 
     def feed(self, token_ids: list[int]) -> Scores:
@@ -263,6 +288,27 @@ class _LLAMA:
         answer = self.request(engine, ids, n, engine.vocabulary.plain_id)
         top_ids, logprobs, _ = reply.llama_top(answer, engine.vocab_size, n, f"{engine.url}/completion")
         return top_ids, logprobs
+
+    def after_chain(self, engine: ServerEngine, ids: list[int], fields: dict[str, Any]) -> ServerChain | str:
+        """The top N after the server's own chain (post_sampling_probs). The server leaves a token's
+        probabilities out when the token it drew ends in a partial character: it draws again under the
+        next seed, a few times."""
+        where = f"{engine.url}/completion"
+        for attempt in range(chain.HELD_BACK_TRIES):
+            body = {
+                "prompt": ids,
+                "n_predict": 1,
+                "n_probs": engine.top,
+                "post_sampling_probs": True,
+                "cache_prompt": True,
+                "response_fields": ["completion_probabilities"],
+                **fields,
+                "seed": (fields["seed"] + attempt) % chain.SEEDS,
+            }
+            probs = reply.llama_after_chain(engine.http.post("/completion", body), engine.vocab_size, engine.top, where)
+            if probs is not None:
+                return ServerChain(probs, complete=len(probs) < engine.top)
+        return "llama-server held its answer back (the tokens it drew end in a partial character)"
 
     def logprob_of(self, engine: ServerEngine, ids: list[int], token_id: int) -> float | None:
         where = f"{engine.url}/completion"

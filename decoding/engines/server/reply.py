@@ -29,6 +29,7 @@ LOWEST_LOGPROB = -1e4  # llama.cpp writes an impossible token's log-probability 
 PROBABILITY_SLACK = 1e-3  # how far above 1 the top N's probabilities may add up (rounding)
 
 LOGPROB = Number(high=LOGPROB_SLACK)
+PROBABILITY_VALUE = Number(0.0, 1.0 + PROBABILITY_SLACK)
 CONTEXT = Whole(1, MAX_CONTEXT)
 VOCABULARY = Whole(1, MAX_VOCABULARY)
 BYTES = [Whole(0, 255)]
@@ -53,6 +54,7 @@ class Specs:
     pieces: Any
     llama_top: Any
     llama_forced: Any
+    llama_after_chain: Any
     vllm_top: Any
     sglang_top: Any
     sglang_forced: Any
@@ -68,6 +70,7 @@ def specs(vocab_size: int) -> Specs:
         pieces={"tokens": [{"id": token, "piece": (str, BYTES)}]},
         llama_top={"completion_probabilities": [{"top_logprobs": [entry]}]},
         llama_forced={"completion_probabilities": [{"id": token, "logprob": (LOGPROB, None), "bytes?": BYTES}]},
+        llama_after_chain={"completion_probabilities": [{"top_probs": [{"id": token, "prob": PROBABILITY_VALUE}]}]},
         vllm_top={"choices": [{"logprobs": {"top_logprobs": [dict]}}]},
         sglang_top={"meta_info": {"output_top_logprobs": [[list]]}},
         sglang_forced={"meta_info": {"output_token_ids_logprobs": [[list]]}},
@@ -140,6 +143,17 @@ def llama_top(answer: Any, vocab_size: int, n: int, where: str) -> tuple[list[in
     entries = first(answer["completion_probabilities"], where, "completion_probabilities")["top_logprobs"]
     ids, logprobs = top_scores([(e["id"], float(e["logprob"])) for e in entries], n, where)
     return ids, logprobs, {e["id"]: bytes(e["bytes"]) for e in entries if e.get("bytes")}
+
+
+def llama_after_chain(answer: Any, vocab_size: int, n: int, where: str) -> dict[int, float] | None:
+    """llama.cpp's /completion with post_sampling_probs: each listed token's probability after its
+    sampler chain; None when it held the step back (the token it drew ends in a partial character)."""
+    checked(answer, specs(vocab_size).llama_after_chain, where)
+    if not answer["completion_probabilities"]:
+        return None
+    pairs = [(e["id"], min(float(e["prob"]), 1.0)) for e in answer["completion_probabilities"][0]["top_probs"]]
+    kept = set(top_scores([(token, math.log(p) if p > 0 else LOWEST_LOGPROB) for token, p in pairs], n, where)[0])
+    return {token: p for token, p in pairs if token in kept}
 
 
 def llama_forced(answer: Any, vocab_size: int, token_id: int, where: str) -> float | None:
