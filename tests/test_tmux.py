@@ -149,3 +149,25 @@ def test_the_chain_in_the_order_given_shows_in_the_panel_and_the_chain_view(app_
     assert header.index("top-k") < header.index("min-p")  # the chain's order, as --samplers gave it
     assert re.search(r"kept\s+400\s+7\s+7\b", screen), screen  # of the tiny model's 400, top-k keeps 7, min-p all 7
     tmux.keys("q")
+
+
+def test_futures_chart_their_outcomes_in_the_terminal_and_survive_a_kill_9(app_in_tmux, tmp_path):
+    import signal
+
+    from decoding.records import session_file
+
+    tmux = app_in_tmux("--strategy", "sample", "--top-k", "30")
+    tmux.wait_for("logprob")
+    tmux.keys("F")
+    tmux.wait_for("how many")
+    tmux.keys("Enter")
+    screen = tmux.wait_for("kept as branches of the tree")
+    assert "outcomes of 12 futures" in screen and "sampled share" in screen and "model's probability" in screen
+    drawn = tmux.screen(colours=True)
+    bar_colours = {style.get("fg") for line in drawn.splitlines() for character, style in cells(line) if character == "█"}
+    assert len(bar_colours - {None}) >= 2  # the shares' bars and the model's, each in its own colour
+    pid = int(tmux.tmux(["display", "-p", "-t", tmux.name, "#{pane_pid}"]).strip())
+    os.kill(pid, signal.SIGKILL)  # no goodbye: what the file holds is what was written as the futures came
+    tree = session_file.load(tmp_path / "session.json").tree
+    leaves = [node for node in tree.nodes.values() if node.token is not None and not node.children]
+    assert len(leaves) >= 10 and all(len(tree.path(leaf.id)) == 1 + 16 for leaf in leaves)

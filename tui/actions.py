@@ -66,6 +66,14 @@ ACTIONS = (
     Action("switch.sample", "switch('sample')", "Switch to sampling", "Draw from the (processed) distribution"),
     Action("switch.beam", "switch('beam')", "Switch to beam search", "Step all beams at once (settings: s)"),
     Action("compare", "compare", "Compare", "The chapter's strategies side by side from here", "c"),
+    Action(
+        "futures",
+        "futures",
+        "Futures",
+        "Sample N continuations from here side by side, kept as branches, and see the outcomes they come to",
+        "F",
+        in_footer=False,
+    ),
     *(Action(p.name, f"toggle_panel('{p.name}')", p.label, p.help, p.key, in_footer=p.in_footer) for p in PANELS),
     Action(
         "sibling.previous",

@@ -32,6 +32,7 @@ from tui import messages
 from tui.actions import available, bindings
 from tui.ask_screen import MODEL_EXAMPLE, MODEL_QUESTION, AskScreen
 from tui.compare_screen import CompareScreen
+from tui.futures_screen import FuturesScreen
 from tui.layout import ExplorationArea
 from tui.pacing import SWITCH_INTERVAL_SECONDS, FramePacer
 from tui.palette import ActionCommands
@@ -347,6 +348,35 @@ class TokenstepApp(App[int]):
 
         self.push_screen(screen, closed)
         self.runner.pause_then(command)
+
+    def action_futures(self) -> None:
+        cursor = self.snapshot.cursor if self.snapshot is not None else None
+        where = "the end of the path" if cursor is None else f"before step {cursor + 1}"
+        running: list[commands.Command] = []
+
+        def start(n: int, new_tokens: int, outcome: str | None) -> None:
+            command = commands.Futures(
+                n,
+                new_tokens,
+                outcome,
+                grown=lambda run: screen.post_message(messages.FuturesGrown(run)),
+                done=lambda run: screen.post_message(messages.FuturesDone(run)),
+                failed=lambda text: screen.post_message(messages.FuturesFailed(text)),
+            )
+            running[:] = [command]
+            self.runner.pause_then(command)
+
+        def cancel() -> None:
+            for command in running:
+                self.runner.drop(command)  # a batch running ends between two tokens
+
+        def closed(node: int | None) -> None:
+            cancel()
+            if node is not None:
+                self.enqueue(commands.Jump(node))
+
+        screen = FuturesScreen(start, cancel, where)
+        self.push_screen(screen, closed)
 
     def action_export(self) -> None:
         self.enqueue(commands.Export(self.export_dir))

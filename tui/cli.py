@@ -192,7 +192,7 @@ def build_parsers(add_help: bool = True) -> tuple[argparse.ArgumentParser, argpa
         prog="tokenstep",
         add_help=add_help,
         description="Step through a language model's text generation one token at a time. "
-        "Also: `tokenstep trace`, `compare`, `replay` and `diff` (each with --help).",
+        "Also: `tokenstep trace`, `futures`, `compare`, `replay` and `diff` (each with --help).",
     )
     app.add_argument("prompt", nargs="?", help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     app.add_argument("--choices", type=int, default=10, help="candidates shown (default 10)")
@@ -457,6 +457,62 @@ def run_diff_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def build_futures_parser() -> argparse.ArgumentParser:
+    futures = Parser(
+        prog="tokenstep futures",
+        description="Sample N continuations of up to L tokens from the prompt under the strategy (future i with seed + i: "
+        "what `tokenstep trace --seed S+i` gives), side by side, and group them by outcome: counts, shares with their 95 %% "
+        "Wilson interval, and the model's probability of the short prefix that decided an outcome.",
+    )
+    futures.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
+    futures.add_argument("--n", type=int, default=12, help="how many futures (default 12)")
+    futures.add_argument("--new-tokens", type=int, default=16, help="the most tokens each future writes (default 16)")
+    futures.add_argument(
+        "--outcome",
+        metavar="REGEX",
+        help="what a future comes to: the first capture group of this expression (default: the first line; "
+        "with --chat, the reply up to its end)",
+    )
+    futures.add_argument("--format", default="table", choices=["table", "json"])
+    _add_prompt_options(futures)
+    _add_model_options(futures)
+    second = futures.add_argument_group("a second model: each future's log-probability under it too")
+    second.add_argument("--second-model", help="Hub id, local folder or .gguf file; `embedded` for the embedded model")
+    second.add_argument("--second-engine", choices=ENGINES, help=f"its engine (default: {DEFAULT_ENGINE})")
+    second.add_argument("--second-url", help="with --second-engine server: the server serving it")
+    _add_strategy_options(futures)
+    _add_constraint_options(futures)
+    return futures
+
+
+def run_futures_command(argv: Sequence[str]) -> int:
+    from decoding.search.futures import check_request
+    from decoding.search.outcomes import OutcomeRule
+
+    args = build_futures_parser().parse_args(argv)
+    request = prompt_request(args)
+    check_request(args.n, args.new_tokens)
+    if args.outcome is not None:
+        OutcomeRule(args.outcome)  # a bad expression is refused before the model loads
+    strategy, options, second_options = strategy_from(args), load_options_from(args), second_options_from(args)
+    if strategy.is_beam:
+        raise TokenstepError("Futures are paths sampled one token at a time: use --strategy sample (or greedy).")
+
+    from decoding.explorer.opening import add_second_model, open_explorer
+    from decoding.records.futures import format_futures, futures_record
+    from decoding.records.trace import terminal_safe_json
+
+    explorer = open_explorer(options, strategy, max_new_tokens=args.new_tokens, progress=_progress_on_terminal)
+    if second_options is not None and (left_out := add_second_model(explorer, second_options, _progress_on_terminal)):
+        raise TokenstepError(left_out)
+    explorer.new_prompt(request.build(explorer.engine))
+    if args.prefill:
+        explorer.force_text(args.prefill)
+    record = futures_record(explorer.session, explorer.futures(args.n, args.new_tokens, args.outcome))
+    print(terminal_safe_json(record) if args.format == "json" else format_futures(record))
+    return 0
+
+
 def run_compare_command(argv: Sequence[str]) -> int:
     args = build_compare_parser().parse_args(argv)
     request = prompt_request(args)
@@ -573,6 +629,7 @@ def screen_apart_from_native_stderr() -> Iterator[None]:
 
 COMMANDS = {
     "trace": run_trace_command,
+    "futures": run_futures_command,
     "compare": run_compare_command,
     "replay": run_replay_command,
     "diff": run_diff_command,

@@ -17,6 +17,7 @@ from decoding.explorer.commands import Command
 
 if TYPE_CHECKING:
     from decoding.explorer.explorer import Explorer, View
+    from decoding.records.futures import FuturesRun
 
 
 @dataclass
@@ -102,6 +103,23 @@ class ComparisonDone(Message):
 
 @dataclass
 class ComparisonFailed(Message):
+    text: str
+
+
+@dataclass
+class FuturesGrown(Message):
+    """The futures so far, as they grow (a frame's worth at a time)."""
+
+    run: FuturesRun
+
+
+@dataclass
+class FuturesDone(Message):
+    run: FuturesRun
+
+
+@dataclass
+class FuturesFailed(Message):
     text: str
 
 

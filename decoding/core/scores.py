@@ -187,8 +187,9 @@ class NextToken:
     def choose(self, rng: torch.Generator) -> int:
         """The token the strategy chooses here: greedy's argmax (row 0 of the panel when nothing
         reshapes), or a draw from the strategy's distribution with `rng` (as generate() draws)."""
-        if self.strategy.do_sample:
-            return int(torch.multinomial(torch.softmax(self.strategy_scores, dim=-1), 1, generator=rng))
+        if self.strategy.do_sample:  # on one thread: the same draw, a third faster (see step_work)
+            with step_work():
+                return int(torch.multinomial(torch.softmax(self.strategy_scores, dim=-1), 1, generator=rng))
         if self.processed is None:
             return self.distribution.candidates[0].token_id  # the panel's row 0 is the argmax (ties by id)
         return int(torch.argmax(self.strategy_scores))

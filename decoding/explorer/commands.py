@@ -21,6 +21,7 @@ from decoding.records.compare import Cancelled
 
 if TYPE_CHECKING:  # a view imports the commands before torch is loaded; the explorer needs torch
     from decoding.explorer.explorer import Explorer
+    from decoding.records.futures import FuturesRun
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,37 @@ class Compare(Command):
             self.done(explorer.compare(job.cancelled.is_set, self.progress))
         except Cancelled:
             pass
+        except TokenstepError as error:
+            self.failed(str(error))
+            raise
+        return None
+
+
+@dataclass(frozen=True)
+class Futures(Command):
+    """N futures from the cursor (or the end), each kept as a branch; `grown` hears how they grow
+    (at most a frame's worth of news at a time), `done` the whole run (cancelled: where they were)."""
+
+    name: ClassVar[str] = "futures"
+    n: int
+    new_tokens: int
+    outcome: str | None
+    grown: Callable[[FuturesRun], object]
+    done: Callable[[FuturesRun], object]
+    failed: Callable[[str], object]
+
+    def run(self, explorer: Explorer, job: Job) -> Timing | None:
+        told = [job.clock()]
+
+        def grown(run: FuturesRun) -> None:
+            if job.clock() - told[0] >= job.frame_seconds():
+                told[0] = job.clock()
+                self.grown(run)
+
+        try:
+            run = explorer.futures(self.n, self.new_tokens, self.outcome, should_stop=job.cancelled.is_set, grown=grown)
+            explorer.save()  # kept as branches before the view says so (a kill after it loses none)
+            self.done(run)
         except TokenstepError as error:
             self.failed(str(error))
             raise

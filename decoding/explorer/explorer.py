@@ -26,10 +26,13 @@ from decoding.core.tokens import one_line
 from decoding.explorer.panels import PANELS
 from decoding.records import session_file
 from decoding.records.compare import COMPARE_NEW_TOKENS, compare, comparison_record
+from decoding.records.futures import FuturesRun
 from decoding.records.keeper import SessionKeeper
 from decoding.records.trace import beam_trace_record, format_trace, second_model_record, trace_record
 from decoding.search.beam import BeamSearch
+from decoding.search.futures import Future, logprob_under, sample_futures
 from decoding.search.lens import no_lens, session_lens
+from decoding.search.outcomes import OutcomeRule, outcomes
 from decoding.search.second import SecondModel, check_same_tokenizer
 from decoding.search.session import Session
 
@@ -324,6 +327,37 @@ class Explorer:
         strategies = parse_strategies(CHAPTER_STRATEGIES, seed=self.session.strategy.seed)
         results = compare(engine.fork(), self.session.ids, strategies, new_tokens, should_stop, progress)
         return comparison_record(self.session.text, new_tokens, results)
+
+    def futures(
+        self,
+        n: int,
+        new_tokens: int,
+        outcome: str | None = None,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+        grown: Callable[[FuturesRun], object] = lambda run: None,
+    ) -> FuturesRun:
+        """`n` futures of up to `new_tokens` tokens from the cursor (or the end), each kept as a branch
+        of the tree, and the outcomes they come to (`outcome`: a regular expression whose first
+        capture group is the outcome; None: the first line, or in a chat the reply)."""
+        session = self.session
+        if self.beam is not None:
+            raise SessionError("Futures are paths sampled one token at a time: switch from beam search to sample or greedy.")
+        rule = OutcomeRule(outcome, chat=session.prompt.form == "chat")
+        steps = session.step_of(self.cursor) if self.cursor is not None else len(session.steps)
+        start = tuple(session.ids_before_step(steps)) if session.prompt.ids else ()
+
+        def run_of(futures: list[Future], cancelled: bool = False) -> FuturesRun:
+            return FuturesRun(tuple(futures), tuple(outcomes(futures, rule)), rule, new_tokens, start, cancelled=cancelled)
+
+        futures = sample_futures(
+            session, n, new_tokens, steps=steps, should_stop=should_stop, grown=lambda now: grown(run_of(now)), reads=rule
+        )
+        run = run_of(futures, cancelled=should_stop())
+        if self.second is not None and not run.cancelled:
+            scored = tuple(logprob_under(self.second.engine, start, future.ids) for future in futures)
+            run = replace(run, second=(self.second.name, scored))
+        return run
 
     def trace_record(self, steps_as_written: bool = False) -> dict:
         """The current path (or the beam search so far) as a `tokenstep trace` record (see
