@@ -19,7 +19,19 @@ TARGET = 3.0
 
 
 def futures_args(n: int, tokens: int) -> list[str]:
-    return ["futures", PROMPT, "--n", str(n), "--new-tokens", str(tokens), "--strategy", "sample", "--format", "json", *MODEL_OPTIONS]
+    return [
+        "futures",
+        PROMPT,
+        "--n",
+        str(n),
+        "--new-tokens",
+        str(tokens),
+        "--strategy",
+        "sample",
+        "--format",
+        "json",
+        *MODEL_OPTIONS,
+    ]
 
 
 def run() -> list[Result]:

@@ -20,7 +20,16 @@ from pathlib import Path
 from common import Result
 
 # What users run, end to end, each command a subprocess against generate() (or the session's own loop).
-COMMANDS = ["trace_command", "chain_command", "futures_command", "compare_command", "replay_command", "export_command", "app_pty", "command_memory"]
+COMMANDS = [
+    "trace_command",
+    "chain_command",
+    "futures_command",
+    "compare_command",
+    "replay_command",
+    "export_command",
+    "app_pty",
+    "command_memory",
+]
 # The core's loops in this process, against their baselines.
 INTERNAL = [
     "stepping",

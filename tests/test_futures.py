@@ -120,7 +120,12 @@ def test_esc_cancels_between_tokens_and_what_grew_is_kept(tiny_engine):
 
 def test_a_bad_request_is_one_clear_line(tiny_engine):
     explorer = explorer_on(tiny_engine)
-    for n, tokens, said in [(0, 4, "from 1 to 256"), (300, 4, "from 1 to 256"), (2, 0, "from 1 to 4096"), (True, 4, "whole number")]:
+    for n, tokens, said in [
+        (0, 4, "from 1 to 256"),
+        (300, 4, "from 1 to 256"),
+        (2, 0, "from 1 to 4096"),
+        (True, 4, "whole number"),
+    ]:
         with pytest.raises(SessionError, match=said):
             explorer.futures(n, tokens)
     explorer.session.set_strategy(Strategy(kind="beam"))

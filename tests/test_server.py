@@ -269,6 +269,19 @@ async def test_the_app_draws_the_servers_own_chain_in_a_column_of_its_own(llama_
         assert "llama-server, after its own chain" in line.text
 
 
+def test_futures_on_llama_server_go_out_as_concurrent_requests_and_become_branches(llama_server_url):
+    explorer = Explorer(server_engine(llama_server_url), Strategy(kind="sample", seed=2, top_k=20))
+    explorer.new_prompt(PROMPT)
+    run = explorer.futures(4, 5, r"^\s*(\w+)")
+    assert [len(future.tokens) for future in run.futures] == [5, 5, 5, 5]
+    assert len({future.ids for future in run.futures}) > 1
+    for future in run.futures:  # each token is one the server scored, and the branch holds it
+        assert all(token.logprob <= 0 and token.rank is not None for token in future.tokens)
+        tree = explorer.session.tree
+        assert [node.token.token_id for node in tree.path(future.node)[1:]] == list(future.ids)
+    assert sum(outcome.count for outcome in run.outcomes) == 4
+
+
 # --- vLLM ------------------------------------------------------------------------------------------
 
 
