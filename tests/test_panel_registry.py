@@ -40,7 +40,7 @@ from tests.test_app_drawn import rows_of
 async def main():
     app = make_app(sys.argv[1])
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await settle(pilot, rounds=3000)  # a fresh interpreter: imports and the load take a few seconds
         await pilot.press("space", "space", "space")
         await settle(pilot)
         closed = app.query_one("#surprise").display
