@@ -27,7 +27,7 @@ run: $(STAMP)
 # cache folder (about 7 and 2 minutes the first time) and reused after.
 test: $(STAMP)
 	LLAMA_SERVER="$$(PYTHON=$(BIN)/python .ci/build-llama.sh server)" VLLM_PYTHON="$$(.ci/vllm-env.sh)" \
-		HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+		HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 # Lint, format, types, the core's import contracts (pyproject.toml says what each checks) and the docs site.
 check: $(STAMP)

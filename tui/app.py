@@ -379,10 +379,21 @@ class TokenstepApp(App[int]):
         self.push_screen(screen, closed)
 
     def action_export(self) -> None:
-        self.enqueue(commands.Export(self.export_dir))
+        self.enqueue(commands.Export(self.export_dir, written=self._written))
 
     def action_export_tree(self) -> None:
-        self.enqueue(commands.Export(self.export_dir, tree=True))
+        self.enqueue(commands.Export(self.export_dir, tree=True, written=self._written))
+
+    def _written(self, paths: tuple[Path, ...]) -> None:
+        self.post_message(messages.Written(paths))  # from the model thread
+
+    @on(messages.Written)
+    def _offer_downloads(self, message: messages.Written) -> None:
+        """In a browser (tokenstep serve) the files an export wrote on the server are also offered as
+        downloads, as the palette's Screenshot is."""
+        if self.is_web:
+            for path in message.paths:
+                self.deliver_text(path, open_method="download")
 
     def action_toggle_panel(self, name: str) -> None:
         """Show or hide a registered panel; its value is computed by the model thread."""

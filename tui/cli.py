@@ -192,7 +192,7 @@ def build_parsers(add_help: bool = True) -> tuple[argparse.ArgumentParser, argpa
         prog="tokenstep",
         add_help=add_help,
         description="Step through a language model's text generation one token at a time. "
-        "Also: `tokenstep trace`, `futures`, `compare`, `replay` and `diff` (each with --help).",
+        "Also: `tokenstep trace`, `futures`, `compare`, `replay`, `diff` and `serve` (each with --help).",
     )
     app.add_argument("prompt", nargs="?", help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     app.add_argument("--choices", type=int, default=10, help="candidates shown (default 10)")
@@ -513,6 +513,45 @@ def run_futures_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def build_serve_parser() -> argparse.ArgumentParser:
+    serve = Parser(
+        prog="tokenstep serve",
+        description="Serve the explorer to a browser (textual-serve): each browser session runs the app with the options "
+        "that follow as a process of its own. The page and its websocket need the access token printed at the start. "
+        "Every option of the app (tokenstep --help) may follow.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="where to listen (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--token", help="the access token (default: $TOKENSTEP_TOKEN, else a new random one per start)")
+    return serve
+
+
+def run_serve_command(argv: Sequence[str]) -> int:
+    args, app_args = build_serve_parser().parse_known_args(argv)
+    if not 1 <= args.port <= 65535:
+        raise TokenstepError(f"--port must be from 1 to 65535 (got {args.port}).")
+    app = build_parsers()[0].parse_args(app_args)  # the app's options, checked now rather than in each browser
+    if app.session is not None or app.resume:
+        raise TokenstepError("--session and --resume go with one app; each browser session keeps a session file of its own.")
+    prompt_request(app, default=DEFAULT_PROMPT)
+    strategy_from(app)
+    load_options_from(app)
+    second_options_from(app)
+
+    from tui.serve import TokenServer, app_command, check_token, new_token
+
+    token = args.token if args.token is not None else os.environ.get("TOKENSTEP_TOKEN") or new_token()
+    try:
+        check_token(token)
+    except ValueError as error:
+        raise TokenstepError(f"--token: {error}.") from None
+    try:
+        TokenServer(app_command(app_args), args.host, args.port, token).serve()
+    except OSError as error:  # the port is taken, the host is not this machine's
+        raise TokenstepError(f"cannot listen on {args.host}:{args.port}: {one_line(str(error))}.") from None
+    return 0
+
+
 def run_compare_command(argv: Sequence[str]) -> int:
     args = build_compare_parser().parse_args(argv)
     request = prompt_request(args)
@@ -630,6 +669,7 @@ def screen_apart_from_native_stderr() -> Iterator[None]:
 COMMANDS = {
     "trace": run_trace_command,
     "futures": run_futures_command,
+    "serve": run_serve_command,
     "compare": run_compare_command,
     "replay": run_replay_command,
     "diff": run_diff_command,

@@ -7,6 +7,7 @@ UI thread, where widgets may be touched.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textual.app import App
@@ -104,6 +105,13 @@ class ComparisonDone(Message):
 @dataclass
 class ComparisonFailed(Message):
     text: str
+
+
+@dataclass
+class Written(Message):
+    """Files an export wrote (offered as downloads when the app runs in a browser)."""
+
+    paths: tuple[Path, ...]
 
 
 @dataclass

@@ -282,9 +282,12 @@ class Export(Command):
     name: ClassVar[str] = "export"
     folder: Path
     tree: bool = False
+    written: Callable[[tuple[Path, ...]], object] = lambda paths: None  # the files, for a view to offer as downloads
 
     def change(self, explorer: Explorer, job: Job) -> None:
-        job.notice(explorer.export_tree(self.folder) if self.tree else explorer.export(self.folder))
+        said, paths = explorer.export_tree(self.folder) if self.tree else explorer.export(self.folder)
+        job.notice(said)
+        self.written(paths)
 
 
 @dataclass(frozen=True)

@@ -370,23 +370,24 @@ class Explorer:
             record["second_model"] = second_model_record(self.second.view(self.session))
         return record
 
-    def export(self, folder: Path) -> str:
+    def export(self, folder: Path) -> tuple[str, tuple[Path, ...]]:
         """The trace record as JSON (replayable), CSV and Markdown files; says where they went."""
         record = self.trace_record()
         if not record["steps"]:
             raise SessionError("Nothing to export yet: take a step first.")
         stem = folder / time.strftime("tokenstep-trace-%Y%m%d-%H%M%S")
-        for fmt, suffix in (("json", ".json"), ("csv", ".csv"), ("markdown", ".md")):
-            write_atomically(stem.with_suffix(suffix), format_trace(record, fmt) + "\n")
+        paths = tuple(stem.with_suffix(suffix) for suffix in (".json", ".csv", ".md"))
+        for fmt, path in zip(("json", "csv", "markdown"), paths):
+            write_atomically(path, format_trace(record, fmt) + "\n")
         what = "beam search" if self.beam is not None else "path"
-        return f"Saved the {what} to {stem}.json, .csv and .md"
+        return f"Saved the {what} to {stem}.json, .csv and .md", paths
 
-    def export_tree(self, folder: Path) -> str:
+    def export_tree(self, folder: Path) -> tuple[str, tuple[Path, ...]]:
         """The whole tree as a session file (`tokenstep --session` opens it); says where it went."""
         path = folder / time.strftime("tokenstep-tree-%Y%m%d-%H%M%S.json")
         session = self.session
         session_file.save(path, session.tree, session.engine, session.strategy, session.choices)
-        return f"Saved the whole tree to {path} (a session file: tokenstep --session opens it)"
+        return f"Saved the whole tree to {path} (a session file: tokenstep --session opens it)", (path,)
 
     def save(self) -> None:
         self.keeper.save(self.session)
