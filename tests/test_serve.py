@@ -6,7 +6,6 @@ websocket and downloads are refused; the server stops its apps when it stops."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -42,7 +41,9 @@ def serving(model_dir: Path, *extra: str) -> Iterator[tuple[str, subprocess.Pope
     command += ["--model", str(model_dir), "--device", "cpu", *extra]
     data = tempfile.mkdtemp(prefix="tokenstep-serve-data-")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENSTEP_DATA": data, "PYTHONPATH": str(Path(__file__).parents[1])}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         address = process.stdout.readline().strip()  # the first line: the address, token included
         assert address == f"http://127.0.0.1:{port}/?token={TOKEN}", (address, process.stderr.read() if process.poll() else "")
@@ -79,7 +80,10 @@ def test_without_the_token_nothing_is_served(tiny_model_dir):
         token_cookie = cookie.split(";")[0]
         assert status_of(base + "/static/js/textual.js", {"Cookie": token_cookie}) == 200
         socket = {"Cookie": token_cookie, "Connection": "Upgrade", "Upgrade": "websocket", "Origin": "http://evil.example"}
-        assert status_of(base + "/ws", {**socket, "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}) == 403
+        assert (
+            status_of(base + "/ws", {**socket, "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"})
+            == 403
+        )
 
 
 def test_it_listens_on_loopback_unless_told_and_says_who_can_reach_it(tiny_model_dir):

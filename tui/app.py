@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
+from textual.binding import Binding
 from textual.widgets import Footer, Input
 
 from decoding.core.chat import PromptRequest
@@ -29,10 +30,11 @@ from decoding.explorer import commands
 from decoding.explorer.runner import Runner
 from decoding.records.session_file import new_session_path
 from tui import messages
-from tui.actions import available, bindings
+from tui.actions import ACTIONS, available, bindings
 from tui.ask_screen import MODEL_EXAMPLE, MODEL_QUESTION, AskScreen
 from tui.compare_screen import CompareScreen
 from tui.futures_screen import FuturesScreen
+from tui.heat_colours import heat_tints
 from tui.layout import ExplorationArea
 from tui.pacing import SWITCH_INTERVAL_SECONDS, FramePacer
 from tui.palette import ActionCommands
@@ -45,6 +47,7 @@ from tui.widgets.lens_view import LensPanel
 from tui.widgets.loading import LoadingPane
 from tui.widgets.status import StatusLine
 from tui.widgets.text_view import HEATS, TextView, heat_named, next_heat
+from tui.widgets.tree_view import TreePanel
 
 if TYPE_CHECKING:  # torch loads on the model thread, after the first paint
     from decoding.explorer.explorer import View
@@ -52,6 +55,16 @@ if TYPE_CHECKING:  # torch loads on the model thread, after the first paint
     from decoding.search.session import Session
 
 Clock = Callable[[], float]
+
+
+def known_bindings() -> dict[str, tuple[str, str]]:
+    """Every binding a keymap may remap: its id -> (where it binds, its default keys)."""
+    known = {action.id: ("app", action.keys) for action in ACTIONS if action.keys is not None}
+    for owner in (CompareScreen, FuturesScreen, SettingsScreen, AskScreen, TreePanel):
+        for binding in owner.BINDINGS:
+            if isinstance(binding, Binding) and binding.id is not None:
+                known[binding.id] = (owner.__name__, binding.key)
+    return known
 
 
 class TokenstepApp(App[int]):
@@ -77,8 +90,13 @@ class TokenstepApp(App[int]):
         session_path: Path | None = None,
         saved: SavedSession | None = None,
         second_options: LoadOptions | None = None,
+        keymap: dict[str, str] | None = None,
+        theme: str | None = None,
+        heat_colours: str = "classic",
     ) -> None:
         super().__init__()
+        self.keymap = dict(keymap or {})  # the user's keys (tui.keys), by binding id
+        self.theme_asked, self.heat_colours = theme, heat_colours
         self.second_options = second_options  # a second model along the same path
         self.load_options, self.strategy, self.choices = load_options, strategy, choices
         self.request = prompt if isinstance(prompt, PromptRequest) else PromptRequest(prompt)
@@ -142,6 +160,11 @@ class TokenstepApp(App[int]):
         yield Footer(compact=True)  # the keys most needed fit at 80 columns, all of them at 120
 
     def on_mount(self) -> None:
+        if self.keymap:
+            self.set_keymap(self.keymap)
+        if self.theme_asked:
+            self.theme = self.theme_asked
+        self.theme_changed_signal.subscribe(self, lambda theme: self.refresh_view())  # the heat may follow the theme
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         self._show_prompt_box()
         for spec in PANELS:
@@ -258,7 +281,8 @@ class TokenstepApp(App[int]):
         self.query_one(BeamPanel).display = beam is not None and main_panel is None
         if beam is None:
             snapshot = view.snapshot
-            self.query_one(TextView).show(snapshot, self.visible_whitespace, heat_named(self.heat), clickable=not self.playing)
+            heat = heat_named(self.heat, self.heat_tints)
+            self.query_one(TextView).show(snapshot, self.visible_whitespace, heat, clickable=not self.playing)
             self.query_one(CandidatePanel).show_snapshot(snapshot)
             self.query_one(StatusLine).show(snapshot, self.timing, view.model)
             return
@@ -268,6 +292,15 @@ class TokenstepApp(App[int]):
         self.query_one(StatusLine).show_beam(beam, self.timing, view.model)
 
     visible_whitespace = False  # show spaces, tabs and newlines in the running text as ␣ ⇥ ↵
+
+    @property
+    def heat_tints(self) -> tuple[str, ...]:
+        """The heat palette in use: classic, colour-blind, or the current theme's."""
+        return heat_tints(self.heat_colours, self.current_theme)
+
+    def keys_for(self, binding: str, default: str | None) -> str | None:
+        """The keys a binding has now: the user's keymap's, else its own."""
+        return self.keymap.get(binding, default)
 
     def notify(self, message: str, *, title: str = "", **options: Any) -> None:
         """Every notification passes here: control characters and escape sequences (from a model, a

@@ -35,6 +35,7 @@ from decoding.core.tokens import escape_controls, one_line
 from decoding.engines.registry import DEFAULT_ENGINE, ENGINES, LoadOptions, check_fits_early, engine_options, recorded_model
 from decoding.engines.runtime import DTYPES
 from decoding.explorer.diff import DIFF_FORMATS
+from tui.heat_colours import HEAT_COLOURS
 
 DEFAULT_PROMPT = "Transformers are the"
 
@@ -217,6 +218,17 @@ def build_parsers(add_help: bool = True) -> tuple[argparse.ArgumentParser, argpa
     second.add_argument("--second-url", help="with --second-engine server: the server serving it")
     _add_strategy_options(app)
     _add_constraint_options(app)
+    look = app.add_argument_group("keys and colours")
+    look.add_argument(
+        "--keys", type=Path, metavar="FILE", help="a keymap (default: $XDG_CONFIG_HOME/tokenstep/keys.toml if there)"
+    )
+    look.add_argument("--theme", help="one of Textual's themes, such as textual-dark, nord, gruvbox (also in the palette)")
+    look.add_argument(
+        "--heat-colours",
+        default="classic",
+        choices=HEAT_COLOURS,
+        help="the heat views' colours: classic (apart even in 16 colours), theme (the theme's), colour-blind",
+    )
 
     trace = Parser(prog="tokenstep trace", description="Run N steps headless and print the trace.")
     trace.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
@@ -537,6 +549,7 @@ def run_serve_command(argv: Sequence[str]) -> int:
     strategy_from(app)
     load_options_from(app)
     second_options_from(app)
+    look_from(app)
 
     from tui.serve import TokenServer, app_command, check_token, new_token
 
@@ -607,6 +620,7 @@ def run_app_command(argv: Sequence[str]) -> int:
             if args.dtype != "auto":
                 recorded["dtype"] = args.dtype
             options = replace(options, **recorded)
+    keymap, theme = look_from(args)
     with screen_apart_from_native_stderr():
         app = TokenstepApp(
             options,
@@ -620,10 +634,28 @@ def run_app_command(argv: Sequence[str]) -> int:
             session_path=path,
             saved=saved,
             second_options=second,
+            keymap=keymap,
+            theme=theme,
+            heat_colours=args.heat_colours,
         )
         app.run()
     exit_without_waiting(app.runner.thread, app.return_code or 0)
     return app.return_code or 0
+
+
+def look_from(args: argparse.Namespace) -> tuple[dict[str, str], str | None]:
+    """The keymap (checked against every binding) and the theme the options ask for; one line if not."""
+    from textual.theme import BUILTIN_THEMES
+
+    from tui.app import known_bindings
+    from tui.keys import keymap_path, read_keymap
+
+    if args.theme is not None and args.theme not in BUILTIN_THEMES:
+        raise TokenstepError(
+            f"--theme: no theme is called {one_line(args.theme)!r} (themes: {', '.join(sorted(BUILTIN_THEMES))})."
+        )
+    path = keymap_path(args.keys)
+    return (read_keymap(path, known_bindings()) if path is not None else {}), args.theme
 
 
 QUIT_GRACE_SECONDS = 0.3  # how long a model command still running is given to end, once the app has quit

@@ -13,6 +13,7 @@ from textual.widgets import Static
 
 from decoding.core.state import Lens
 from decoding.core.tokens import token_label
+from tui.heat_colours import TINTS
 from tui.widgets.text_view import tint
 
 if TYPE_CHECKING:
@@ -49,10 +50,11 @@ class LensPanel(Static):
         if lens.note:
             self.update(Text(lens.note, style="dim"))
             return
-        self.update(Group(Text(_summary(lens), style="dim"), _table(lens, self.highlighted)))
+        tints = getattr(self.app, "heat_tints", TINTS)  # the app's heat palette
+        self.update(Group(Text(_summary(lens), style="dim"), _table(lens, self.highlighted, tints)))
 
 
-def _table(lens: Lens, highlighted: int) -> Table:
+def _table(lens: Lens, highlighted: int, tints: tuple[str, ...] = TINTS) -> Table:
     chosen = lens.tracked[0]
     row = min(highlighted + 1, len(lens.tracked) - 1)  # tracked: the chosen token, then the candidates
     other = lens.tracked[row] if row > 0 else None
@@ -64,9 +66,9 @@ def _table(lens: Lens, highlighted: int) -> Table:
         table.add_column(f"highlighted\n{token_label(other[1])}", justify="right", no_wrap=True, min_width=CELL_WIDTH)
     table.add_column("top tokens\nat this layer", no_wrap=True, overflow="ellipsis", ratio=1)
     for index, layer in enumerate(lens.layers):
-        cells = [Text("emb" if index == 0 else str(index)), _cell(layer.probs[0], layer.ranks[0])]
+        cells = [Text("emb" if index == 0 else str(index)), _cell(layer.probs[0], layer.ranks[0], tints)]
         if other is not None:
-            cells.append(_cell(layer.probs[row], layer.ranks[row]))
+            cells.append(_cell(layer.probs[row], layer.ranks[row], tints))
         tops = Text()
         for token_id, text, prob in layer.top:
             tops.append(f"{token_label(text)} ", style="bold" if token_id == chosen[0] else "")
@@ -76,8 +78,8 @@ def _table(lens: Lens, highlighted: int) -> Table:
     return table
 
 
-def _cell(prob: float, rank: int) -> Text:
-    return Text(f"{100 * prob:.2f}% #{rank + 1}", style=tint(prob))
+def _cell(prob: float, rank: int, tints: tuple[str, ...]) -> Text:
+    return Text(f"{100 * prob:.2f}% #{rank + 1}", style=tint(prob, tints))
 
 
 def _summary(lens: Lens) -> str:

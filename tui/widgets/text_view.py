@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.style import Style
 from rich.text import Text
@@ -20,14 +20,11 @@ from textual.widgets import Static
 
 from decoding.core.state import PairScore, Segment, Snapshot, TokenScore
 from decoding.core.tokens import escape_controls
+from tui.heat_colours import TINTS
 
 FORCED_STYLE = "underline reverse"
 SCAFFOLD_STYLE = "dim italic"
 CURSOR_STYLE = "bold on blue"
-# Confident (or agreeing) to surprised (or apart). Colours of the xterm cube, each its own colour in 256
-# and in 16 colours too (as Rich downsamples them): ANSI names would take the theme's colours, where
-# yellow is orange and red is magenta.
-TINTS = ("#5fd75f", "#ffd75f", "#d75f00", "#ff5f5f")
 SPECIAL_STYLE = "bold #d787ff"
 
 
@@ -41,15 +38,16 @@ class Heat:
     labels: tuple[str, ...]  # one per tint
     rising: bool = True  # a higher value is a warmer tint
     needs_second: bool = False
+    tints: tuple[str, ...] = TINTS  # the palette in use (`heat_tints`)
 
     def style(self, score: TokenScore, pair: PairScore | None) -> str:
         value = self.value(score, pair)
         if value is None:
-            return TINTS[-1] if self.name == "rank" else ""  # an unknown rank: beyond every bucket
-        for bound, tint in zip(self.bands, TINTS):
+            return self.tints[-1] if self.name == "rank" else ""  # an unknown rank: beyond every bucket
+        for bound, tint in zip(self.bands, self.tints):
             if (value < bound) if self.rising else (value >= bound):
                 return tint
-        return TINTS[-1]
+        return self.tints[-1]
 
 
 HEATS = (
@@ -68,8 +66,8 @@ HEATS = (
 HEAT_NAMES = tuple(heat.name for heat in HEATS)
 
 
-def heat_named(name: str) -> Heat:
-    return next(heat for heat in HEATS if heat.name == name)
+def heat_named(name: str, tints: tuple[str, ...] = TINTS) -> Heat:
+    return replace(next(heat for heat in HEATS if heat.name == name), tints=tints)
 
 
 def next_heat(name: str, second: bool) -> str:
@@ -78,14 +76,14 @@ def next_heat(name: str, second: bool) -> str:
     return names[(names.index(name) + 1) % len(names)] if name in names else names[0]
 
 
-def tint(prob: float) -> str:
+def tint(prob: float, tints: tuple[str, ...] = TINTS) -> str:
     """The probability heat's tint for a token of that probability."""
-    return heat_named("probability").style(TokenScore(math.log(prob) if prob > 0 else None, None, 0.0, 0), None)
+    return heat_named("probability", tints).style(TokenScore(math.log(prob) if prob > 0 else None, None, 0.0, 0), None)
 
 
 def legend(heat: Heat = HEATS[0], second: str = "") -> Text:
     text = Text().append(f"heat: {heat.name} ", style="dim")  # the tints undimmed: as in the text
-    for label, style in zip(heat.labels, TINTS):
+    for label, style in zip(heat.labels, heat.tints):
         text.append(f"{label} ", style=style)
     text.append("forced ", style=FORCED_STYLE).append("control token", style=SPECIAL_STYLE)
     if heat.needs_second:
