@@ -113,6 +113,8 @@ def test_a_bad_serve_option_is_one_line_before_anything_listens(options, said):
 # Recorded in the page before its scripts run: what the app's websocket brings (the terminal's bytes).
 RECORDER = """
 window.__screen = "";
+window.__opened = [];
+window.open = (url) => { window.__opened.push(url); };  // a download the app offers, taken here
 const Native = window.WebSocket;
 window.WebSocket = function (...args) {
   const socket = new Native(...args);
@@ -145,6 +147,18 @@ class DevTools:
     async def screen(self) -> str:
         result = await self.call("Runtime.evaluate", expression="window.__screen", returnByValue=True)
         return ANSI.sub("", result["result"].get("value", ""))
+
+    async def downloads(self, count: int, seconds: float = 60) -> list[str]:
+        """What the first `count` downloads the page was offered hold, fetched as the page would."""
+        fetch = "Promise.all(window.__opened.map(url => fetch(url).then(r => r.status + ' ' + r.url.split('?')[0]).then(x => x)))"
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            result = await self.call("Runtime.evaluate", expression="window.__opened.length", returnByValue=True)
+            if result["result"]["value"] >= count:
+                got = await self.call("Runtime.evaluate", expression=fetch, awaitPromise=True, returnByValue=True)
+                return got["result"]["value"]
+            await asyncio.sleep(0.25)
+        raise AssertionError("the export was not offered as downloads")
 
     async def wait_for(self, text: str, seconds: float = 90) -> str:
         deadline = time.monotonic() + seconds
@@ -197,7 +211,7 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-async def drive(devtools_port: int, address: str) -> tuple[str, str, list[str]]:
+async def drive(devtools_port: int, address: str) -> tuple[str, str, list[str], list[str]]:
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
@@ -214,24 +228,28 @@ async def drive(devtools_port: int, address: str) -> tuple[str, str, list[str]]:
             await tools.call("Input.dispatchKeyEvent", type="keyDown", key=" ", code="Space", text=" ", windowsVirtualKeyCode=32)
             await tools.call("Input.dispatchKeyEvent", type="keyUp", key=" ", code="Space", windowsVirtualKeyCode=32)
             stepped = await tools.wait_for("step 1 │ last p=")  # one step: the status line now says what it chose
+            await tools.call("Input.dispatchKeyEvent", type="keyDown", key="e", code="KeyE", text="e", windowsVirtualKeyCode=69)
+            await tools.call("Input.dispatchKeyEvent", type="keyUp", key="e", code="KeyE", windowsVirtualKeyCode=69)
+            downloads = await tools.downloads(3)  # the export's JSON, CSV and Markdown
             requested = [
                 event["params"]["request"]["url"] for event in tools.events if event.get("method") == "Network.requestWillBeSent"
             ]
             requested += [event["params"]["url"] for event in tools.events if event.get("method") == "Network.webSocketCreated"]
-            return first, stepped, requested
+            return first, stepped, requested, downloads
 
 
 @needs_chromium
 def test_the_app_runs_in_headless_chromium_and_nothing_leaves_the_machine(tiny_model_dir):
     with serving(tiny_model_dir, "--strategy", "sample") as (address, server):
         with chromium() as devtools:
-            first, stepped, requested = asyncio.run(drive(devtools, address))
+            first, stepped, requested, downloads = asyncio.run(drive(devtools, address))
             apps = descendants(server.pid)
             assert apps, "each browser session runs an app process of its own"
         assert "logprob" in first and "step 0" in first and "step 2" not in stepped
         origin = address.split("/?")[0]
         assert requested and all(url.startswith((origin, origin.replace("http", "ws"), "data:")) for url in requested), requested
         assert any("/ws?" in url for url in requested)  # the app's websocket, on this server too
+        assert [line.split()[0] for line in downloads] == ["200"] * 3 and all("/download/" in line for line in downloads)
         server.send_signal(signal.SIGTERM)
         server.wait(30)
     assert all(not Path(f"/proc/{pid}").exists() for pid in apps), "the server stops the apps it started"
