@@ -161,11 +161,17 @@ def test_a_compile_past_its_deadline_is_stopped_and_said_with_a_note_on_the_way(
     """5,000 optional properties take xgrammar minutes; the child is killed at the deadline and reaped."""
     monkeypatch.setattr(grammar, "COMPILE_SECONDS", 1.5)
     schema = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 5} for i in range(5000)}}
-    notes = []
-    started = time.monotonic()
-    with grammar.compile_notes(notes.append), pytest.raises(SettingsError) as refused:
+    notes, noted_at = [], []
+
+    def note(line):  # said a second into the compile: the deadline is half a second after
+        notes.append(line)
+        noted_at.append(time.monotonic())
+
+    with grammar.compile_notes(note), pytest.raises(SettingsError) as refused:
         compile_constraint(tiny_engine, Constraint("json_schema", json.dumps(schema)))
-    assert time.monotonic() - started < 1.5 + 3  # the deadline, and the meta-schema check before it
+    # Timed from the note, not from the call: the meta-schema check before the compile takes 2-4 s
+    # of a loaded machine and is no part of the deadline.
+    assert time.monotonic() - noted_at[0] < 0.5 + 2
     assert "compiling it for this model's vocabulary takes longer than 1.5 s" in str(refused.value)
     assert notes == ["compiling the JSON schema for the model's vocabulary (at most 1.5 s)"]
     with pytest.raises(ChildProcessError):

@@ -24,6 +24,7 @@ from decoding.core.chat import PromptRequest
 from decoding.core.errors import TokenstepError
 from decoding.core.settings import Strategy
 from decoding.core.state import Timing
+from decoding.core.steering import Steering
 from decoding.core.tokens import escape_controls
 from decoding.engines.registry import LoadOptions, named, switched_model
 from decoding.explorer import commands
@@ -93,8 +94,10 @@ class TokenstepApp(App[int]):
         keymap: dict[str, str] | None = None,
         theme: str | None = None,
         heat_colours: str = "classic",
+        steering: Steering | None = None,
     ) -> None:
         super().__init__()
+        self.steering = steering  # asked for on the command line; the steering screen changes it
         self.keymap = dict(keymap or {})  # the user's keys (tui.keys), by binding id
         self.theme_asked, self.heat_colours = theme, heat_colours
         self.second_options = second_options  # a second model along the same path
@@ -197,7 +200,9 @@ class TokenstepApp(App[int]):
         from decoding.records.keeper import SessionKeeper
 
         strategy, choices, second = settings.strategy, settings.choices, self.second_options
-        opening = Opening(options, strategy, choices, request, prefill, second, self.max_new_tokens, self.exact_replay)
+        opening = Opening(
+            options, strategy, choices, request, prefill, second, self.max_new_tokens, self.exact_replay, self.steering
+        )
         keeper, self.saved = SessionKeeper(self.session_path, self.saved, self._warn), None  # reopened once
         try:
             opened = open_exploration(opening, keeper, self.open_panels, self._progress, self._warn, self.clock)

@@ -31,6 +31,7 @@ from decoding.core.settings import (
     strategy_from_options,
 )
 from decoding.core.state import Message
+from decoding.core.steering import Steering
 from decoding.core.tokens import escape_controls, one_line
 from decoding.engines.registry import DEFAULT_ENGINE, ENGINES, LoadOptions, check_fits_early, engine_options, recorded_model
 from decoding.engines.runtime import DTYPES
@@ -115,6 +116,32 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
 def _add_sampler_options(group: argparse._ArgumentGroup, samplers: list[Sampler]) -> None:
     for sampler in samplers:
         group.add_argument(sampler.option, type=sampler.kind, default=sampler.off, help=sampler.help)
+
+
+def _add_steering_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("steering: a vector added to one layer's output (transformers engine)")
+    group.add_argument("--steer-toward", metavar="TEXT", help="text A of a contrast pair: v = mean(layer L on A) - mean(on B)")
+    group.add_argument("--steer-away", metavar="TEXT", help="text B of the pair")
+    group.add_argument("--steer-vector", type=Path, metavar="FILE", help="or the vector itself, from a .safetensors file")
+    group.add_argument("--steer-layer", type=int, metavar="L", help="the decoder layer (0 is the first)")
+    group.add_argument("--steer-scale", type=float, default=4.0, metavar="S", help="S * v is added (default 4)")
+
+
+def steering_from(args: argparse.Namespace) -> Steering | None:
+    """The steering the options ask for (None without any); one line if it is not one."""
+    if args.steer_toward is None and args.steer_away is None and args.steer_vector is None:
+        if args.steer_layer is not None:
+            raise TokenstepError("--steer-layer goes with --steer-toward and --steer-away, or --steer-vector.")
+        return None
+    if args.steer_layer is None:
+        raise TokenstepError("Steering needs --steer-layer: the decoder layer whose output the vector is added to.")
+    return Steering(
+        args.steer_layer,
+        args.steer_scale,
+        args.steer_toward or "",
+        args.steer_away or "",
+        str(args.steer_vector) if args.steer_vector is not None else "",
+    )
 
 
 def _add_constraint_options(parser: argparse.ArgumentParser) -> None:
@@ -218,6 +245,7 @@ def build_parsers(add_help: bool = True) -> tuple[argparse.ArgumentParser, argpa
     second.add_argument("--second-url", help="with --second-engine server: the server serving it")
     _add_strategy_options(app)
     _add_constraint_options(app)
+    _add_steering_options(app)
     look = app.add_argument_group("keys and colours")
     look.add_argument(
         "--keys", type=Path, metavar="FILE", help="a keymap (default: $XDG_CONFIG_HOME/tokenstep/keys.toml if there)"
@@ -241,10 +269,24 @@ def build_parsers(add_help: bool = True) -> tuple[argparse.ArgumentParser, argpa
         action="store_true",
         help="with --format json: each step's logit lens (top tokens and the chosen one's rank per layer)",
     )
+    trace.add_argument(
+        "--attribution",
+        metavar="METHODS",
+        help="with --format json: each step's attribution over its context, by loo (leave-one-out), grad_x_input "
+        "and ig (integrated gradients), comma-separated",
+    )
+    trace.add_argument(
+        "--attribution-target",
+        type=int,
+        default=0,
+        metavar="RANK",
+        help="attribute the candidate of this rank (0: the chosen token)",
+    )
     _add_prompt_options(trace)
     _add_model_options(trace)
     _add_strategy_options(trace)
     _add_constraint_options(trace)
+    _add_steering_options(trace)
     return app, trace
 
 
@@ -357,6 +399,7 @@ def run_trace_command(argv: Sequence[str]) -> int:
         )
     if args.lens and (strategy.is_beam or args.format != "json"):
         raise TokenstepError("--lens follows one path into the JSON trace: use it with --format json and without beam search.")
+    methods = _attribution_methods(args, strategy)
 
     from decoding.explorer.opening import open_explorer
     from decoding.explorer.trace_run import run_trace
@@ -364,15 +407,41 @@ def run_trace_command(argv: Sequence[str]) -> int:
 
     # Beam search runs for at most --steps new tokens, as generate(max_new_tokens=steps) would.
     limit = lambda engine: args.steps + len(engine.encode_piece(args.prefill or ""))  # noqa: E731
+    steering = steering_from(args)
     explorer = open_explorer(options, strategy, args.choices, max_new_tokens=limit, progress=_progress_on_terminal)
+    if steering is not None:
+        explorer.steer(steering)
     plan = TracePlan(request.build(explorer.engine), args.steps, picks, args.prefill or "", lens=args.lens)
     if args.format != "json":
         print(format_trace(run_trace(explorer, plan), args.format))
         return 0
-    for chunk in json_chunks(run_trace(explorer, plan, steps_as_written=True)):  # a long path's JSON is never whole
+    record = run_trace(explorer, plan, steps_as_written=not methods)
+    if methods:
+        from decoding.search.attribution import add_attribution
+
+        add_attribution(explorer.session, record, methods, args.attribution_target)
+    for chunk in json_chunks(record):  # a long path's JSON is never whole
         sys.stdout.write(chunk)
     print()
     return 0
+
+
+def _attribution_methods(args: argparse.Namespace, strategy: Strategy) -> list[str]:
+    if args.attribution is None:
+        if args.attribution_target:
+            raise TokenstepError("--attribution-target goes with --attribution.")
+        return []
+    names = [name.strip() for name in args.attribution.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ("loo", "grad_x_input", "ig")]
+    if unknown or not names:
+        raise TokenstepError(f"--attribution takes loo, grad_x_input and ig, comma-separated (got {args.attribution!r}).")
+    if strategy.is_beam or args.format != "json":
+        raise TokenstepError(
+            "--attribution adds to each step of a JSON trace: use it with --format json and without beam search."
+        )
+    if not 0 <= args.attribution_target < args.choices:
+        raise TokenstepError(f"--attribution-target must be a rank from 0 to {args.choices - 1} (the candidates shown).")
+    return list(dict.fromkeys(names))
 
 
 def build_replay_parser() -> argparse.ArgumentParser:
@@ -403,6 +472,7 @@ def run_replay_command(argv: Sequence[str]) -> int:
         prompt_difference,
         replay_beam,
         replay_path,
+        steering_of,
         strategy_of,
     )
 
@@ -418,6 +488,9 @@ def run_replay_command(argv: Sequence[str]) -> int:
 
     steps = record["max_new_tokens"] if beam else len(record["steps"])
     explorer = open_explorer(options, strategy, record.get("choices", 10), max_new_tokens=steps, progress=_progress_on_terminal)
+    steering = steering_of(record)
+    if steering is not None:
+        explorer.steer(steering)  # the trace was made under it
     engine = explorer.engine
     checks = replay_beam(explorer, record) if beam else replay_path(explorer, record)
     note = prompt_difference(engine, record)
@@ -550,6 +623,7 @@ def run_serve_command(argv: Sequence[str]) -> int:
     load_options_from(app)
     second_options_from(app)
     look_from(app)
+    steering_from(app)
 
     from tui.serve import TokenServer, app_command, check_token, new_token
 
@@ -621,6 +695,7 @@ def run_app_command(argv: Sequence[str]) -> int:
                 recorded["dtype"] = args.dtype
             options = replace(options, **recorded)
     keymap, theme = look_from(args)
+    steering = steering_from(args)
     with screen_apart_from_native_stderr():
         app = TokenstepApp(
             options,
@@ -637,6 +712,7 @@ def run_app_command(argv: Sequence[str]) -> int:
             keymap=keymap,
             theme=theme,
             heat_colours=args.heat_colours,
+            steering=steering,
         )
         app.run()
     exit_without_waiting(app.runner.thread, app.return_code or 0)

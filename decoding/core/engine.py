@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from decoding.core.scores import Scores
     from decoding.core.settings import Strategy
     from decoding.core.state import ServerChain
+    from decoding.core.steering import Steering
 
 
 class Engine(Protocol):
@@ -163,6 +164,27 @@ class ScoresAnyToken(Protocol):
     position after the held tokens (a token forced outside the top N)."""
 
     def logprob_of(self, token_id: int) -> float: ...
+
+
+@runtime_checkable
+class AttributesByGradient(Protocol):
+    """Can attribute a next token's log-probability to each context token through gradients (a
+    model in this process, differentiable)."""
+
+    def gradient_attribution(self, ids: Sequence[int], target: int, method: str, steps: int) -> tuple[list[float], float | None]:
+        """One number per token of `ids`, and (integrated gradients) the completeness gap."""
+        ...
+
+
+@runtime_checkable
+class Steers(Protocol):
+    """Can add a steering vector to one of its layers' output (a model in this process)."""
+
+    steering: Steering | None
+
+    def steer(self, steering: Steering | None) -> None:
+        """From now on (None: no more); its cache is emptied, to be read again."""
+        ...
 
 
 @runtime_checkable

@@ -16,12 +16,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from decoding.core.chat import conversation, next_turn
-from decoding.core.engine import Engine, Forks, Interrupts, ReadsLayers
+from decoding.core.engine import Engine, Forks, Interrupts, ReadsLayers, Steers
 from decoding.core.errors import SessionError, TokenstepError
 from decoding.core.files import write_atomically
 from decoding.core.prompt import Prompt, chat_prompt, check_room, check_size, checked_text
 from decoding.core.settings import CHAPTER_STRATEGIES, Strategy, parse_strategies
 from decoding.core.state import BeamSnapshot, Lens, Message, Snapshot
+from decoding.core.steering import Steering
 from decoding.core.tokens import one_line
 from decoding.explorer.panels import PANELS
 from decoding.records import session_file
@@ -358,6 +359,18 @@ class Explorer:
             scored = tuple(logprob_under(self.second.engine, start, future.ids) for future in futures)
             run = replace(run, second=(self.second.name, scored))
         return run
+
+    def steer(self, steering: Steering | None) -> None:
+        """Steer the model from now on (None: no more): the path is read again under it."""
+        engine = self.engine
+        if not isinstance(engine, Steers):
+            raise SessionError(
+                f"The {engine.name} engine cannot steer: its model does not run in this process. "
+                "Steering needs --engine transformers (leave-one-out attribution works on every engine)."
+            )
+        engine.steer(steering)
+        self.session.reread()
+        self._restart_beam()
 
     def trace_record(self, steps_as_written: bool = False) -> dict:
         """The current path (or the beam search so far) as a `tokenstep trace` record (see

@@ -14,6 +14,7 @@ from decoding.core.errors import TokenstepError, said
 from decoding.core.grammar import compile_notes
 from decoding.core.prompt import Prompt
 from decoding.core.settings import Strategy
+from decoding.core.steering import Steering
 from decoding.engines import registry  # called as registry.load_engine: the one place a load goes through
 from decoding.engines.registry import LoadOptions, named, shown_name
 from decoding.engines.runtime import collector_paused
@@ -76,6 +77,7 @@ class Opening:
     second: LoadOptions | None = None
     max_new_tokens: int = 256
     exact_replay: bool = False
+    steering: Steering | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,11 @@ def open_exploration(
         raise OpeningFailed(str(error)) from None
     except Exception as error:  # a model that breaks transformers: say so, keep the app
         raise OpeningFailed(f"The model could not be loaded: {said(error)}") from None
+    if opening.steering is not None:
+        try:
+            explorer.steer(opening.steering)
+        except TokenstepError as error:  # a layer the model has not, an engine that cannot: it opens unsteered
+            warn(f"The steering is left out: {error}")
     if opening.second is not None and (left_out := add_second_model(explorer, opening.second, progress)) is not None:
         warn(f"The second model is left out: {left_out}")
     start = clock()  # the first panel, computed while the thread is warm; keys wait

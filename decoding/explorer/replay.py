@@ -16,6 +16,7 @@ from decoding.core.errors import SessionError, SettingsError
 from decoding.core.prompt import chat_prompt, plain_prompt, recorded_prompt
 from decoding.core.schema import LOG_PROBABILITY, PROBABILITY, TOKEN_ID, Items, ShapeError, Whole, check
 from decoding.core.settings import MAX_CHOICES, Strategy, setting_names
+from decoding.core.steering import Steering
 from decoding.engines.registry import DEFAULT_ENGINE, ENGINES, LoadOptions, recorded_model, served_engine
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ _COMMON = {
     "prompt_ids": [TOKEN_ID],
     "prompt_form?": str,
     "messages?": [{"role": str, "content": str}],
+    "steering?": dict,  # checked by Steering.from_record
 }
 TOKEN_STEP = {
     "candidates": Items({"token_id": TOKEN_ID, "prob": PROBABILITY, "text": str}, least=1),
@@ -71,7 +73,18 @@ def checked_trace(record: Any, name: str) -> dict[str, Any]:
         raise SessionError(f"{name} holds no prompt ids: there is nothing to replay from.")
     if "sequence_score" not in record:
         strategy_changes(record)  # each refused now, before a model loads
+    steering_of(record)
     return record
+
+
+def steering_of(record: dict[str, Any]) -> Steering | None:
+    """The steering a trace was made under (None: none); refused in one line if not one tokenstep wrote."""
+    if "steering" not in record:
+        return None
+    try:
+        return Steering.from_record(record["steering"])
+    except SettingsError as error:
+        raise SessionError(f"The trace's steering cannot be used: {error}") from None
 
 
 def check_fits(engine: Engine, record: dict[str, Any]) -> None:

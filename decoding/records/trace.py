@@ -37,6 +37,7 @@ def trace_record(session: Session, steps_as_written: bool = False) -> dict[str, 
         "device": engine.device,
         "dtype": engine.dtype,
         **_server(engine),
+        **_steering(engine),
         **strategy_fields(strategy),
         "prompt": session.prompt.text,
         "prompt_ids": session.prompt_ids,
@@ -186,6 +187,12 @@ def _processors_record(report: ProcessorReport | None) -> dict[str, Any]:
             for effect in report.effects
         ]
     }
+
+
+def _steering(engine: Any) -> dict[str, Any]:
+    """The steering the engine ran under, so that replay can steer it alike."""
+    steering = getattr(engine, "steering", None)
+    return {"steering": steering.record()} if steering is not None else {}
 
 
 def _server(engine: Any) -> dict[str, str]:

@@ -284,6 +284,16 @@ class Session:
         self._start(Prompt(prompt.text, checked_ids(self.engine, prompt.ids), prompt.form, prompt.messages))
         self.tree.add_root(self.prompt.text, list(self.prompt.ids), self.prompt.form, self.prompt.messages)
 
+    def reread(self) -> None:
+        """Read the prompt and the path again from an empty cache (the engine's numbers changed
+        under them: a new steering). The path and the tree stay; past steps keep their panels, the
+        next one is the engine's new one."""
+        if not self.prompt.ids:
+            return
+        here = self.tree.here
+        self._start(self.prompt)
+        self.jump(here)
+
     def add_turn(self, turn: Turn, replaying: bool = False) -> None:
         """Feed a chat's next turn after the path (the ending token first, if the reply ended: it was
         never fed) on the same cache: nothing before it is computed again."""

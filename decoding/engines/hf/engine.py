@@ -11,7 +11,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from decoding.core.scores import Scores
+from decoding.core.steering import Steering
 from decoding.engines.hf.kv_cache import block_cache
+from decoding.engines.hf.steering import applied, steering_vector
 from decoding.engines.tokenizer import END_OF_TURN_TEXTS, byte_decoder_of, special_ids_of, token_bytes_of
 
 POSITION_CHUNK = 128  # positions scored at once: 128 x 49,152 floats = 25 MB, let go after each chunk
@@ -42,6 +44,9 @@ class TransformersEngine:
         self._head_checked: bool | None = None  # see _head_is_the_models
         self.weights_digest = _weights_digest(model)
         self.placement = _placement(model)  # where accelerate put the layers, when not all in one place
+        self._neutral: int | None = None  # integrated gradients' baseline token, found once
+        self.steering: Steering | None = None
+        self._steered: tuple[int, torch.Tensor] | None = None  # (layer, scale * vector) while steered
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -81,9 +86,10 @@ class TransformersEngine:
         would hold every layer's for every token) unless the logit lens wants the last position's."""
         before = self.cached_length
         try:
-            if not self.keep_layers and (len(ids) == 1 or before > 0):
-                return Scores(_last_logits(self.model, self._cache, [list(ids)])[0])
-            logits, states = _last_logits_and_states(self.model, self._cache, list(ids))
+            with applied(self._steered):
+                if not self.keep_layers and (len(ids) == 1 or before > 0):
+                    return Scores(_last_logits(self.model, self._cache, [list(ids)])[0])
+                logits, states = _last_logits_and_states(self.model, self._cache, list(ids))
         except BaseException:
             self.crop(before)  # some layers may already hold the new positions
             raise
@@ -122,7 +128,8 @@ class TransformersEngine:
             return self._lens(self._layers[2])
         tail = self.detach_last(self.cached_length - position)
         try:
-            _, states = _last_logits_and_states(self.model, self._cache, [ids[-1]])
+            with applied(self._steered):
+                _, states = _last_logits_and_states(self.model, self._cache, [ids[-1]])
         finally:
             self.crop(position)
             self.attach(tail)
@@ -142,13 +149,14 @@ class TransformersEngine:
         hidden states when it read `ids`, else from one pass on a cache of its own. (A model whose
         head `_head` cannot rebuild gives its own logits, every position's at once.)"""
         if not self._head_is_the_models():
-            with torch.inference_mode():
+            with torch.inference_mode(), applied(self._steered):
                 own = self.model(input_ids=torch.tensor([list(ids)], device=self.model.device), use_cache=False)
             yield from own.logits[0].float().split(POSITION_CHUNK)
             return
         start, fed, hidden = self._prefill
         if not (start == 0 and fed == tuple(ids)):
-            _, states = _last_logits_and_states(self.model, DynamicCache(config=self.model.config), list(ids))
+            with applied(self._steered):
+                _, states = _last_logits_and_states(self.model, DynamicCache(config=self.model.config), list(ids))
             hidden = states[-1][0]
         for chunk in hidden.split(POSITION_CHUNK):
             yield self._head(chunk)
@@ -188,21 +196,43 @@ class TransformersEngine:
                 self._cache.update(keys, values, index)
 
     def fork(self) -> TransformersEngine:
-        """The same model and tokenizer with a cache of its own: work that must not disturb this one's."""
+        """The same model and tokenizer, steered as this one is, with a cache of its own: work that must
+        not disturb this one's."""
         twin = copy.copy(self)
         twin._cache = block_cache(self.model.config)
         return twin
 
+    def gradient_attribution(self, ids: Sequence[int], target: int, method: str, steps: int) -> tuple[list[float], float | None]:
+        """Each context token's attribution of logp(target | ids) by gradients: "grad_x_input", or
+        "ig" (integrated gradients, with its completeness gap) over `steps` steps."""
+        from decoding.engines.hf import attribution
+
+        with applied(self._steered):
+            if method == "grad_x_input":
+                return attribution.grad_x_input(self.model, ids, target), None
+            if self._neutral is None:
+                self._neutral = attribution.neutral_token(self.model, self.special_ids)
+            return attribution.integrated_gradients(self.model, ids, target, steps, self._neutral)
+
+    def steer(self, steering: Steering | None) -> None:
+        """Add `steering`'s vector to its layer from now on (None: no more); the cache, made under the
+        old settings, is emptied: what it held must be read again. A bad steering changes nothing."""
+        steered = steering_vector(self.model, self.encode, steering) if steering is not None else None
+        self.steering, self._steered = steering, steered
+        self.crop(0)
+        self._prefill = (-1, (), torch.empty(0))
+        self._layers = None
+
     def side_by_side(self) -> SideBySide:
         """A separate cache for several sequences stepped together (beam search)."""
-        return SideBySide(self.model)
+        return SideBySide(self.model, self._steered)
 
 
 class SideBySide:
     """Equal-length sequences run as one batch on their own KV cache, as `generate(num_beams=B)` runs them."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
-        self.model = model
+    def __init__(self, model: PreTrainedModel, steered: tuple[int, torch.Tensor] | None = None) -> None:
+        self.model, self.steered = model, steered
         self._cache = block_cache(model.config)
 
     def start(self, sequences: list[list[int]]) -> Scores:
@@ -220,7 +250,8 @@ class SideBySide:
             self._cache.reorder_cache(cast(torch.LongTensor, torch.tensor(rows, dtype=torch.long, device=self.model.device)))
 
     def _run(self, ids: list[list[int]]) -> torch.Tensor:
-        return _last_logits(self.model, self._cache, ids)
+        with applied(self.steered):
+            return _last_logits(self.model, self._cache, ids)
 
 
 def _last_logits(model: PreTrainedModel, cache: DynamicCache, ids: list[list[int]]) -> torch.Tensor:
