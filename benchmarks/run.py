@@ -24,6 +24,7 @@ COMMANDS = [
     "trace_command",
     "chain_command",
     "futures_command",
+    "attribution_command",
     "compare_command",
     "replay_command",
     "export_command",

@@ -29,12 +29,12 @@ async def test_h_cycles_the_heat_views_and_the_legend_names_each(tiny_model_dir)
     async with app.run_test(size=SIZE) as pilot:
         await three_steps(pilot)
         seen = []
-        for _ in range(4):
+        for _ in range(5):
             seen.append(app.heat)
             assert f"heat: {app.heat}" in legend(app)
             await pilot.press("h")
             await pilot.pause()
-        assert seen == ["probability", "entropy", "rank", "off"] and app.heat == "probability"
+        assert seen == ["probability", "entropy", "rank", "off", "attribution"] and app.heat == "probability"
 
 
 async def test_the_prompt_is_scored_and_tinted_once_the_model_is_idle(tiny_model_dir):

@@ -29,9 +29,16 @@ def target_logprob(model, ids: list[int], target: int) -> float:
         return float(torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), dim=-1)[target])
 
 
-def test_leave_one_out_is_what_deleting_each_token_gives(tiny_engine):
-    ids = tiny_engine.encode(PROMPT)
+LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 4)  # 40-odd tokens: three batches of deletions
+
+
+@pytest.mark.parametrize("text", [PROMPT, LONG, "The"], ids=["short", "three batches", "one token"])
+def test_leave_one_out_is_what_deleting_each_token_gives(tiny_engine, text):
+    ids = tiny_engine.encode(text)
     target = 40
+    if len(ids) == 1:  # without its one token the context is empty: nothing to read, no number
+        assert attribute(tiny_engine, ids, target, "loo").values == (None,)
+        return
     whole = target_logprob(tiny_engine.model, ids, target)
     expected = [whole - target_logprob(tiny_engine.model, ids[:i] + ids[i + 1 :], target) for i in range(len(ids))]
     got = attribute(tiny_engine, ids, target, "loo").values
@@ -105,6 +112,22 @@ def test_leave_one_out_works_on_llama_cpp_and_sets_its_cache_back():
     assert session.path[0].token_id == target
     with pytest.raises(SessionError, match="gradients"):
         attribute(engine, session.ids, target, "grad_x_input")
+
+
+@pytest.mark.embedded
+def test_leave_one_out_on_llama_cpp_is_what_deleting_each_token_gives():
+    pytest.importorskip("llama_cpp")
+    engine = load_engine(LoadOptions(engine="llama"))
+    ids = engine.encode(" ".join(["The quick brown fox jumps over the lazy dog."] * 2))  # 20-odd: two batches
+    target = engine.encode_piece(" The")[0]
+
+    def logprob(context: list[int]) -> float:
+        engine.crop(0)
+        return float(engine.feed(context).logprobs[target])
+
+    whole = logprob(ids)
+    expected = [whole - logprob(ids[:i] + ids[i + 1 :]) for i in range(len(ids))]
+    assert attribute(engine, ids, target, "loo").values == pytest.approx(expected, abs=1e-3)
 
 
 # --- steering -------------------------------------------------------------------------------------

@@ -282,6 +282,17 @@ def test_futures_on_llama_server_go_out_as_concurrent_requests_and_become_branch
     assert sum(outcome.count for outcome in run.outcomes) == 4
 
 
+def test_leave_one_out_on_llama_server_is_what_the_local_engine_gives(llama_server_url):
+    """The shortened contexts go out as concurrent requests; the same weights in process agree."""
+    from decoding.search.attribution import attribute
+
+    engine, local = server_engine(llama_server_url), load_engine(LoadOptions(engine="llama"))
+    ids = engine.encode("The capital of France is the city of")
+    target = engine.encode_piece(" Paris")[0]
+    served = attribute(engine, ids, target, "loo").values
+    assert served == pytest.approx(attribute(local, ids, target, "loo").values, abs=0.02)
+
+
 # --- vLLM ------------------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from textual.widgets import Footer, Input
 from decoding.core.chat import PromptRequest
 from decoding.core.errors import TokenstepError
 from decoding.core.settings import Strategy
-from decoding.core.state import Timing
+from decoding.core.state import ATTRIBUTION_METHODS, Timing
 from decoding.core.steering import Steering
 from decoding.core.tokens import escape_controls
 from decoding.engines.registry import LoadOptions, named, switched_model
@@ -41,6 +41,7 @@ from tui.pacing import SWITCH_INTERVAL_SECONDS, FramePacer
 from tui.palette import ActionCommands
 from tui.panels import PANELS, show_panels
 from tui.settings_screen import Settings, SettingsScreen
+from tui.steering_screen import SteeringChoice, SteeringScreen
 from tui.widgets.beams import BeamPanel
 from tui.widgets.candidates import CandidatePanel
 from tui.widgets.fields import MessageBox, PromptField
@@ -123,6 +124,7 @@ class TokenstepApp(App[int]):
             frame_seconds=lambda: self.pacer.seconds,
         )
         self.heat = HEATS[0].name  # how the text is tinted (h cycles)
+        self.attribution_method = next(iter(ATTRIBUTION_METHODS))  # a attributes by it, A changes it
 
     # --- what tests and benchmarks read, when the app is idle ---------------------------------------
 
@@ -340,9 +342,37 @@ class TokenstepApp(App[int]):
         self.runner.pause_then(commands.MoveCursor(delta))
 
     def action_heat(self) -> None:
-        """The next heat view: probability, entropy, rank, off (and with a second model, disagreement)."""
+        """The next heat view: probability, entropy, rank, off (and with a second model, disagreement),
+        attribution (the highlighted candidate's, computed on the way in if there is none)."""
         self.heat = next_heat(self.heat, self.snapshot is not None and self.snapshot.second is not None)
         self.refresh_view()
+        if self.heat == "attribution" and self.snapshot is not None and self.snapshot.attribution is None:
+            self.action_attribute()
+
+    def action_attribute(self) -> None:
+        """The highlighted candidate's attribution over its context, shown as the heat."""
+        if self.heat != "attribution":
+            self.heat = "attribution"
+            self.refresh_view()
+        self.runner.pause_then(commands.Attribute(self.attribution_method, self.query_one(CandidatePanel).cursor_row))
+
+    def action_attribution_method(self) -> None:
+        methods = list(ATTRIBUTION_METHODS)
+        self.attribution_method = methods[(methods.index(self.attribution_method) + 1) % len(methods)]
+        self.notify(f"Attribution by {ATTRIBUTION_METHODS[self.attribution_method]}", markup=False)
+        self.action_attribute()
+
+    def action_steering(self) -> None:
+        def chosen(choice: SteeringChoice | None) -> None:
+            if choice is not None:
+                self.steering = choice.steering  # a model loaded next is steered alike
+                self.runner.pause_then(commands.Steer(choice.steering))
+
+        current = self.view.steering if self.view is not None else self.steering
+        self.push_screen(SteeringScreen(current, self.view.layers if self.view is not None else None), chosen)
+
+    def action_nudge_steering(self, delta: float) -> None:
+        self.runner.pause_then(commands.NudgeSteering(delta))
 
     def action_pick_highlighted(self) -> None:
         self.action_pick(self.query_one(CandidatePanel).cursor_row)
@@ -477,6 +507,8 @@ class TokenstepApp(App[int]):
                 return
             self.load_options, self.session_path = options, path
             self.action_stop()
+            if self.view is not None:  # the next model is steered as this one was
+                self.steering = self.view.steering
             self.runner.explorer, self.view = None, None  # the old model goes once nothing holds it
             self.query_one("#main").display = False
             self.query_one(LoadingPane).start(f"Loading {self._model_name()}")

@@ -101,6 +101,11 @@ class Runner(Protocol):
 
     def feed(self, token_ids: list[int]) -> Scores: ...
 
+    def extend(self, rows: list[list[int]]) -> Scores:
+        """Equal-length runs of new tokens, one per sequence (a shared prefix read once, then each
+        row's own tokens after it); each row's last scores."""
+        ...
+
     def reorder(self, rows: list[int]) -> None:
         """Row i of the cache becomes old row rows[i] (a beam continues from its parent)."""
         ...
@@ -181,6 +186,7 @@ class Steers(Protocol):
     """Can add a steering vector to one of its layers' output (a model in this process)."""
 
     steering: Steering | None
+    steerable_layers: int  # how many decoder layers a vector can be added to
 
     def steer(self, steering: Steering | None) -> None:
         """From now on (None: no more); its cache is emptied, to be read again."""

@@ -30,6 +30,9 @@ class Candidate:
     # After the server's own sampler chain for the same settings (llama-server's post_sampling_probs);
     # None where the server did not say (not asked, or beyond the top N it returned)
     server_prob: float | None = None
+    # While steering: the same model's probability without the steering vector (None: not steered,
+    # or not read yet)
+    unsteered_prob: float | None = None
 
     @property
     def label(self) -> str:
@@ -151,6 +154,28 @@ class TurnMark:
     segments: tuple[Segment, ...]
 
 
+ATTRIBUTION_METHODS = {"loo": "leave-one-out", "grad_x_input": "gradient × input", "ig": "integrated gradients"}
+
+
+@dataclass(frozen=True)
+class AttributionView:
+    """How much each shown token of the context made `target` likely as path token `step` (its
+    context: the prompt and the path before it; a chat's turns between are read but not shown)."""
+
+    method: str  # "loo", "grad_x_input" or "ig"
+    method_label: str  # "leave-one-out"
+    target: str  # the candidate's label
+    step: int  # 0-based: the path token the target was (or is) a candidate for
+    prompt: tuple[float | None, ...]  # one per prompt token
+    path: tuple[float | None, ...]  # one per path token before `step`
+    completeness_gap: float | None = None  # integrated gradients'
+
+    @property
+    def largest(self) -> float:
+        """The largest magnitude: the heat's bands are fractions of it."""
+        return max((abs(v) for v in (*self.prompt, *self.path) if v is not None), default=0.0)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything a view shows, frozen: safe to hand from the model's thread to the UI."""
@@ -171,6 +196,8 @@ class Snapshot:
     cursor: int | None = None  # the past path token being looked at; None: the live end of the path
     second: SecondView | None = None  # a second model along the same path
     constraint: str | None = None  # a grammar's state: "in progress", "may end here", "complete"
+    attribution: AttributionView | None = None  # the last attribution asked for, while its context stands
+    steering: str = ""  # the steering applied, described ('' : none)
 
     def path_score(self, index: int) -> TokenScore:
         """Path token `index` as a TokenScore (its stored panel gives the entropy and the greedy token)."""

@@ -17,6 +17,7 @@ from decoding.core.chat import conversation
 from decoding.core.errors import TokenstepError
 from decoding.core.settings import Strategy
 from decoding.core.state import Message, Timing
+from decoding.core.steering import Steering
 from decoding.records.compare import Cancelled
 
 if TYPE_CHECKING:  # a view imports the commands before torch is loaded; the explorer needs torch
@@ -339,6 +340,40 @@ class Futures(Command):
             self.failed(str(error))
             raise
         return None
+
+
+@dataclass(frozen=True)
+class Attribute(Command):
+    """Attribute panel row `row`'s candidate (at the step looked at, or the next token) over its context."""
+
+    name: ClassVar[str] = "attribute"
+    method: str
+    row: int
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.attribute(self.method, self.row, job.cancelled.is_set)
+
+
+@dataclass(frozen=True)
+class Steer(Command):
+    """Steer the model from now on (None: no more)."""
+
+    name: ClassVar[str] = "steer"
+    steering: Steering | None
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.steer(self.steering)
+
+
+@dataclass(frozen=True)
+class NudgeSteering(Command):
+    """Move the steering's scale by `delta`."""
+
+    name: ClassVar[str] = "nudge steering"
+    delta: float
+
+    def change(self, explorer: Explorer, job: Job) -> None:
+        explorer.nudge_steering(self.delta)
 
 
 @dataclass(frozen=True)

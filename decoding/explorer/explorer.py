@@ -21,10 +21,11 @@ from decoding.core.errors import SessionError, TokenstepError
 from decoding.core.files import write_atomically
 from decoding.core.prompt import Prompt, chat_prompt, check_room, check_size, checked_text
 from decoding.core.settings import CHAPTER_STRATEGIES, Strategy, parse_strategies
-from decoding.core.state import BeamSnapshot, Lens, Message, Snapshot
+from decoding.core.state import AttributionView, BeamSnapshot, Lens, Message, Snapshot
 from decoding.core.steering import Steering
 from decoding.core.tokens import one_line
 from decoding.explorer.panels import PANELS
+from decoding.explorer.why import Unsteered, attribution_of, context_at, shown_step
 from decoding.records import session_file
 from decoding.records.compare import COMPARE_NEW_TOKENS, compare, comparison_record
 from decoding.records.futures import FuturesRun
@@ -36,6 +37,7 @@ from decoding.search.lens import no_lens, session_lens
 from decoding.search.outcomes import OutcomeRule, outcomes
 from decoding.search.second import SecondModel, check_same_tokenizer
 from decoding.search.session import Session
+from decoding.search.unsteered import UnsteeredTwin
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class View:
     beam: BeamSnapshot | None  # while the strategy is beam search
     panels: Mapping[str, object]  # the open panels' values, by name (decoding.explorer.panels)
     model: str  # the model, engine, device and dtype on one line
+    steering: Steering | None = None
+    layers: int | None = None  # decoder layers a steering can be added to (None: the engine cannot steer)
 
 
 class Explorer:
@@ -67,6 +71,8 @@ class Explorer:
         self._cursor: int | None = None  # the past path token looked at; None: the live end
         self._lens_shown = False  # a view shows the logit lens: catch_up computes it
         self._lens: tuple[tuple[object, ...], Lens] | None = None  # (where it was computed, the lens)
+        self._attribution: tuple[tuple[int, ...], AttributionView] | None = None  # (its context, it)
+        self._unsteered: Unsteered | None = None  # while steering: the model without the vector
 
     @property
     def cursor(self) -> int | None:
@@ -83,7 +89,8 @@ class Explorer:
         """Reopen the saved tree (or start at `prompt`), then keep the session file from now on.
         A prompt the model cannot take is refused (SessionError) and the exploration stays open."""
         try:
-            self.keeper.open(self.session, prompt)
+            self.keeper.open(self.session, prompt)  # may steer as the saved tree was
+            self._follow_steering()
             self._restart_beam()
         finally:
             self.keeper.start(self.session)
@@ -191,6 +198,8 @@ class Explorer:
         if self._lens_shown and self.lens is None and not should_stop():
             self._lens = (self._lens_key(), self._lens_here())
             changed = True
+        if self._unsteered is not None and self.beam is None and not should_stop():
+            changed = self._unsteered.read(shown_step(session, self.cursor)) or changed
         return changed
 
     def _lens_here(self) -> Lens:
@@ -369,8 +378,40 @@ class Explorer:
                 "Steering needs --engine transformers (leave-one-out attribution works on every engine)."
             )
         engine.steer(steering)
+        self._attribution = None  # its numbers were the old steering's
+        self._follow_steering()
         self.session.reread()
         self._restart_beam()
+
+    def _follow_steering(self) -> None:
+        """While steered, the unsteered twin beside; not steered, none."""
+        if self.steering is None:
+            self._unsteered = None
+        elif self._unsteered is None and isinstance(self.engine, Forks):
+            self._unsteered = Unsteered(UnsteeredTwin(self.engine))
+
+    @property
+    def steering(self) -> Steering | None:
+        return self.engine.steering if isinstance(self.engine, Steers) else None
+
+    def nudge_steering(self, delta: float) -> None:
+        """The steering's scale moved by `delta` (the path read again under it)."""
+        if self.steering is None:
+            raise SessionError("Nothing is steered: set a steering first (S).")
+        self.steer(self.steering.with_scale(round(self.steering.scale + delta, 6)))
+
+    def attribute(self, method: str, row: int, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """`method`'s attribution of panel row `row`'s candidate (at the step looked at, or the next
+        token) over its context; views show it as a heat while that context stands."""
+        if self.beam is not None:
+            raise SessionError("Attribution follows one path: switch to greedy or sampling (beam search runs several).")
+        self._attribution = attribution_of(self.session, self.cursor, method, row, should_stop)
+
+    def _attribution_shown(self) -> AttributionView | None:
+        if self._attribution is None or self.beam is not None:
+            return None
+        context, attribution = self._attribution
+        return attribution if context_at(self.session, attribution.step) == context else None
 
     def trace_record(self, steps_as_written: bool = False) -> dict:
         """The current path (or the beam search so far) as a `tokenstep trace` record (see
@@ -399,7 +440,7 @@ class Explorer:
         """The whole tree as a session file (`tokenstep --session` opens it); says where it went."""
         path = folder / time.strftime("tokenstep-tree-%Y%m%d-%H%M%S.json")
         session = self.session
-        session_file.save(path, session.tree, session.engine, session.strategy, session.choices)
+        session_file.save(path, session.tree, session.engine, session.strategy, session.choices, self.steering)
         return f"Saved the whole tree to {path} (a session file: tokenstep --session opens it)", (path,)
 
     def save(self) -> None:
@@ -415,11 +456,16 @@ class Explorer:
         values = {name: PANELS[name](self) for name in panels}
         beam = self.beam.snapshot() if self.beam is not None else None
         second = self.second.view(self.session) if self.second is not None else None
-        snapshot = replace(self.session.snapshot(), cursor=self.cursor, second=second)
+        snapshot = replace(self.session.snapshot(), cursor=self.cursor, second=second, attribution=self._attribution_shown())
+        if self.steering is not None:
+            snapshot = replace(snapshot, steering=self.steering.describe())
+            if self._unsteered is not None and beam is None:
+                snapshot = self._unsteered.beside(snapshot, shown_step(self.session, self.cursor))
         model = model_line(self.engine)
         if self.second_left_out is not None:
             model += " │ second model left out"
-        return View(snapshot, beam, MappingProxyType(values), model)
+        layers = self.engine.steerable_layers if isinstance(self.engine, Steers) else None
+        return View(snapshot, beam, MappingProxyType(values), model, self.steering, layers)
 
 
 def model_line(engine: Engine) -> str:

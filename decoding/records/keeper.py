@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from decoding.core.engine import Engine, Steers
 from decoding.core.errors import TokenstepError
+from decoding.core.steering import Steering
 from decoding.records import session_file
 
 if TYPE_CHECKING:  # torch-free, but only needed once the model is loaded
@@ -40,6 +42,7 @@ class SessionKeeper:
             model = _described(saved.model)
             self.foreign = (tuple(saved.tree.branches()), model)
             return self._elsewhere(session, prompt, f"was made with {model}, not this model: its tree is shown read-only (t)")
+        self._restore_steering(session.engine, saved.steering)
         old = session.strategy, session.choices
         try:
             session.set_strategy(saved.strategy)
@@ -49,6 +52,17 @@ class SessionKeeper:
             session.set_strategy(old[0])
             session.set_choices(old[1])
             self._elsewhere(session, prompt, f"could not be reopened ({error})")
+
+    def _restore_steering(self, engine: Engine, steering: Steering | None) -> None:
+        """The steering the tree was explored under, unless one was asked for now (it wins)."""
+        if steering is None or not isinstance(engine, Steers) or engine.steering is not None:
+            if steering is not None and not isinstance(engine, Steers):
+                self.note(f"The session was steered ({steering.describe()}); the {engine.name} engine cannot steer.")
+            return
+        try:
+            engine.steer(steering)
+        except TokenstepError as error:  # a vector file gone since: the tree opens unsteered
+            self.note(f"The session's steering is left out: {error}")
 
     def _elsewhere(self, session: Session, prompt: str | Prompt | None, why: str) -> None:
         """Leave the opened file as it is; this exploration starts at `prompt`, saved to a new file."""
@@ -72,7 +86,8 @@ class SessionKeeper:
         if self._writer is None or session.tree.current is None:
             return
         try:
-            self._writer.save(session.tree, session.strategy, session.choices)
+            steering = session.engine.steering if isinstance(session.engine, Steers) else None
+            self._writer.save(session.tree, session.strategy, session.choices, steering)
         except (OSError, TokenstepError) as error:
             self._writer = None
             self.note(f"Could not save the session to {self.path} ({error}); it goes on unsaved.")

@@ -44,6 +44,7 @@ from decoding.core.schema import (
 )
 from decoding.core.settings import MAX_CHOICES, Strategy
 from decoding.core.state import Candidate, Distribution, Message, PathToken
+from decoding.core.steering import Steering
 from decoding.search.tree import Node, Tree
 
 FORMAT = "tokenstep-session"
@@ -59,6 +60,7 @@ class SavedSession:
     strategy: Strategy
     choices: int
     note: str = ""  # for the person: what reading left out (a last save cut short)
+    steering: Steering | None = None  # the steering it was explored under (a contrast pair or a vector file)
 
 
 def model_identity(engine) -> dict[str, Any]:
@@ -93,8 +95,8 @@ def same_model(saved: dict[str, Any], engine) -> bool:
 # --- writing ---------------------------------------------------------------------------------------
 
 
-def save(path: Path, tree: Tree, engine, strategy: Strategy, choices: int) -> None:
-    SessionWriter(path, engine).save(tree, strategy, choices)
+def save(path: Path, tree: Tree, engine, strategy: Strategy, choices: int, steering: Steering | None = None) -> None:
+    SessionWriter(path, engine).save(tree, strategy, choices, steering)
 
 
 class SessionWriter:
@@ -110,10 +112,12 @@ class SessionWriter:
         self._seen = 0  # how many of the tree's changes the file holds
         self._first_line = self._appended = 0  # bytes
 
-    def save(self, tree: Tree, strategy: Strategy, choices: int) -> None:
+    def save(self, tree: Tree, strategy: Strategy, choices: int, steering: Steering | None = None) -> None:
         changed, gone = self._take_changes(tree)
         where = f'"roots": {json.dumps(tree.roots)}, "current": {json.dumps(tree.current)}, '
         settings = f'"strategy": {json.dumps(strategy.as_dict())}, "choices": {int(choices)}'
+        if steering is not None:
+            settings += f', "steering": {json.dumps(steering.record(), ensure_ascii=False)}'
         if changed is None or self._appended > max(self._first_line, COMPACT_AFTER_BYTES):
             return self._write_afresh(where, settings)
         line = f'{{"nodes": [{", ".join(self._nodes[node_id] for node_id in changed)}], "gone": {json.dumps(gone)}, {where}{settings}}}\n'
@@ -248,6 +252,7 @@ SESSION_SHAPE = {
     },
     "strategy": dict,
     "choices": Whole(1),
+    "steering?": dict,
     "tree": {"roots": [Whole(0)], "current": (Whole(0), None), "nodes": [NODE_SHAPE]},
 }
 
@@ -259,6 +264,7 @@ CHANGE_SHAPE = {
     "current": (Whole(0), None),
     "strategy": dict,
     "choices": Whole(1),
+    "steering?": dict,
 }
 
 
@@ -274,12 +280,13 @@ def load(path: Path) -> SavedSession:
         model = dict(record["model"])
         tree = _tree(record["tree"], model["vocab_size"])
         strategy = Strategy(**{**record["strategy"], "suppress_tokens": tuple(record["strategy"].get("suppress_tokens", ()))})
+        steering = Steering.from_record(record["steering"]) if "steering" in record else None
         if record["choices"] > model["vocab_size"]:
             raise ValueError(f"choices is {record['choices']}, more than the vocabulary's {model['vocab_size']} tokens")
     except (ShapeError, ValueError, TypeError, SettingsError) as error:
         raise SessionError(f"{shown_path(path)} is damaged ({error}). It was left as it is.") from None
     # More candidates than a panel shows now (files from before the cap): a setting, not data.
-    return SavedSession(tree, model, strategy, min(record["choices"], MAX_CHOICES), note)
+    return SavedSession(tree, model, strategy, min(record["choices"], MAX_CHOICES), note, steering)
 
 
 def load_if_there(path: Path) -> SavedSession | None:
@@ -364,6 +371,10 @@ def _apply_changes(record: dict[str, Any], lines: list[bytes]) -> None:
             nodes.pop(node_id, None)
         tree.update(roots=change["roots"], current=change["current"])
         record.update(strategy=change["strategy"], choices=change["choices"])
+        if "steering" in change:
+            record["steering"] = change["steering"]
+        else:
+            record.pop("steering", None)
     tree["nodes"] = list(nodes.values())
 
 

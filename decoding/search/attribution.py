@@ -18,9 +18,10 @@ from typing import Any
 from decoding.core.engine import AttributesByGradient, Engine, RunsSideBySide
 from decoding.core.errors import SessionError
 from decoding.core.scores import Scores
+from decoding.core.state import ATTRIBUTION_METHODS
 from decoding.search.session import Session
 
-METHODS = {"loo": "leave-one-out", "grad_x_input": "gradient × input", "ig": "integrated gradients"}
+METHODS = ATTRIBUTION_METHODS
 IG_STEPS = 64
 ROWS_AT_ONCE = 16  # shortened contexts read in one batch (each holds the whole context's activations)
 
@@ -73,15 +74,18 @@ def leave_one_out(
     held: Sequence[int] = (),
     should_stop: Callable[[], bool] = lambda: False,
 ) -> list[float | None]:
-    """For each context token, how much less likely the target is with that token deleted."""
-    rows = [list(context)] + [[*context[:i], *context[i + 1 :]] for i in range(len(context))]
+    """For each context token, how much less likely the target is with that token deleted. The
+    contexts without tokens a.. share the tokens before a: read once, then each row's rest."""
+    context = list(context)
     with _reader(engine, held) as read:
-        whole = _logprob(read([rows[0]])[0], target)
+        whole = _logprob(read([], [context])[0], target)
         shortened: list[float | None] = []
-        for start in range(1, len(rows), ROWS_AT_ONCE):
+        for first in range(0, len(context), ROWS_AT_ONCE):
             if should_stop():
                 raise SessionError("The attribution was cancelled.")
-            shortened += [_logprob(scores, target) for scores in read(rows[start : start + ROWS_AT_ONCE])]
+            deleted = range(first, min(first + ROWS_AT_ONCE, len(context)))
+            rests = [context[first:i] + context[i + 1 :] for i in deleted]
+            shortened += [_logprob(scores, target) for scores in read(context[:first], rests)]
     return [None if whole is None or without is None else whole - without for without in shortened]
 
 
@@ -91,26 +95,35 @@ def _logprob(scores: Scores, target: int) -> float | None:
 
 
 @contextmanager
-def _reader(engine: Engine, held: Sequence[int]) -> Iterator[Callable[[list[list[int]]], list[Scores]]]:
-    """Reads equal-length sequences from scratch, each to its next-token scores: side by side on a
-    runner of the engine's own, else one after another on the engine's cache (an empty sequence has
-    none: a context of one token deleted), which is set back to what it held after."""
+def _reader(engine: Engine, held: Sequence[int]) -> Iterator[Callable[[list[int], list[list[int]]], list[Scores]]]:
+    """Reads a shared prefix followed by each of equal-length rests, to each one's next-token
+    scores: side by side on a runner of the engine's own (the prefix read once), else one after
+    another on the engine's cache, which is set back to what it held after. An empty sequence (a
+    context of one token, deleted) has no scores."""
     if isinstance(engine, RunsSideBySide):
 
-        def side_by_side(rows: list[list[int]]) -> list[Scores]:
-            if not rows[0]:
-                return [Scores.top(engine.vocab_size, [], [])] * len(rows)
-            scores = engine.side_by_side().start(rows)
+        def side_by_side(prefix: list[int], rests: list[list[int]]) -> list[Scores]:
+            if not prefix and not rests[0]:
+                return [Scores.top(engine.vocab_size, [], [])] * len(rests)
+            runner = engine.side_by_side()
+            if not prefix:
+                scores = runner.start(rests)
+            else:
+                scores = runner.start([prefix])
+                runner.reorder([0] * len(rests))
+                scores = runner.extend(rests) if rests[0] else Scores(scores.values.expand(len(rests), -1), scores.complete)
             return [Scores(row, scores.complete) for row in scores.values]
 
         yield side_by_side
         return
 
-    def one_by_one(rows: list[list[int]]) -> list[Scores]:
+    def one_by_one(prefix: list[int], rests: list[list[int]]) -> list[Scores]:
+        engine.crop(0)
+        after_prefix = engine.feed(prefix) if prefix else Scores.top(engine.vocab_size, [], [])
         read = []
-        for row in rows:
-            engine.crop(0)
-            read.append(engine.feed(row) if row else Scores.top(engine.vocab_size, [], []))
+        for rest in rests:
+            engine.crop(len(prefix))
+            read.append(engine.feed(rest) if rest else after_prefix)
         return read
 
     try:

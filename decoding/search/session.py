@@ -292,6 +292,7 @@ class Session:
             return
         here = self.tree.here
         self._start(self.prompt)
+        self.tree.current = self.tree.path(here)[0].id  # at the root, as the empty path now is
         self.jump(here)
 
     def add_turn(self, turn: Turn, replaying: bool = False) -> None:

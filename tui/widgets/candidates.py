@@ -22,6 +22,9 @@ BAR_WIDTH = 10
 REMOVED_STYLE = "dim strike"
 SPECIAL_STYLE = "magenta"
 SERVER_STYLE = "yellow"  # the server's own chain, beside tokenstep's
+# The same model without the steering vector, beside the steered one (a colour of the xterm cube:
+# the theme leaves it as it is)
+UNSTEERED_STYLE = "#5fafff"
 NOTHING_LEFT_STYLE = "bold yellow"  # every candidate ruled out: the strategy cannot choose
 CHOSEN_STYLE = "bold blue"  # a control token (<|im_end|>), unlike the same characters typed as text
 HEADER_LINES = 1
@@ -114,12 +117,13 @@ class CandidatePanel(Static):
         assert shown is not None
         reshaped = shown.processed_entropy is not None
         served = reshaped and any(candidate.server_prob is not None for candidate in shown.candidates)
-        rows = [_cells(candidate, reshaped, served) for candidate in shown.candidates]
-        header = [Text(title, style="bold") for title in _headers(reshaped, served)]
+        steered = any(candidate.unsteered_prob is not None for candidate in shown.candidates)
+        rows = [_cells(candidate, reshaped, served, steered) for candidate in shown.candidates]
+        header = [Text(title, style="bold") for title in _headers(reshaped, served, steered)]
         # Fixed column widths: the panel keeps its width from step to step, so the text beside it never reflows.
         widths = [
             max([width, *(cell.cell_len for cell in column)])
-            for width, column in zip(_widths(reshaped, len(rows), served), zip(header, *rows))
+            for width, column in zip(_widths(reshaped, len(rows), served, steered), zip(header, *rows))
         ]
         lines = [_line(header, widths)]
         highlight = self.get_component_rich_style("candidate-panel--highlight")
@@ -175,18 +179,31 @@ def chain_strip(shown: Distribution) -> Text:
     return line
 
 
-def _widths(reshaped: bool, rows: int, served: bool = False) -> list[int]:
+def _widths(reshaped: bool, rows: int, served: bool = False, steered: bool = False) -> list[int]:
     rank = len(str(rows))
+    unsteered = [len("unsteered")] if steered else []
     if reshaped:
         server = [PERCENT_WIDTH] if served else []
-        return [rank, TOKEN_WIDTH, PERCENT_WIDTH, BAR_WIDTH, PERCENT_WIDTH, BAR_WIDTH, *server, LOGPROB_WIDTH]
-    return [rank, TOKEN_WIDTH, PERCENT_WIDTH, BAR_WIDTH, LOGPROB_WIDTH]
+        return [rank, TOKEN_WIDTH, PERCENT_WIDTH, BAR_WIDTH, PERCENT_WIDTH, BAR_WIDTH, *server, *unsteered, LOGPROB_WIDTH]
+    return [rank, TOKEN_WIDTH, PERCENT_WIDTH, BAR_WIDTH, *unsteered, LOGPROB_WIDTH]
 
 
-def _headers(reshaped: bool, served: bool = False) -> list[str]:
+def _headers(reshaped: bool, served: bool = False, steered: bool = False) -> list[str]:
+    """The model's column is "steered" while steering, the same model without the vector beside it."""
+    unsteered = ["unsteered"] if steered else []
     if reshaped:
-        return ["#", "token", "model", "", "strategy", "", *(["served"] if served else []), "logprob"]
-    return ["#", "token", "prob", "", "logprob"]
+        return [
+            "#",
+            "token",
+            "steered" if steered else "model",
+            "",
+            "strategy",
+            "",
+            *(["served"] if served else []),
+            *unsteered,
+            "logprob",
+        ]
+    return ["#", "token", "steered" if steered else "prob", "", *unsteered, "logprob"]
 
 
 def _line(cells: list[Text], widths: list[int]) -> Text:
@@ -200,7 +217,7 @@ def _line(cells: list[Text], widths: list[int]) -> Text:
     return line
 
 
-def _cells(candidate: Candidate, reshaped: bool, served: bool = False) -> list[Text]:
+def _cells(candidate: Candidate, reshaped: bool, served: bool = False, steered: bool = False) -> list[Text]:
     style = REMOVED_STYLE if candidate.removed else ""
     cells = [
         Text(str(candidate.rank + 1), style="dim"),
@@ -216,6 +233,9 @@ def _cells(candidate: Candidate, reshaped: bool, served: bool = False) -> list[T
         if served:
             server = "…" if candidate.server_prob is None else f"{100 * candidate.server_prob:.2f}%"
             cells.append(Text(server, style=style or SERVER_STYLE))
+    if steered:
+        unsteered = "…" if candidate.unsteered_prob is None else f"{100 * candidate.unsteered_prob:.2f}%"
+        cells.append(Text(unsteered, style=style or UNSTEERED_STYLE))
     cells.append(Text(f"{candidate.logprob:.3f}", style=style or "dim"))
     return cells
 

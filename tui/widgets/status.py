@@ -29,6 +29,8 @@ class StatusLine(Static):
         parts.append(f"logp={snapshot.sequence_logprob:.2f}")
         if snapshot.constraint is not None:
             parts.append(f"grammar: {snapshot.constraint}")
+        if snapshot.steering:
+            parts.append(snapshot.steering)  # its texts escaped by Steering.describe
         if timing.latency_ms is not None:
             parts.append(f"{timing.latency_ms:.0f} ms")
         if timing.tokens_per_s is not None:

@@ -1,6 +1,6 @@
 """The running text: the prompt, then each generated token, all tinted by a heat: the probability the
-model gave each token, the entropy it was drawn from, its rank (GLTR's buckets), or how far a second
-model disagrees.
+model gave each token, the entropy it was drawn from, its rank (GLTR's buckets), how far a second
+model disagrees, or how much each token made a candidate likely (an attribution).
 
 In a chat the template's scaffolding (role markers, control tokens) is dimmed, the messages plain,
 and control tokens the model chose (<|im_end|>) keep a style of their own, so they never read as the
@@ -12,20 +12,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from rich.style import Style
 from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from decoding.core.state import PairScore, Segment, Snapshot, TokenScore
+from decoding.core.state import AttributionView, PairScore, Segment, Snapshot, TokenScore
 from decoding.core.tokens import escape_controls
 from tui.heat_colours import TINTS
 
+T = TypeVar("T")
 FORCED_STYLE = "underline reverse"
 SCAFFOLD_STYLE = "dim italic"
 CURSOR_STYLE = "bold on blue"
 SPECIAL_STYLE = "bold #d787ff"
+AGAINST_STYLE = "italic"  # an attribution below 0: the token made the target less likely
+ATTRIBUTION_BANDS = (0.05, 0.2, 0.5)  # shares of the largest magnitude
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,8 @@ HEATS = (
         ("|Δ logp| <0.05", "<0.5", "<2", "≥2"),
         needs_second=True,
     ),
+    Heat("attribution", lambda s, p: None, ATTRIBUTION_BANDS, ("<5%", "<20%", "<50%", "≥50% of the largest")),
 )
-HEAT_NAMES = tuple(heat.name for heat in HEATS)
 
 
 def heat_named(name: str, tints: tuple[str, ...] = TINTS) -> Heat:
@@ -81,10 +85,27 @@ def tint(prob: float, tints: tuple[str, ...] = TINTS) -> str:
     return heat_named("probability", tints).style(TokenScore(math.log(prob) if prob > 0 else None, None, 0.0, 0), None)
 
 
-def legend(heat: Heat = HEATS[0], second: str = "") -> Text:
+def attribution_style(value: float | None, largest: float, tints: tuple[str, ...] = TINTS) -> str:
+    """A token's tint by its share of the largest attribution (the warmest: the most); italic when
+    it made the target less likely."""
+    if value is None or largest <= 0:
+        return ""
+    share = abs(value) / largest
+    tint = next((tint for bound, tint in zip(ATTRIBUTION_BANDS, tints) if share < bound), tints[-1])
+    return f"{tint} {AGAINST_STYLE}" if value < 0 else tint
+
+
+def legend(heat: Heat = HEATS[0], second: str = "", attribution: AttributionView | None = None) -> Text:
     text = Text().append(f"heat: {heat.name} ", style="dim")  # the tints undimmed: as in the text
+    if heat.name == "attribution":
+        if attribution is None:
+            return text.append("(none yet: a attributes the highlighted candidate)  · h: next heat", style="dim")
+        gap = "" if attribution.completeness_gap is None else f", completeness gap {attribution.completeness_gap:.1%}"
+        text.append(f"({attribution.method_label}{gap}) of {attribution.target} at step {attribution.step + 1}: ", style="dim")
     for label, style in zip(heat.labels, heat.tints):
         text.append(f"{label} ", style=style)
+    if heat.name == "attribution":
+        text.append("against it ", style=AGAINST_STYLE)
     text.append("forced ", style=FORCED_STYLE).append("control token", style=SPECIAL_STYLE)
     if heat.needs_second:
         text.append(f"  (against {second})", style="dim")
@@ -100,13 +121,19 @@ def running_text(snapshot: Snapshot, visible_whitespace: bool = False, heat: Hea
     _append_prompt(text, snapshot, visible_whitespace, heat)
     turns = {turn.before: turn for turn in snapshot.turns}
     pairs = snapshot.second.path if snapshot.second is not None else ()
+    attribution = snapshot.attribution if heat.name == "attribution" else None
     run = _Run(text)
     for index, (token, piece) in enumerate(zip(snapshot.path, snapshot.pieces)):
         if index in turns:
             run.flush()
             _append_segments(text, turns[index].segments, visible_whitespace)
         score = snapshot.path_score(index) if index < len(snapshot.panels) else None
-        style = SPECIAL_STYLE if token.special else heat.style(score, _at(pairs, index)) if score else ""
+        if token.special:
+            style = SPECIAL_STYLE
+        elif attribution is not None:
+            style = attribution_style(_at(attribution.path, index), attribution.largest, heat.tints)
+        else:
+            style = heat.style(score, _at(pairs, index)) if score else ""
         if token.forced:
             style = f"{style} {FORCED_STYLE}"
         if index == snapshot.cursor:
@@ -148,8 +175,15 @@ class _Run:
 def _append_prompt(text: Text, snapshot: Snapshot, visible_whitespace: bool, heat: Heat) -> None:
     """The prompt token by token, tinted, once scored; before that (or with the heat off) as text,
     its chat scaffolding dimmed."""
+    attribution = snapshot.attribution if heat.name == "attribution" else None
+    if attribution is not None and len(attribution.prompt) == len(snapshot.prompt_pieces):
+        run = _Run(text)
+        for piece, value in zip(snapshot.prompt_pieces, attribution.prompt):
+            run.add(_shown(piece, visible_whitespace), attribution_style(value, attribution.largest, heat.tints))
+        run.flush()
+        return
     scores = snapshot.prompt_scores
-    if scores is None or heat.name == "off" or len(scores) != len(snapshot.prompt_pieces):
+    if scores is None or heat.name in ("off", "attribution") or len(scores) != len(snapshot.prompt_pieces):
         _append_segments(text, snapshot.prompt_segments or (Segment(snapshot.prompt),), visible_whitespace)
         return
     pairs = snapshot.second.prompt if snapshot.second is not None else ()
@@ -159,8 +193,8 @@ def _append_prompt(text: Text, snapshot: Snapshot, visible_whitespace: bool, hea
     run.flush()
 
 
-def _at(pairs: tuple[PairScore | None, ...], index: int) -> PairScore | None:
-    return pairs[index] if index < len(pairs) else None
+def _at(values: tuple[T | None, ...], index: int) -> T | None:
+    return values[index] if index < len(values) else None
 
 
 def _append_segments(text: Text, segments: tuple[Segment, ...], visible_whitespace: bool) -> None:
@@ -186,7 +220,7 @@ class TextView(VerticalScroll):
 
     def show(self, snapshot: Snapshot, visible_whitespace: bool, heat: Heat = HEATS[0], clickable: bool = False) -> None:
         self._show_text(running_text(snapshot, visible_whitespace, heat, clickable))
-        shown_legend = legend(heat, snapshot.second.model if snapshot.second else "")
+        shown_legend = legend(heat, snapshot.second.model if snapshot.second else "", snapshot.attribution)
         if shown_legend != self._legend:  # it rarely changes: no layout of the screen for nothing
             self._legend = shown_legend
             self.query_one("#legend", Static).update(shown_legend)

@@ -214,6 +214,11 @@ class TransformersEngine:
                 self._neutral = attribution.neutral_token(self.model, self.special_ids)
             return attribution.integrated_gradients(self.model, ids, target, steps, self._neutral)
 
+    @property
+    def steerable_layers(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 0)
+
     def steer(self, steering: Steering | None) -> None:
         """Add `steering`'s vector to its layer from now on (None: no more); the cache, made under the
         old settings, is emptied: what it held must be read again. A bad steering changes nothing."""
@@ -242,7 +247,11 @@ class SideBySide:
 
     def feed(self, token_ids: list[int]) -> Scores:
         """One new token per sequence."""
-        return Scores(self._run([[token_id] for token_id in token_ids]))
+        return self.extend([[token_id] for token_id in token_ids])
+
+    def extend(self, rows: list[list[int]]) -> Scores:
+        """Equal-length runs of new tokens, one per sequence."""
+        return Scores(self._run(rows))
 
     def reorder(self, rows: list[int]) -> None:
         """Row i of the cache becomes old row rows[i] (a beam continues from its parent)."""

@@ -191,8 +191,11 @@ class ServerRunner:
         return self._all()
 
     def feed(self, token_ids: list[int]) -> Scores:
-        for row, token_id in zip(self.rows, token_ids):
-            row.append(token_id)
+        return self.extend([[token_id] for token_id in token_ids])
+
+    def extend(self, rows: list[list[int]]) -> Scores:
+        for row, new in zip(self.rows, rows):
+            row.extend(new)
         return self._all()
 
     def reorder(self, rows: list[int]) -> None:
