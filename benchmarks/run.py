@@ -25,6 +25,7 @@ COMMANDS = [
     "chain_command",
     "futures_command",
     "attribution_command",
+    "draft_command",
     "compare_command",
     "replay_command",
     "export_command",

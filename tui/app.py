@@ -44,6 +44,7 @@ from tui.settings_screen import Settings, SettingsScreen
 from tui.steering_screen import SteeringChoice, SteeringScreen
 from tui.widgets.beams import BeamPanel
 from tui.widgets.candidates import CandidatePanel
+from tui.widgets.draft_strip import DraftStrip
 from tui.widgets.fields import MessageBox, PromptField
 from tui.widgets.lens_view import LensPanel
 from tui.widgets.loading import LoadingPane
@@ -96,8 +97,10 @@ class TokenstepApp(App[int]):
         theme: str | None = None,
         heat_colours: str = "classic",
         steering: Steering | None = None,
+        draft: tuple[LoadOptions, int] | None = None,
     ) -> None:
         super().__init__()
+        self.draft = draft  # speculative decoding's draft model, and its tokens a round
         self.steering = steering  # asked for on the command line; the steering screen changes it
         self.keymap = dict(keymap or {})  # the user's keys (tui.keys), by binding id
         self.theme_asked, self.heat_colours = theme, heat_colours
@@ -203,7 +206,16 @@ class TokenstepApp(App[int]):
 
         strategy, choices, second = settings.strategy, settings.choices, self.second_options
         opening = Opening(
-            options, strategy, choices, request, prefill, second, self.max_new_tokens, self.exact_replay, self.steering
+            options,
+            strategy,
+            choices,
+            request,
+            prefill,
+            second,
+            self.max_new_tokens,
+            self.exact_replay,
+            self.steering,
+            self.draft,
         )
         keeper, self.saved = SessionKeeper(self.session_path, self.saved, self._warn), None  # reopened once
         try:
@@ -291,8 +303,10 @@ class TokenstepApp(App[int]):
             heat = heat_named(self.heat, self.heat_tints)
             self.query_one(TextView).show(snapshot, self.visible_whitespace, heat, clickable=not self.playing)
             self.query_one(CandidatePanel).show_snapshot(snapshot)
+            self.query_one(DraftStrip).show(snapshot.draft)
             self.query_one(StatusLine).show(snapshot, self.timing, view.model)
             return
+        self.query_one(DraftStrip).show(None)
         self.highlighted_beam = max(0, min(self.highlighted_beam, len(beam.beams) - 1))
         self.query_one(BeamPanel).show(beam, self.highlighted_beam)
         self.query_one(CandidatePanel).show_beam(beam, self.highlighted_beam)
@@ -344,7 +358,10 @@ class TokenstepApp(App[int]):
     def action_heat(self) -> None:
         """The next heat view: probability, entropy, rank, off (and with a second model, disagreement),
         attribution (the highlighted candidate's, computed on the way in if there is none)."""
-        self.heat = next_heat(self.heat, self.snapshot is not None and self.snapshot.second is not None)
+        snapshot = self.snapshot
+        self.heat = next_heat(
+            self.heat, snapshot is not None and snapshot.second is not None, snapshot is not None and snapshot.draft is not None
+        )
         self.refresh_view()
         if self.heat == "attribution" and self.snapshot is not None and self.snapshot.attribution is None:
             self.action_attribute()

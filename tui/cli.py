@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from decoding.core.chat import PromptRequest
 from decoding.core.errors import TokenstepError
@@ -33,10 +33,22 @@ from decoding.core.settings import (
 from decoding.core.state import Message
 from decoding.core.steering import Steering
 from decoding.core.tokens import escape_controls, one_line
-from decoding.engines.registry import DEFAULT_ENGINE, ENGINES, LoadOptions, check_fits_early, engine_options, recorded_model
+from decoding.engines.registry import (
+    DEFAULT_ENGINE,
+    ENGINES,
+    LoadOptions,
+    check_fits_early,
+    engine_options,
+    recorded_model,
+    shown_name,
+)
 from decoding.engines.runtime import DTYPES
 from decoding.explorer.diff import DIFF_FORMATS
 from tui.heat_colours import HEAT_COLOURS
+
+if TYPE_CHECKING:  # torch loads after the options are checked
+    from decoding.core.engine import Engine
+    from decoding.records.compare import Draft
 
 DEFAULT_PROMPT = "Transformers are the"
 
@@ -246,6 +258,7 @@ def build_parsers(add_help: bool = True) -> tuple[argparse.ArgumentParser, argpa
     _add_strategy_options(app)
     _add_constraint_options(app)
     _add_steering_options(app)
+    _add_draft_options(app)
     look = app.add_argument_group("keys and colours")
     look.add_argument(
         "--keys", type=Path, metavar="FILE", help="a keymap (default: $XDG_CONFIG_HOME/tokenstep/keys.toml if there)"
@@ -287,6 +300,7 @@ def build_parsers(add_help: bool = True) -> tuple[argparse.ArgumentParser, argpa
     _add_strategy_options(trace)
     _add_constraint_options(trace)
     _add_steering_options(trace)
+    _add_draft_options(trace)
     return app, trace
 
 
@@ -308,6 +322,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
     _add_prompt_options(compare)
     _add_model_options(compare)
     _add_constraint_options(compare)
+    _add_draft_options(compare)
     return compare
 
 
@@ -348,25 +363,51 @@ def _load_options(args: argparse.Namespace) -> LoadOptions:
 
 def second_options_from(args: argparse.Namespace) -> LoadOptions | None:
     """The second model's options (None without --second-model or --second-engine)."""
-    if args.second_model is None and args.second_engine is None:
-        if args.second_url is not None:
-            raise TokenstepError("--second-url goes with --second-engine server.")
+    return other_model_options(args, "second")
+
+
+def draft_from(args: argparse.Namespace) -> tuple[LoadOptions, int] | None:
+    """The draft model's options and its tokens a round (None without --draft-model or --draft-engine)."""
+    options = other_model_options(args, "draft")
+    if options is None:
+        if args.draft_tokens is not None:
+            raise TokenstepError("--draft-tokens goes with --draft-model or --draft-engine.")
         return None
-    model = None if args.second_model in (None, "embedded") else args.second_model
-    engine = args.second_engine or DEFAULT_ENGINE
-    # the key and the candidates asked for go to any server; the second model's address is its own
+    tokens = 4 if args.draft_tokens is None else args.draft_tokens
+    if not 1 <= tokens <= 16:
+        raise TokenstepError(f"--draft-tokens must be from 1 to 16 (got {tokens}).")
+    return options, tokens
+
+
+def other_model_options(args: argparse.Namespace, role: str) -> LoadOptions | None:
+    """A model beside the first, by --ROLE-model, --ROLE-engine and --ROLE-url (None without the first two)."""
+    model, engine, url = (getattr(args, f"{role}_{name}") for name in ("model", "engine", "url"))
+    if model is None and engine is None:
+        if url is not None:
+            raise TokenstepError(f"--{role}-url goes with --{role}-engine server.")
+        return None
+    engine = engine or DEFAULT_ENGINE
+    # the key and the candidates asked for go to any server; the model's address is its own
     asked_of_a_server = {name: getattr(args, name) for name in ("api_key", "server_top") if getattr(args, name) is not None}
     try:
         return LoadOptions(
-            model=model,
+            model=None if model in (None, "embedded") else model,
             device=args.device,
             dtype=args.dtype,
             engine=engine,
-            url=args.second_url,
+            url=url,
             **(asked_of_a_server if ENGINES[engine].served else {}),
         )
-    except TokenstepError as error:  # LoadOptions names the first model's options; these are the second's
-        raise TokenstepError(re.sub(r"--(model|engine|url)\b", r"--second-\1", str(error))) from None
+    except TokenstepError as error:  # LoadOptions names the first model's options; these are this one's
+        raise TokenstepError(re.sub(r"--(model|engine|url)\b", rf"--{role}-\1", str(error))) from None
+
+
+def _add_draft_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("speculative decoding: a draft model proposes, this one checks (one tokenizer)")
+    group.add_argument("--draft-model", help="Hub id, local folder or .gguf file; `embedded` for the embedded model")
+    group.add_argument("--draft-engine", choices=ENGINES, help=f"its engine (default: {DEFAULT_ENGINE})")
+    group.add_argument("--draft-url", help="with --draft-engine server: the server serving it")
+    group.add_argument("--draft-tokens", type=int, metavar="K", help="tokens the draft proposes a round (1 to 16, default 4)")
 
 
 def parse_picks(text: str, choices: int) -> list[int]:
@@ -407,10 +448,14 @@ def run_trace_command(argv: Sequence[str]) -> int:
 
     # Beam search runs for at most --steps new tokens, as generate(max_new_tokens=steps) would.
     limit = lambda engine: args.steps + len(engine.encode_piece(args.prefill or ""))  # noqa: E731
-    steering = steering_from(args)
+    steering, draft = steering_from(args), draft_from(args)
     explorer = open_explorer(options, strategy, args.choices, max_new_tokens=limit, progress=_progress_on_terminal)
     if steering is not None:
         explorer.steer(steering)
+    if draft is not None:
+        from decoding.explorer.opening import add_draft_model
+
+        add_draft_model(explorer, *draft, options, _progress_on_terminal)
     plan = TracePlan(request.build(explorer.engine), args.steps, picks, args.prefill or "", lens=args.lens)
     if args.format != "json":
         print(format_trace(run_trace(explorer, plan), args.format))
@@ -624,6 +669,7 @@ def run_serve_command(argv: Sequence[str]) -> int:
     second_options_from(app)
     look_from(app)
     steering_from(app)
+    draft_from(app)
 
     from tui.serve import TokenServer, app_command, check_token, new_token
 
@@ -654,9 +700,30 @@ def run_compare_command(argv: Sequence[str]) -> int:
     engine = load_engine(options, _progress_on_terminal)
     prompt = request.build(engine)
     prefix_ids = list(prompt.ids) + (engine.encode_piece(args.prefill) if args.prefill else [])
-    results = compare(engine, prefix_ids, strategies, args.new_tokens, progress=_compare_progress)
+    draft = compare_draft(engine, options, draft_from(args))
+    results = compare(engine, prefix_ids, strategies, args.new_tokens, progress=_compare_progress, draft=draft)
     print(format_comparison(comparison_record(engine.decode(prefix_ids), args.new_tokens, results), args.format))
     return 0
+
+
+def compare_draft(engine: Engine, options: LoadOptions, asked: tuple[LoadOptions, int] | None) -> Draft | None:
+    """The draft `--draft-model` asks for, checked against the compared model (one line if it cannot be one)."""
+    if asked is None:
+        return None
+    from decoding.core.engine import Forks
+    from decoding.engines.registry import load_engine
+    from decoding.records.compare import Draft
+    from decoding.search.second import check_same_tokenizer
+
+    draft_options, tokens = asked
+    draft = (
+        engine.fork()
+        if draft_options == options and isinstance(engine, Forks)
+        else load_engine(draft_options, _progress_on_terminal)
+    )
+    name = f"{shown_name(draft_options, draft)} ({draft.name})"
+    check_same_tokenizer(engine, draft, f"--model {engine.model_id}", f"--draft-model {name}")
+    return Draft(draft, tokens, name)
 
 
 def _compare_progress(done: int, total: int) -> None:
@@ -695,7 +762,7 @@ def run_app_command(argv: Sequence[str]) -> int:
                 recorded["dtype"] = args.dtype
             options = replace(options, **recorded)
     keymap, theme = look_from(args)
-    steering = steering_from(args)
+    steering, draft = steering_from(args), draft_from(args)
     with screen_apart_from_native_stderr():
         app = TokenstepApp(
             options,
@@ -713,6 +780,7 @@ def run_app_command(argv: Sequence[str]) -> int:
             theme=theme,
             heat_colours=args.heat_colours,
             steering=steering,
+            draft=draft,
         )
         app.run()
     exit_without_waiting(app.runner.thread, app.return_code or 0)

@@ -9,6 +9,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from tui.panels import PANELS
 from tui.widgets.beams import BeamPanel
 from tui.widgets.candidates import CandidatePanel
+from tui.widgets.draft_strip import DraftStrip
 from tui.widgets.text_view import TextView
 
 
@@ -18,6 +19,7 @@ class ExplorationArea(Horizontal):
         yield BeamPanel(id="beams")
         yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "main")
         with Vertical(id="side"):
+            yield DraftStrip(id="draft-strip")
             with VerticalScroll(id="candidates-scroll"):
                 yield CandidatePanel(id="candidates")
             yield from (spec.widget(id=spec.name) for spec in PANELS if spec.place == "side")
@@ -25,3 +27,4 @@ class ExplorationArea(Horizontal):
     def on_mount(self) -> None:
         self.display = False
         self.query_one(BeamPanel).display = False
+        self.query_one(DraftStrip).display = False

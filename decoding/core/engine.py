@@ -172,6 +172,13 @@ class ScoresAnyToken(Protocol):
 
 
 @runtime_checkable
+class FeedsEach(Protocol):
+    """Can feed several tokens in one pass and give the scores after each (a draft checked at once)."""
+
+    def feed_each(self, ids: Sequence[int]) -> list[Scores]: ...
+
+
+@runtime_checkable
 class AttributesByGradient(Protocol):
     """Can attribute a next token's log-probability to each context token through gradients (a
     model in this process, differentiable)."""

@@ -177,6 +177,38 @@ class AttributionView:
 
 
 @dataclass(frozen=True)
+class DraftMark:
+    """How a draft model's proposal fared at one step of speculative decoding."""
+
+    proposed: int  # the draft's token
+    accepted: bool
+    p_target: float  # the target's probability of it there (after the strategy's processors)
+    q_draft: float  # the draft's
+
+
+@dataclass(frozen=True)
+class DraftView:
+    """The draft at work: the last round's proposals, and how the draft has fared so far."""
+
+    model: str
+    tokens: int  # K, the proposals a round makes
+    proposals: tuple[tuple[str, str, float | None, float | None], ...]  # (label, "accepted"|"rejected"|"pending"|"dropped", p, q)
+    marks: tuple[DraftMark | None, ...]  # per path token: the proposal judged there (None: the target's own token)
+    accepted: int  # proposals accepted so far
+    judged: int  # proposals judged so far
+    passes: int  # target passes the rounds made
+    taken: int  # path tokens the rounds gave
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted / self.judged if self.judged else None
+
+    @property
+    def tokens_per_pass(self) -> float | None:
+        return self.taken / self.passes if self.passes else None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything a view shows, frozen: safe to hand from the model's thread to the UI."""
 
@@ -198,6 +230,7 @@ class Snapshot:
     constraint: str | None = None  # a grammar's state: "in progress", "may end here", "complete"
     attribution: AttributionView | None = None  # the last attribution asked for, while its context stands
     steering: str = ""  # the steering applied, described ('' : none)
+    draft: DraftView | None = None  # speculative decoding's draft at work
 
     def path_score(self, index: int) -> TokenScore:
         """Path token `index` as a TokenScore (its stored panel gives the entropy and the greedy token)."""

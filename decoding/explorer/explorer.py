@@ -30,13 +30,14 @@ from decoding.records import session_file
 from decoding.records.compare import COMPARE_NEW_TOKENS, compare, comparison_record
 from decoding.records.futures import FuturesRun
 from decoding.records.keeper import SessionKeeper
-from decoding.records.trace import beam_trace_record, format_trace, second_model_record, trace_record
+from decoding.records.trace import add_draft_record, beam_trace_record, format_trace, second_model_record, trace_record
 from decoding.search.beam import BeamSearch
 from decoding.search.futures import Future, logprob_under, sample_futures
 from decoding.search.lens import no_lens, session_lens
 from decoding.search.outcomes import OutcomeRule, outcomes
 from decoding.search.second import SecondModel, check_same_tokenizer
 from decoding.search.session import Session
+from decoding.search.speculative import Speculator, check_speculation
 from decoding.search.unsteered import UnsteeredTwin
 
 
@@ -73,6 +74,7 @@ class Explorer:
         self._lens: tuple[tuple[object, ...], Lens] | None = None  # (where it was computed, the lens)
         self._attribution: tuple[tuple[int, ...], AttributionView] | None = None  # (its context, it)
         self._unsteered: Unsteered | None = None  # while steering: the model without the vector
+        self.draft: Speculator | None = None  # speculative decoding's draft model
 
     @property
     def cursor(self) -> int | None:
@@ -101,6 +103,8 @@ class Explorer:
         """One step by the strategy: a token on the path, or one iteration of the beam search."""
         if self.beam is not None:
             self.beam.step()
+        elif self.draft is not None:
+            self.draft.step(self.session)
         else:
             self.session.step()
 
@@ -223,6 +227,13 @@ class Explorer:
         say in a refusal which model is which)."""
         check_same_tokenizer(self.engine, second.engine, first_name, second_name)
         self.second = second
+
+    def add_draft(self, draft: Engine, tokens: int, name: str) -> None:
+        """Step by speculative decoding: `draft` proposes `tokens` tokens a round, this model checks
+        them in one pass. The two must read text with one tokenizer."""
+        check_speculation(self.engine, self.session.strategy, tokens)
+        check_same_tokenizer(self.engine, draft, f"--model {self.engine.model_id}", f"--draft-model {name}")
+        self.draft = Speculator(draft, tokens, name)
 
     def interrupt_waits(self, second_too: bool = False) -> None:
         """Cut short the server requests in flight, from any thread (esc, quitting): the command waiting
@@ -418,10 +429,12 @@ class Explorer:
         `trace_record` for `steps_as_written`)."""
         if self.beam is not None:
             return beam_trace_record(self.beam)
-        record = trace_record(self.session, steps_as_written)
+        record = trace_record(self.session, steps_as_written and self.draft is None)  # the draft adds to each step
         if self.second is not None:
             self.catch_up()
             record["second_model"] = second_model_record(self.second.view(self.session))
+        if self.draft is not None:
+            add_draft_record(record, self.draft.view(self.session))
         return record
 
     def export(self, folder: Path) -> tuple[str, tuple[Path, ...]]:
@@ -456,7 +469,10 @@ class Explorer:
         values = {name: PANELS[name](self) for name in panels}
         beam = self.beam.snapshot() if self.beam is not None else None
         second = self.second.view(self.session) if self.second is not None else None
-        snapshot = replace(self.session.snapshot(), cursor=self.cursor, second=second, attribution=self._attribution_shown())
+        draft = self.draft.view(self.session) if self.draft is not None and beam is None else None
+        snapshot = replace(
+            self.session.snapshot(), cursor=self.cursor, second=second, attribution=self._attribution_shown(), draft=draft
+        )
         if self.steering is not None:
             snapshot = replace(snapshot, steering=self.steering.describe())
             if self._unsteered is not None and beam is None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from decoding.core.chat import PromptRequest
-from decoding.core.engine import Engine
+from decoding.core.engine import Engine, Forks
 from decoding.core.errors import TokenstepError, said
 from decoding.core.grammar import compile_notes
 from decoding.core.prompt import Prompt
@@ -64,6 +64,19 @@ def add_second_model(explorer: Explorer, options: LoadOptions, progress: Progres
     return None
 
 
+def add_draft_model(
+    explorer: Explorer, options: LoadOptions, tokens: int, target: LoadOptions, progress: Progress = lambda text: None
+) -> None:
+    """Step by speculative decoding with the draft `options` name (the target's own options, `target`:
+    the same weights, on a cache of their own). TokenstepError, one line, if it cannot be the draft."""
+    if options == target and isinstance(explorer.engine, Forks):
+        engine = explorer.engine.fork()
+    else:
+        progress(f"loading the draft model, {named(options)}")
+        engine = registry.load_engine(options, lambda text: progress(f"draft model: {text}"))
+    explorer.add_draft(engine, tokens, f"{shown_name(options, engine)} ({engine.name})")
+
+
 @dataclass(frozen=True)
 class Opening:
     """What the app opens an exploration with: the model, the strategy, the prompt (None: none yet,
@@ -78,6 +91,7 @@ class Opening:
     max_new_tokens: int = 256
     exact_replay: bool = False
     steering: Steering | None = None
+    draft: tuple[LoadOptions, int] | None = None  # speculative decoding's draft model, and its tokens a round
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,11 @@ def open_exploration(
             explorer.steer(opening.steering)
         except TokenstepError as error:  # a layer the model has not, an engine that cannot: it opens unsteered
             warn(f"The steering is left out: {error}")
+    if opening.draft is not None:
+        try:
+            add_draft_model(explorer, *opening.draft, opening.options, progress)
+        except Exception as error:  # anything a load can raise: the target steps alone
+            warn(f"The draft model is left out: {said(error)}")
     if opening.second is not None and (left_out := add_second_model(explorer, opening.second, progress)) is not None:
         warn(f"The second model is left out: {left_out}")
     start = clock()  # the first panel, computed while the thread is warm; keys wait

@@ -34,6 +34,7 @@ class Continuation:
     logprob: float  # the sequence's log-probability under the raw model
     repeated_ngrams: int  # token 3-grams that repeat an earlier one
     cut_short: str | None = None  # why it has fewer tokens than asked for: "the context limit", "the grammar's end"
+    draft: tuple[float | None, float | None] | None = None  # with a draft: (acceptance rate, tokens a target pass)
 
     @property
     def label(self) -> str:
@@ -44,6 +45,15 @@ class Continuation:
         return self.logprob / len(self.token_ids) if self.token_ids else 0.0
 
 
+@dataclass(frozen=True)
+class Draft:
+    """A draft model for speculative decoding: each strategy that can share it steps with it."""
+
+    engine: Engine
+    tokens: int
+    name: str
+
+
 def compare(
     engine: Engine,
     prefix_ids: list[int],
@@ -51,9 +61,12 @@ def compare(
     new_tokens: int,
     should_stop: Callable[[], bool] = lambda: False,
     progress: Progress = lambda done, total: None,
+    draft: Draft | None = None,
 ) -> list[Continuation]:
     """Run each strategy for `new_tokens` from `prefix_ids`. `engine`'s own cache is used (and left
-    changed): give a fork to keep a session's. Raises Cancelled when `should_stop` says so."""
+    changed): give a fork to keep a session's. Raises Cancelled when `should_stop` says so. With a
+    `draft`, greedy and sampling strategies step by speculative decoding (beam search, mirostat and
+    grammars without it)."""
     if new_tokens < 1:
         raise SessionError(f"the number of new tokens must be at least 1 (got {new_tokens}).")
     if any(s.is_beam for s in strategies) and not isinstance(engine, RunsSideBySide):  # say so before any work
@@ -65,32 +78,51 @@ def compare(
         progress(done, len(strategies))
         # Under a grammar, end-of-sequence is what completes it: not suppressed, it may end a continuation early.
         exact = strategy if strategy.constraint else replace(strategy, suppress_tokens=tuple(sorted(engine.eos_token_ids)))
-        run = _beam if strategy.is_beam else _path
-        ids, logprob = run(engine, exact, prefix_ids, new_tokens, should_stop)
+        drafted: tuple[float | None, float | None] | None = None
+        if strategy.is_beam:
+            ids, logprob = _beam(engine, exact, prefix_ids, new_tokens, should_stop)
+        else:
+            ids, logprob, drafted = _path(engine, exact, prefix_ids, new_tokens, should_stop, draft)
         cut_short = None
         if len(ids) < new_tokens:
             ended = ids and ids[-1] in engine.eos_token_ids
             cut_short = "the grammar's end" if ended else "the context limit"
         results.append(
-            Continuation(strategy, ids, decode_continuation(engine, prefix_ids, ids), logprob, repeated_ngrams(ids), cut_short)
+            Continuation(
+                strategy, ids, decode_continuation(engine, prefix_ids, ids), logprob, repeated_ngrams(ids), cut_short, drafted
+            )
         )
     progress(len(strategies), len(strategies))
     return results
 
 
 def _path(
-    engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop
-) -> tuple[tuple[int, ...], float]:
+    engine: Engine, strategy: Strategy, prefix_ids: list[int], new_tokens: int, should_stop, draft: Draft | None
+) -> tuple[tuple[int, ...], float, tuple[float | None, float | None] | None]:
     from decoding.core.prompt import recorded_prompt
     from decoding.search.session import Session
+    from decoding.search.speculative import Speculator, check_speculation
 
     session = Session(engine, strategy)
     session.reset(recorded_prompt(engine, prefix_ids))
+    speculator = None
+    if draft is not None:
+        try:
+            check_speculation(engine, strategy, draft.tokens)
+            speculator = Speculator(draft.engine, draft.tokens, draft.name)
+        except SessionError:  # mirostat, a grammar: this strategy steps without the draft
+            speculator = None
     while len(session.path) < new_tokens and not session.finished:
         if should_stop():
             raise Cancelled
-        session.step()
-    return tuple(session.generated_ids), session.sequence_logprob
+        if speculator is not None:
+            speculator.step(session)
+        else:
+            session.step()
+    if speculator is None:
+        return tuple(session.generated_ids), session.sequence_logprob, None
+    view = speculator.view(session)
+    return tuple(session.generated_ids), session.sequence_logprob, (view.acceptance, view.tokens_per_pass)
 
 
 def _beam(
@@ -133,6 +165,7 @@ def comparison_record(prompt: str, new_tokens: int, results: list[Continuation])
                 "mean_logprob": r.mean_logprob,
                 "repeated_ngrams": r.repeated_ngrams,
                 **({"cut_short": r.cut_short} if r.cut_short else {}),
+                **({"draft": {"acceptance_rate": r.draft[0], "tokens_per_target_pass": r.draft[1]}} if r.draft else {}),
             }
             for r in results
         ],
@@ -162,5 +195,10 @@ def format_comparison(record: dict, fmt: str) -> str:
         ]
         for r in record["results"]
     ]
+    if any("draft" in r for r in record["results"]):  # how the draft fared, before the text
+        header.insert(4, "draft accepted")
+        for row, r in zip(rows, record["results"]):
+            rate = r.get("draft", {}).get("acceptance_rate")
+            row.insert(4, "" if "draft" not in r else "—" if rate is None else f"{rate:.0%}")
     table = markdown_table(header, rows) if fmt == "markdown" else aligned_table(header, rows)
     return "\n".join([table, *(f"\nNote: {note}" for note in cut_short_notes(record))])

@@ -9,9 +9,20 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from decoding.core.state import Beam, Candidate, Message, PairScore, PathToken, ProcessorReport, SecondView, TokenScore
+from decoding.core.state import (
+    Beam,
+    Candidate,
+    DraftView,
+    Message,
+    PairScore,
+    PathToken,
+    ProcessorReport,
+    SecondView,
+    TokenScore,
+)
 from decoding.core.tokens import RunningText, escape_unshown, json_escaped, one_line
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -129,6 +140,24 @@ def second_model_record(second: SecondView) -> dict[str, Any]:
         "steps": [pair_record(pair) for pair in second.path],
         "first_divergence": second.first_divergence,
         **({"note": second.note} if second.note else {}),
+    }
+
+
+def add_draft_record(record: dict[str, Any], draft: DraftView) -> None:
+    """Each token step gains `"draft"`: the proposal judged there (`{"proposed", "accepted",
+    "p_target", "q_draft"}`; null where the token was the target's own, with no proposal to judge),
+    and the record a summary of the draft's work."""
+    token_steps = [step for step in record["steps"] if "turn" not in step]
+    for step, mark in zip(token_steps, draft.marks):
+        step["draft"] = None if mark is None else asdict(mark)
+    record["draft"] = {
+        "model": draft.model,
+        "tokens": draft.tokens,
+        "proposals_judged": draft.judged,
+        "accepted": draft.accepted,
+        "acceptance_rate": draft.acceptance,
+        "target_passes": draft.passes,
+        "tokens_per_target_pass": draft.tokens_per_pass,
     }
 
 

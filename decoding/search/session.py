@@ -374,6 +374,15 @@ class Session:
         finally:
             self._rng.set_state(rng_state)
 
+    def take(self, token_id: int, scores_after: Scores | None = None, entry: object = None) -> PathToken:
+        """Append `token_id` as the strategy's choice made elsewhere (a speculative round's), its next
+        scores and cache entry already computed (`entry`, from the engine's `detach_last`; none for
+        a token that ends the path, which is never fed)."""
+        self._can_choose()
+        if scores_after is not None:
+            self._ahead = {token_id: (scores_after, entry)}
+        return self._append(token_id, False, self._sampler_state_now())
+
     def force(self, token_id: int) -> PathToken:
         """Append any token of the vocabulary, whatever the strategy would have chosen."""
         self._can_choose()

@@ -29,6 +29,9 @@ class StatusLine(Static):
         parts.append(f"logp={snapshot.sequence_logprob:.2f}")
         if snapshot.constraint is not None:
             parts.append(f"grammar: {snapshot.constraint}")
+        if snapshot.draft is not None and snapshot.draft.acceptance is not None:
+            draft = snapshot.draft
+            parts.append(f"draft {draft.acceptance:.0%} accepted, {draft.tokens_per_pass:.1f} tokens a target pass")
         if snapshot.steering:
             parts.append(snapshot.steering)  # its texts escaped by Steering.describe
         if timing.latency_ms is not None:

@@ -19,7 +19,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from decoding.core.state import AttributionView, PairScore, Segment, Snapshot, TokenScore
+from decoding.core.state import AttributionView, DraftMark, PairScore, Segment, Snapshot, TokenScore
 from decoding.core.tokens import escape_controls
 from tui.heat_colours import TINTS
 
@@ -42,6 +42,7 @@ class Heat:
     labels: tuple[str, ...]  # one per tint
     rising: bool = True  # a higher value is a warmer tint
     needs_second: bool = False
+    needs_draft: bool = False
     tints: tuple[str, ...] = TINTS  # the palette in use (`heat_tints`)
 
     def style(self, score: TokenScore, pair: PairScore | None) -> str:
@@ -67,6 +68,7 @@ HEATS = (
         needs_second=True,
     ),
     Heat("attribution", lambda s, p: None, ATTRIBUTION_BANDS, ("<5%", "<20%", "<50%", "≥50% of the largest")),
+    Heat("draft agreement", lambda s, p: None, (), ("accepted", "the target's own", "", "rejected: corrected"), needs_draft=True),
 )
 
 
@@ -74,9 +76,10 @@ def heat_named(name: str, tints: tuple[str, ...] = TINTS) -> Heat:
     return replace(next(heat for heat in HEATS if heat.name == name), tints=tints)
 
 
-def next_heat(name: str, second: bool) -> str:
-    """The heat after `name` in the cycle (disagreement only with a second model)."""
-    names = [heat.name for heat in HEATS if second or not heat.needs_second]
+def next_heat(name: str, second: bool, draft: bool = False) -> str:
+    """The heat after `name` in the cycle (disagreement only with a second model, draft agreement
+    only with a draft)."""
+    names = [heat.name for heat in HEATS if (second or not heat.needs_second) and (draft or not heat.needs_draft)]
     return names[(names.index(name) + 1) % len(names)] if name in names else names[0]
 
 
@@ -95,6 +98,13 @@ def attribution_style(value: float | None, largest: float, tints: tuple[str, ...
     return f"{tint} {AGAINST_STYLE}" if value < 0 else tint
 
 
+def draft_style(mark: DraftMark | None, tints: tuple[str, ...] = TINTS) -> str:
+    """A token by how the draft fared there: accepted, the target's own (no proposal), or corrected."""
+    if mark is None:
+        return tints[1]
+    return tints[0] if mark.accepted else tints[3]
+
+
 def legend(heat: Heat = HEATS[0], second: str = "", attribution: AttributionView | None = None) -> Text:
     text = Text().append(f"heat: {heat.name} ", style="dim")  # the tints undimmed: as in the text
     if heat.name == "attribution":
@@ -103,7 +113,8 @@ def legend(heat: Heat = HEATS[0], second: str = "", attribution: AttributionView
         gap = "" if attribution.completeness_gap is None else f", completeness gap {attribution.completeness_gap:.1%}"
         text.append(f"({attribution.method_label}{gap}) of {attribution.target} at step {attribution.step + 1}: ", style="dim")
     for label, style in zip(heat.labels, heat.tints):
-        text.append(f"{label} ", style=style)
+        if label:
+            text.append(f"{label} ", style=style)
     if heat.name == "attribution":
         text.append("against it ", style=AGAINST_STYLE)
     text.append("forced ", style=FORCED_STYLE).append("control token", style=SPECIAL_STYLE)
@@ -132,6 +143,8 @@ def running_text(snapshot: Snapshot, visible_whitespace: bool = False, heat: Hea
             style = SPECIAL_STYLE
         elif attribution is not None:
             style = attribution_style(_at(attribution.path, index), attribution.largest, heat.tints)
+        elif heat.needs_draft:
+            style = draft_style(_at(snapshot.draft.marks, index) if snapshot.draft else None, heat.tints)
         else:
             style = heat.style(score, _at(pairs, index)) if score else ""
         if token.forced:

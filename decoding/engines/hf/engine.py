@@ -98,6 +98,20 @@ class TransformersEngine:
             self._prefill = (before, tuple(ids), states[-1][0])
         return Scores(logits)
 
+    def feed_each(self, ids: Sequence[int]) -> list[Scores]:
+        """Several tokens in one pass, the scores after each (speculative decoding's check of a draft)."""
+        before = self.cached_length
+        try:
+            with applied(self._steered):
+                input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.model.device)
+                with torch.inference_mode():
+                    out = self.model(input_ids=input_ids, cache=self._cache, use_cache=True)
+        except BaseException:
+            self.crop(before)
+            raise
+        self._layers = None  # the lens reads the last position again when asked
+        return [Scores(row) for row in out.logits[0].to(dtype=torch.float32)]
+
     def lens_unavailable(self) -> str | None:
         if self._final_norm is None:
             return f"{self.model_id}: no final norm found on its base model, so no logit lens"
