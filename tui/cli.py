@@ -512,6 +512,7 @@ def run_replay_command(argv: Sequence[str]) -> int:
     from decoding.core.files import read_json_file
     from decoding.explorer.replay import (
         checked_trace,
+        draft_of,
         format_checks,
         load_options,
         prompt_difference,
@@ -536,6 +537,11 @@ def run_replay_command(argv: Sequence[str]) -> int:
     steering = steering_of(record)
     if steering is not None:
         explorer.steer(steering)  # the trace was made under it
+    draft = draft_of(record, options.device)
+    if draft is not None:  # a sampled path drawn by the speculative rule comes out again only with it
+        from decoding.explorer.opening import add_draft_model
+
+        add_draft_model(explorer, *draft, options, _progress_on_terminal)
     engine = explorer.engine
     checks = replay_beam(explorer, record) if beam else replay_path(explorer, record)
     note = prompt_difference(engine, record)

@@ -196,8 +196,9 @@ class DraftView:
     marks: tuple[DraftMark | None, ...]  # per path token: the proposal judged there (None: the target's own token)
     accepted: int  # proposals accepted so far
     judged: int  # proposals judged so far
-    passes: int  # target passes the rounds made
+    passes: int  # target passes the rounds made along the path
     taken: int  # path tokens the rounds gave
+    note: str = ""  # why the draft sits out, if it does
 
     @property
     def acceptance(self) -> float | None:

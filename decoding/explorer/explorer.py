@@ -237,8 +237,11 @@ class Explorer:
 
     def interrupt_waits(self, second_too: bool = False) -> None:
         """Cut short the server requests in flight, from any thread (esc, quitting): the command waiting
-        on one fails at once. The second model's only when asked (it stops following on a failure)."""
+        on one fails at once. The second model's only when asked (it stops following on a failure); a
+        draft's always (the round goes on without it)."""
         engines = [self.engine, *([self.second.engine] if second_too and self.second is not None else [])]
+        if self.draft is not None:
+            engines.append(self.draft.follower.engine)
         for engine in engines:
             if isinstance(engine, Interrupts):
                 engine.interrupt()
@@ -434,7 +437,7 @@ class Explorer:
             self.catch_up()
             record["second_model"] = second_model_record(self.second.view(self.session))
         if self.draft is not None:
-            add_draft_record(record, self.draft.view(self.session))
+            add_draft_record(record, self.draft.view(self.session), self.draft.follower.engine)
         return record
 
     def export(self, folder: Path) -> tuple[str, tuple[Path, ...]]:

@@ -35,7 +35,9 @@ _COMMON = {
     "prompt_form?": str,
     "messages?": [{"role": str, "content": str}],
     "steering?": dict,  # checked by Steering.from_record
+    "draft?": dict,  # checked by draft_of
 }
+DRAFT_SHAPE = {"model_id": (str, None), "engine": str, "dtype?": (str, None), "url?": str, "tokens": Whole(1, 16)}
 TOKEN_STEP = {
     "candidates": Items({"token_id": TOKEN_ID, "prob": PROBABILITY, "text": str}, least=1),
     "chosen": {"token_id": TOKEN_ID, "forced": bool, "text": str},
@@ -74,6 +76,7 @@ def checked_trace(record: Any, name: str) -> dict[str, Any]:
     if "sequence_score" not in record:
         strategy_changes(record)  # each refused now, before a model loads
     steering_of(record)
+    draft_of(record)
     return record
 
 
@@ -85,6 +88,19 @@ def steering_of(record: dict[str, Any]) -> Steering | None:
         return Steering.from_record(record["steering"])
     except SettingsError as error:
         raise SessionError(f"The trace's steering cannot be used: {error}") from None
+
+
+def draft_of(record: dict[str, Any], device: str = "auto") -> tuple[LoadOptions, int] | None:
+    """The draft a trace was made with, to load again (None: none); one line if not one tokenstep wrote."""
+    if "draft" not in record:
+        return None
+    try:
+        check(record["draft"], DRAFT_SHAPE, "the trace's draft")
+    except ShapeError as error:
+        raise SessionError(f"The trace's draft cannot be used: {error}") from None
+    draft = record["draft"]
+    options = recorded_model(draft["model_id"], draft["engine"], draft.get("dtype"), draft.get("url"))
+    return LoadOptions(**options, device=device), draft["tokens"]
 
 
 def check_fits(engine: Engine, record: dict[str, Any]) -> None:

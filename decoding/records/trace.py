@@ -143,15 +143,19 @@ def second_model_record(second: SecondView) -> dict[str, Any]:
     }
 
 
-def add_draft_record(record: dict[str, Any], draft: DraftView) -> None:
+def add_draft_record(record: dict[str, Any], draft: DraftView, engine: Any) -> None:
     """Each token step gains `"draft"`: the proposal judged there (`{"proposed", "accepted",
     "p_target", "q_draft"}`; null where the token was the target's own, with no proposal to judge),
-    and the record a summary of the draft's work."""
+    and the record a summary of the draft's work, with the draft `engine` as replay loads it again."""
     token_steps = [step for step in record["steps"] if "turn" not in step]
     for step, mark in zip(token_steps, draft.marks):
         step["draft"] = None if mark is None else asdict(mark)
     record["draft"] = {
         "model": draft.model,
+        "model_id": engine.model_id,
+        "engine": engine.name,
+        "dtype": engine.dtype,
+        **_server(engine),
         "tokens": draft.tokens,
         "proposals_judged": draft.judged,
         "accepted": draft.accepted,

@@ -16,6 +16,7 @@ import torch
 from decoding.core.chat import Turn
 from decoding.core.engine import Engine, FeedsAlternatives, ScoresAnyToken, ScoresPositions, SetsAside, decode_continuation
 from decoding.core.errors import SessionError, SettingsError
+from decoding.core.processors import step_work
 from decoding.core.prompt import Prompt, checked_ids, plain_prompt
 from decoding.core.scores import NextToken, Scores
 from decoding.core.settings import MAX_CHOICES, Strategy, choices_problem
@@ -373,6 +374,19 @@ class Session:
             return self._choose(self._can_choose())
         finally:
             self._rng.set_state(rng_state)
+
+    def choose_now(self) -> int:
+        """The strategy's choice here, drawn as `step` draws it (the sampler moves on), not appended."""
+        return self._choose(self._can_choose())
+
+    def draw(self, probs: torch.Tensor) -> int:
+        """A draw from `probs` with the session's seeded sampler (a speculative round's)."""
+        with step_work():
+            return int(torch.multinomial(probs.to(self._rng.device), 1, generator=self._rng))
+
+    def uniform(self) -> float:
+        """A number drawn uniformly from [0, 1) with the session's seeded sampler."""
+        return float(torch.rand(1, generator=self._rng, device=self._rng.device))
 
     def take(self, token_id: int, scores_after: Scores | None = None, entry: object = None) -> PathToken:
         """Append `token_id` as the strategy's choice made elsewhere (a speculative round's), its next

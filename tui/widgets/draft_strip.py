@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from decoding.core.state import DraftView
-from decoding.core.tokens import token_label
+from decoding.core.tokens import escape_controls, token_label
 
 MARKS = {
     "accepted": ("✓", "bold #5fd75f"),
@@ -21,6 +21,8 @@ MARKS = {
 def strip_text(draft: DraftView) -> Text:
     text = Text()
     text.append(f"draft, {draft.tokens} a round: ", style="dim")
+    if draft.note:  # a strategy it cannot share, or its own failure: the target steps alone
+        return text.append(escape_controls(draft.note), style="yellow")
     if not draft.proposals:
         return text.append("no proposal yet (space steps)", style="dim")
     for index, (label, state, p, q) in enumerate(draft.proposals):

@@ -45,9 +45,9 @@ def _added(index: int, output: torch.Tensor | tuple) -> torch.Tensor | tuple | N
     active = _ACTIVE.get()
     if active is None or active[0] != index:
         return None  # the output as it is
-    if isinstance(output, tuple):
-        return (output[0] + active[1].to(output[0].dtype), *output[1:])
-    return output + active[1].to(output.dtype)
+    if isinstance(output, tuple):  # on the layer's own device (a device map may split the model)
+        return (output[0] + active[1].to(output[0].device, output[0].dtype), *output[1:])
+    return output + active[1].to(output.device, output.dtype)
 
 
 @contextmanager
