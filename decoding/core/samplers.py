@@ -63,6 +63,9 @@ class Sampler:
     # saying why the server cannot run it as tokenstep does; None: llama-server has no such sampler
     server: Callable[[Any, int], dict[str, Any] | str] | None = None
     server_stage: str = ""  # its name in llama-server's `samplers` (default: `chain_name`)
+    # Keeps a state of its own from step to step (not read from the context): a draft model cannot
+    # run it ahead of the target (speculative decoding)
+    stateful: bool = False
 
     @property
     def kind(self) -> Callable[[str], Any]:
@@ -462,6 +465,7 @@ register(
         tag=lambda value: f"mirostat{value}",
         sampling_only=True,
         llama_cpp=lambda s, llama: llama.mirostat(s.mirostat_tau, s.mirostat_eta),
+        stateful=True,
         server=lambda s, n: "llama-server restarts mirostat's mu at every request",
     )
 )

@@ -24,6 +24,7 @@ import torch
 
 from decoding.core.engine import Engine, FeedsEach, SetsAside
 from decoding.core.errors import SessionError
+from decoding.core.samplers import SAMPLERS
 from decoding.core.scores import NextToken, Scores
 from decoding.core.settings import Strategy
 from decoding.core.state import DraftMark, DraftView
@@ -43,10 +44,12 @@ def speculation_problem(target: Engine, strategy: Strategy) -> str:
         )
     if strategy.is_beam:
         return "Speculative decoding proposes one path: use greedy or sampling, not beam search."
-    if strategy.mirostat or strategy.constraint is not None:
+    stateful = [SAMPLERS[name].short for name, _ in strategy.on if SAMPLERS[name].stateful]
+    if stateful or strategy.constraint is not None:
+        held = ", ".join([*stateful, *(["a grammar"] if strategy.constraint is not None else [])])
         return (
-            "Speculative decoding runs the strategy on the draft too, which mirostat (its running mu) and grammars "
-            "(their state) cannot share: turn them off to use a draft."
+            f"Speculative decoding runs the strategy on the draft too, which cannot share the state kept step to step "
+            f"by {held}: turn it off to use a draft."
         )
     return ""
 
