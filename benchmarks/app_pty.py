@@ -126,12 +126,12 @@ def started_app(args: list[str], command: list[str]) -> AppInPty:
     return app
 
 
-def app_play_seconds() -> float:
-    """Seconds from `p` to the screen showing the last of NEW_TOKENS steps."""
-    app = started_app([PROMPT, "--max-new-tokens", str(NEW_TOKENS), *MODEL_OPTIONS], tokenstep())
+def app_play_seconds(prompt: str = PROMPT, steps: int = NEW_TOKENS, options: tuple[str, ...] = ()) -> float:
+    """Seconds from `p` to the screen showing the last of `steps` steps."""
+    app = started_app([prompt, "--max-new-tokens", str(steps), *MODEL_OPTIONS, *options], tokenstep())
     try:
         pressed = app.press("p")
-        return app.until_step(NEW_TOKENS, timeout=120) - pressed
+        return app.until_step(steps, timeout=120 + steps) - pressed
     finally:
         app.close()
 

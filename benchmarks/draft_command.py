@@ -12,8 +12,8 @@ the paths equal).
 
 from __future__ import annotations
 
-from app_pty import started_app
-from command_runs import LIST_PROMPT, MODEL_OPTIONS, ms, per_token, run_tokenstep, tokenstep
+from app_pty import app_play_seconds
+from command_runs import LIST_PROMPT, MODEL_OPTIONS, ms, per_token, run_tokenstep
 from common import Result, table
 
 SHORT, LONG = 1, 161
@@ -29,12 +29,7 @@ def trace_args(steps: int, options: list[str]) -> list[str]:
 
 def play_seconds(options: list[str]) -> float:
     """Seconds from `p` to the app's status line showing step PLAY_STEPS."""
-    app = started_app([LIST_PROMPT, "--max-new-tokens", str(PLAY_STEPS), *MODEL_OPTIONS, *options], tokenstep())
-    try:
-        pressed = app.press("p")
-        return app.until_step(PLAY_STEPS, timeout=300) - pressed
-    finally:
-        app.close()
+    return app_play_seconds(LIST_PROMPT, PLAY_STEPS, tuple(options))
 
 
 def play_result() -> Result:
