@@ -32,6 +32,26 @@ def forward_seconds(engine, ids: list[int]) -> float:
     return min(seconds(one_pass) for _ in range(5))
 
 
+def in_process(engine, label: str = "") -> Result:
+    """Leave-one-out against one forward pass, both in this process on `engine` (gpu.sh runs it on CUDA,
+    where the target is meant to hold)."""
+    from decoding.search.attribution import attribute
+
+    _, ids = context_prompt(engine)
+    forward = forward_seconds(engine, ids)
+    target = int(engine.feed(ids).logprobs.argmax())
+    attribute(engine, ids, target, "loo")  # once to warm the kernels up
+    loo = min(seconds(lambda: attribute(engine, ids, target, "loo")) for _ in range(3))
+    return Result(
+        f"attribution_loo{label}",
+        loo / forward,
+        "<=",
+        TARGET,
+        measured=f"leave-one-out over {len(ids)} tokens, in process: {ms(loo)}",
+        baseline=f"one forward pass of the same context: {ms(forward)}",
+    )
+
+
 def run() -> list[Result]:
     from decoding.search.attribution import attribute
 

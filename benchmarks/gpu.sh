@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The stepping, memory-per-step and reopening benchmarks on an NVIDIA GPU (CUDA float32 and bfloat16).
+# The stepping, memory-per-step, reopening and attribution benchmarks on an NVIDIA GPU (CUDA float32 and bfloat16).
 # Run from the repository root on a machine with a CUDA build of torch; no network needed:
 #     bash benchmarks/gpu.sh
 # Missing Python packages can travel as wheels in .whl/ (transformers 5 and what it needs; see

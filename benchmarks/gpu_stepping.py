@@ -1,5 +1,6 @@
 """The stepping benchmark on CUDA, float32 and bfloat16, against generate() there; then memory per
-step (GPU memory against the KV cache's) and reopening a 2,000-token session, on CUDA (run by gpu.sh).
+step (GPU memory against the KV cache's), reopening a 2,000-token session and leave-one-out
+attribution over 64 tokens against one forward pass, on CUDA (run by gpu.sh).
 
 Uses the embedded model when it is installed; otherwise a model of SmolLM2-135M's exact shape with
 random weights (speed depends on the shape, not the values), so the script needs no download.
@@ -11,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import attribution_command
 import memory
 import reopen
 import stepping
@@ -60,6 +62,7 @@ def main() -> int:
         results += stepping.run(engine, label=f"_cuda_{dtype}")
         results += memory.run(engine, label=f"_cuda_{dtype}")
         results += reopen.run(engine, label=f"_cuda_{dtype}")
+        results.append(attribution_command.in_process(engine, label=f"_cuda_{dtype}"))
     table("Summary", ["benchmark", "ratio", "target"], [[r.name, r.ratio, r.target_text] for r in results])
     print()
     for result in results:
