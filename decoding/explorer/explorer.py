@@ -38,7 +38,6 @@ from decoding.search.outcomes import OutcomeRule, outcomes
 from decoding.search.second import SecondModel, check_same_tokenizer
 from decoding.search.session import Session
 from decoding.search.speculative import Speculator, check_speculation
-from decoding.search.unsteered import UnsteeredTwin
 
 
 @dataclass(frozen=True)
@@ -402,7 +401,7 @@ class Explorer:
         if self.steering is None:
             self._unsteered = None
         elif self._unsteered is None and isinstance(self.engine, Forks):
-            self._unsteered = Unsteered(UnsteeredTwin(self.engine))
+            self._unsteered = Unsteered(self.engine)
 
     @property
     def steering(self) -> Steering | None:

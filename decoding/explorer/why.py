@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from decoding.core.engine import Engine, Forks, Steers
 from decoding.core.errors import SessionError
 from decoding.core.state import AttributionView, Distribution, Snapshot
 from decoding.search.attribution import METHODS, attribute
+from decoding.search.follower import Follower
 from decoding.search.session import Session
-from decoding.search.unsteered import UnsteeredTwin
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,15 @@ def attribution_of(
 
 
 class Unsteered:
-    """The unsteered twin and what it said of the last step shown."""
+    """While steering: the same model without the vector (a fork, on a cache of its own) reading the
+    same context, and what it said of the last step shown."""
 
-    def __init__(self, twin: UnsteeredTwin) -> None:
-        self.twin = twin
+    def __init__(self, engine: Engine) -> None:
+        assert isinstance(engine, Forks) and isinstance(engine, Steers)
+        twin = engine.fork()
+        assert isinstance(twin, Steers)
+        twin.steer(None)  # its own cache emptied; the steered engine keeps its vector
+        self._follower = Follower(twin)
         self._read: tuple[tuple[object, ...], Mapping[int, float]] | None = None  # (what was read, token -> prob)
 
     def read(self, shown: Shown | None) -> bool:
@@ -81,7 +87,8 @@ class Unsteered:
         if shown is None or (self._read is not None and self._read[0] == _key(shown)):
             return False
         token_ids = [candidate.token_id for candidate in shown.distribution.candidates]
-        self._read = (_key(shown), dict(zip(token_ids, self.twin.probs(shown.context, token_ids))))
+        logprobs = self._follower.scores_after(shown.context).logprobs
+        self._read = (_key(shown), dict(zip(token_ids, logprobs[token_ids].exp().tolist())))
         return True
 
     def beside(self, snapshot: Snapshot, shown: Shown | None) -> Snapshot:

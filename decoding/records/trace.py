@@ -43,11 +43,7 @@ def trace_record(session: Session, steps_as_written: bool = False) -> dict[str, 
     steps = _step_records(session)
     chat = {"messages": [_message_record(m) for m in session.prompt.messages]} if session.prompt.form == "chat" else {}
     return {
-        "model": engine.model_id,
-        "engine": engine.name,
-        "device": engine.device,
-        "dtype": engine.dtype,
-        **_server(engine),
+        **engine_fields(engine),
         **_steering(engine),
         **strategy_fields(strategy),
         "prompt": session.prompt.text,
@@ -143,6 +139,12 @@ def second_model_record(second: SecondView) -> dict[str, Any]:
     }
 
 
+def engine_fields(engine: Any) -> dict[str, Any]:
+    """The model a record was made with, as replay loads it again."""
+    fields = {"model": engine.model_id, "engine": engine.name, "device": engine.device, "dtype": engine.dtype}
+    return {**fields, **_server(engine)}
+
+
 def add_draft_record(record: dict[str, Any], draft: DraftView, engine: Any) -> None:
     """Each token step gains `"draft"`: the proposal judged there (`{"proposed", "accepted",
     "p_target", "q_draft"}`; null where the token was the target's own, with no proposal to judge),
@@ -175,11 +177,7 @@ def beam_trace_record(search: BeamSearch) -> dict[str, Any]:
         for beams, finished in search.steps_so_far()
     ]
     return {
-        "model": engine.model_id,
-        "engine": engine.name,
-        "device": engine.device,
-        "dtype": engine.dtype,
-        **_server(engine),
+        **engine_fields(engine),
         "strategy": search.strategy.generation_kwargs(),
         "max_new_tokens": search.max_new_tokens,
         "prompt": snapshot.prefix,
