@@ -136,6 +136,8 @@ def test_a_draft_with_another_tokenizer_or_a_strategy_it_cannot_share_is_one_lin
         "0",
     )
     assert code == 2 and "--draft-tokens must be from 1 to 16 (got 0)." in err
+    code, _, err = run_cli("trace", "Hi", "--model", str(tiny_model_dir), "--device", "cpu", "--draft-model", "/nonexistent")
+    assert code == 2 and err.startswith("tokenstep: --draft-model /nonexistent: no such folder")  # the draft's option named
     code, _, err = run_cli("trace", "Hi", "--draft-tokens", "3")
     assert code == 2 and "--draft-tokens goes with --draft-model or --draft-engine." in err
     explorer = Explorer(load_engine(LoadOptions(model=str(tiny_model_dir), device="cpu")), Strategy(kind="beam"))

@@ -40,7 +40,6 @@ from decoding.engines.registry import (
     check_fits_early,
     engine_options,
     recorded_model,
-    shown_name,
 )
 from decoding.engines.runtime import DTYPES
 from decoding.explorer.diff import DIFF_FORMATS
@@ -716,18 +715,12 @@ def compare_draft(engine: Engine, options: LoadOptions, asked: tuple[LoadOptions
     """The draft `--draft-model` asks for, checked against the compared model (one line if it cannot be one)."""
     if asked is None:
         return None
-    from decoding.core.engine import Forks
-    from decoding.engines.registry import load_engine
+    from decoding.explorer.opening import load_draft
     from decoding.records.compare import Draft
     from decoding.search.second import check_same_tokenizer
 
     draft_options, tokens = asked
-    draft = (
-        engine.fork()
-        if draft_options == options and isinstance(engine, Forks)
-        else load_engine(draft_options, _progress_on_terminal)
-    )
-    name = f"{shown_name(draft_options, draft)} ({draft.name})"
+    draft, name = load_draft(draft_options, options, engine, _progress_on_terminal)
     check_same_tokenizer(engine, draft, f"--model {engine.model_id}", f"--draft-model {name}")
     return Draft(draft, tokens, name)
 

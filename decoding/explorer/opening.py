@@ -4,6 +4,7 @@ whole opening at a prompt (`open_exploration`), run on its model thread."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,14 +68,24 @@ def add_second_model(explorer: Explorer, options: LoadOptions, progress: Progres
 def add_draft_model(
     explorer: Explorer, options: LoadOptions, tokens: int, target: LoadOptions, progress: Progress = lambda text: None
 ) -> None:
-    """Step by speculative decoding with the draft `options` name (the target's own options, `target`:
-    the same weights, on a cache of their own). TokenstepError, one line, if it cannot be the draft."""
-    if options == target and isinstance(explorer.engine, Forks):
-        engine = explorer.engine.fork()
+    """Step by speculative decoding with the draft `options` name. TokenstepError, one line, if it
+    cannot be the draft."""
+    engine, name = load_draft(options, target, explorer.engine, progress)
+    explorer.add_draft(engine, tokens, name)
+
+
+def load_draft(options: LoadOptions, target: LoadOptions, target_engine: Engine, progress: Progress) -> tuple[Engine, str]:
+    """The draft `options` name and its name to show: the target's own options give the same weights
+    on a cache of their own. A load that fails names the draft's options (--draft-model, ...)."""
+    if options == target and isinstance(target_engine, Forks):
+        engine = target_engine.fork()
     else:
         progress(f"loading the draft model, {named(options)}")
-        engine = registry.load_engine(options, lambda text: progress(f"draft model: {text}"))
-    explorer.add_draft(engine, tokens, f"{shown_name(options, engine)} ({engine.name})")
+        try:
+            engine = registry.load_engine(options, lambda text: progress(f"draft model: {text}"))
+        except TokenstepError as error:
+            raise type(error)(re.sub(r"--(model|engine|url)\b", r"--draft-\1", str(error))) from None
+    return engine, f"{shown_name(options, engine)} ({engine.name})"
 
 
 @dataclass(frozen=True)
